@@ -1,0 +1,149 @@
+//! The genesis file: chain id, parameters, funded accounts and validators (TOML or JSON).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use cairn_types::{Address, Amount, MAX_CHAIN_ID};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Params, Result};
+
+/// A funded account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisAccount {
+    /// Address.
+    pub address: Address,
+    /// Starting balance.
+    pub balance: Amount,
+}
+
+/// A genesis validator with its bonded stake (part of the genesis supply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisValidator {
+    /// Address (also its consensus key).
+    pub address: Address,
+    /// Bonded stake.
+    pub stake: Amount,
+}
+
+/// The genesis file.
+///
+/// ```
+/// use cairn_state::Genesis;
+/// let g = Genesis::from_toml(r#"
+/// chain_id = "cairn-local"
+/// [[accounts]]
+/// address = "cairn1zq5wnvlg5aw6ay8mnqsjx7kx2wjnqggkxm54u49zhrhzx9zd0j8qjlu5m7"
+/// balance = "1000 CRN"
+/// [[validators]]
+/// address = "cairn1zq5wnvlg5aw6ay8mnqsjx7kx2wjnqggkxm54u49zhrhzx9zd0j8qjlu5m7"
+/// stake = "500 CRN"
+/// [params]
+/// challenge_window = 10
+/// "#).unwrap();
+/// assert_eq!(g.params.challenge_window, 10);
+/// assert_eq!(g.supply().unwrap().to_string(), "1500 CRN");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    /// The chain id every transaction must name.
+    pub chain_id: String,
+    /// Parameters; omitted ones take their defaults.
+    #[serde(default)]
+    pub params: Params,
+    /// Funded accounts.
+    #[serde(default)]
+    pub accounts: Vec<GenesisAccount>,
+    /// Validators.
+    pub validators: Vec<GenesisValidator>,
+}
+
+impl Genesis {
+    /// Parse TOML and validate.
+    ///
+    /// # Errors
+    /// [`Error::Genesis`] for syntax, unknown fields or broken rules.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let g: Genesis = toml::from_str(text).map_err(|e| Error::Genesis(e.to_string()))?;
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Parse JSON and validate.
+    ///
+    /// # Errors
+    /// [`Error::Genesis`] for syntax, unknown fields or broken rules.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let g: Genesis = serde_json::from_str(text).map_err(|e| Error::Genesis(e.to_string()))?;
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Read a `.toml` or `.json` genesis file.
+    ///
+    /// # Errors
+    /// [`Error::Genesis`] if it cannot be read, parsed or validated.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Genesis(format!("cannot read {}: {e}", path.display())))?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Self::from_json(&text),
+            _ => Self::from_toml(&text),
+        }
+    }
+
+    /// TOML text of this genesis.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Total supply: balances plus validator stakes.
+    ///
+    /// # Errors
+    /// [`Error::Genesis`] on overflow.
+    pub fn supply(&self) -> Result<Amount> {
+        let balances = self.accounts.iter().map(|a| a.balance);
+        let stakes = self.validators.iter().map(|v| v.stake);
+        balances.chain(stakes).try_fold(Amount::ZERO, |acc, x| {
+            acc.checked_add(x).ok_or_else(|| Error::Genesis("total supply overflows".into()))
+        })
+    }
+
+    /// Check the file makes a working chain.
+    ///
+    /// # Errors
+    /// [`Error::Genesis`] naming the first broken rule.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Genesis(m));
+        let id_ok = !self.chain_id.is_empty()
+            && self.chain_id.len() <= MAX_CHAIN_ID
+            && self.chain_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            return bad(format!("chain_id must be 1..={MAX_CHAIN_ID} characters of a-z, 0-9 and '-'"));
+        }
+        self.params.validate().map_err(|m| Error::Genesis(format!("params: {m}")))?;
+        let mut seen = BTreeSet::new();
+        for a in &self.accounts {
+            if !seen.insert(a.address) {
+                return bad(format!("account {} is listed twice", a.address));
+            }
+        }
+        if self.validators.is_empty() {
+            return bad("at least one validator is needed".into());
+        }
+        let mut vals = BTreeSet::new();
+        for v in &self.validators {
+            if !vals.insert(v.address) {
+                return bad(format!("validator {} is listed twice", v.address));
+            }
+            if v.stake.is_zero() {
+                return bad(format!("validator {} has no stake", v.address));
+            }
+        }
+        self.supply()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! The records the state holds. All are borsh-encoded under the keys in [`crate::keys`].
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use cairn_types::{
+    Address, Amount, ContentId, DealId, JobId, LeaseId, Metering, ProviderInfo, RefundReason, TaskId,
+    WorkloadKind,
+};
+use serde::{Deserialize, Serialize};
+
+/// Chain metadata.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Meta {
+    /// The chain id transactions must name.
+    pub chain_id: String,
+    /// Height of the last applied block (0 = genesis).
+    pub height: u64,
+}
+
+/// Supply counters and module pools. Conservation: balances + stakes + escrows + pools +
+/// burned = genesis supply + emitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Totals {
+    /// Supply created at genesis.
+    pub genesis_supply: Amount,
+    /// Supply created by block rewards since.
+    pub emitted: Amount,
+    /// Supply destroyed (slashing).
+    pub burned: Amount,
+    /// Fees waiting to be paid to validators.
+    pub fee_pool: Amount,
+    /// Provider rewards waiting for the epoch's end.
+    pub provider_pool: Amount,
+    /// Verified work (settled task value) in the current reward epoch.
+    pub epoch_work: Amount,
+}
+
+/// An account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Account {
+    /// Spendable balance.
+    pub balance: Amount,
+    /// The next nonce this account must use.
+    pub nonce: u64,
+}
+
+/// Stake that is unlocking.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Unbonding {
+    /// Amount.
+    pub amount: Amount,
+    /// Height at which it returns to the balance.
+    pub release_at: u64,
+}
+
+/// Bonded and unbonding stake. Both can be slashed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Stake {
+    /// Bonded.
+    pub bonded: Amount,
+    /// Unlocking, oldest first.
+    pub unbonding: Vec<Unbonding>,
+}
+
+/// Result history used for audit probability and auction ranking.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Reputation {
+    /// Valid results since the last failure.
+    pub consecutive_valid: u64,
+    /// Valid results ever.
+    pub total_valid: u64,
+    /// Failed results and missed deadlines ever.
+    pub total_failed: u64,
+}
+
+impl Reputation {
+    /// Ranking weight in basis points: 1.0× for a newcomer, up to 1.5× after 50 valid results
+    /// in a row, down to 0.5× with failures. Auctions rank bids by `price / weight`.
+    pub fn weight_bps(&self) -> u128 {
+        let bonus = u128::from(self.consecutive_valid.min(50)).saturating_mul(100);
+        let malus = u128::from(self.total_failed.min(10)).saturating_mul(500);
+        10_000u128.saturating_add(bonus).saturating_sub(malus).max(5_000)
+    }
+}
+
+/// Capacity held by assigned tasks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Reserved {
+    /// CPU in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// GPUs.
+    pub gpus: u32,
+}
+
+/// A registered provider.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Provider {
+    /// Its account.
+    pub owner: Address,
+    /// Its registration.
+    pub info: ProviderInfo,
+    /// Capacity held by assigned tasks.
+    pub reserved: Reserved,
+    /// Value of tasks assigned or committed and not yet settled (its stake exposure).
+    pub open_value: Amount,
+    /// Number of such tasks.
+    pub open_tasks: u32,
+    /// Height of its last heartbeat.
+    pub heartbeat: u64,
+    /// Height it registered at.
+    pub registered_at: u64,
+    /// Result history.
+    pub reputation: Reputation,
+    /// Verified work in `work_epoch`.
+    pub epoch_work: Amount,
+    /// The reward epoch `epoch_work` belongs to.
+    pub work_epoch: u64,
+}
+
+/// A job.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// Who pays.
+    pub client: Address,
+    /// Workload kind.
+    pub kind: WorkloadKind,
+    /// Number of tasks.
+    pub tasks: u32,
+    /// Most paid per task.
+    pub max_price: Amount,
+    /// Escrow held per unfinished task: `max_price` + verification fee.
+    pub reserve_per_task: Amount,
+    /// Height submitted.
+    pub submitted_at: u64,
+    /// Tasks not yet settled or refunded.
+    pub unfinished: u32,
+    /// Cancelled by its client.
+    pub cancelled: bool,
+}
+
+/// A bid in an open auction.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct BidEntry {
+    /// Bidder.
+    pub provider: Address,
+    /// Price asked.
+    pub price: Amount,
+}
+
+/// Where a task is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskState {
+    /// Collecting bids until `auction_end` (inclusive).
+    Open {
+        /// Last height bids are taken.
+        auction_end: u64,
+        /// Bids so far.
+        bids: Vec<BidEntry>,
+    },
+    /// A provider is running it.
+    Assigned {
+        /// The provider.
+        provider: Address,
+        /// Its price.
+        price: Amount,
+        /// Height assigned.
+        assigned_at: u64,
+        /// Last height a commit is accepted.
+        deadline: u64,
+    },
+    /// A result is committed and waits out the challenge window.
+    Committed {
+        /// The provider.
+        provider: Address,
+        /// Its price.
+        price: Amount,
+        /// Output content id.
+        output: ContentId,
+        /// Metering reported.
+        metering: Metering,
+        /// Height committed.
+        committed_at: u64,
+        /// Height it settles at if unchallenged.
+        settle_at: u64,
+    },
+    /// Paid.
+    Settled {
+        /// The provider.
+        provider: Address,
+        /// Price paid.
+        price: Amount,
+        /// Output content id.
+        output: ContentId,
+        /// Height settled.
+        settled_at: u64,
+    },
+    /// Refunded to the client.
+    Refunded {
+        /// Why.
+        reason: RefundReason,
+        /// Height refunded.
+        at: u64,
+    },
+}
+
+impl TaskState {
+    /// A short name: `open`, `assigned`, `committed`, `settled`, `refunded`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskState::Open { .. } => "open",
+            TaskState::Assigned { .. } => "assigned",
+            TaskState::Committed { .. } => "committed",
+            TaskState::Settled { .. } => "settled",
+            TaskState::Refunded { .. } => "refunded",
+        }
+    }
+
+    /// True once settled or refunded.
+    pub fn is_final(&self) -> bool {
+        matches!(self, TaskState::Settled { .. } | TaskState::Refunded { .. })
+    }
+}
+
+/// One task of a job.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Task {
+    /// Its id.
+    pub id: TaskId,
+    /// Its job.
+    pub job: JobId,
+    /// Its index in the job.
+    pub index: u32,
+    /// Current attempt, from 1.
+    pub attempt: u32,
+    /// Providers that missed this task's deadline; they are not picked again for it.
+    pub excluded: Vec<Address>,
+    /// State.
+    pub state: TaskState,
+}
+
+/// A lease on a provider for a long-running service.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Lease {
+    /// Its id.
+    pub id: LeaseId,
+    /// Who pays.
+    pub client: Address,
+    /// Who serves.
+    pub provider: Address,
+    /// The service workload.
+    pub workload: ContentId,
+    /// Price per block.
+    pub price_per_block: Amount,
+    /// Escrow still held.
+    pub escrow: Amount,
+    /// Height opened.
+    pub opened_at: u64,
+    /// Height the deposit runs out.
+    pub ends_at: u64,
+    /// Height closed, once closed.
+    pub closed_at: Option<u64>,
+}
+
+/// A storage deal.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Deal {
+    /// Its id.
+    pub id: DealId,
+    /// Who pays.
+    pub client: Address,
+    /// The blob.
+    pub blob: ContentId,
+    /// Its size.
+    pub size: u64,
+    /// Copies wanted.
+    pub replicas: u32,
+    /// Duration in epochs.
+    pub epochs: u32,
+    /// Price per replica per epoch.
+    pub price_per_epoch: Amount,
+    /// Escrow still held.
+    pub escrow: Amount,
+    /// Height created.
+    pub created_at: u64,
+    /// Height it ends.
+    pub ends_at: u64,
+    /// Providers holding a replica.
+    pub providers: Vec<Address>,
+    /// Ended and settled.
+    pub ended: bool,
+}
+
+/// Work scheduled for the end of a block.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub enum Due {
+    /// Close a task's auction (if it is still in this attempt's auction).
+    AuctionClose {
+        /// The task.
+        task: TaskId,
+        /// The attempt the auction belongs to.
+        attempt: u32,
+    },
+    /// Check a task's deadline (if it is still assigned in this attempt).
+    Deadline {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Settle a committed task whose challenge window ended.
+    Settle {
+        /// The task.
+        task: TaskId,
+    },
+    /// Release matured unbondings.
+    Unbond {
+        /// Whose.
+        who: Address,
+    },
+    /// End a lease whose deposit ran out.
+    LeaseEnd {
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// End a storage deal.
+    DealEnd {
+        /// The deal.
+        deal: DealId,
+    },
+}

@@ -1,0 +1,128 @@
+//! Chain parameters, fixed at genesis.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use cairn_types::Amount;
+use serde::{Deserialize, Serialize};
+
+/// Every tunable number of the protocol. Rates are in basis points (1 bp = 0.01%); durations
+/// are in blocks. The defaults assume one-second blocks.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Smallest fee a transaction may pay.
+    pub min_tx_fee: Amount,
+    /// New supply per block.
+    pub block_reward: Amount,
+    /// Share of the block reward paid to validators; the rest goes to providers by verified work.
+    pub validator_reward_bps: u32,
+    /// Blocks per provider reward epoch.
+    pub reward_epoch_blocks: u64,
+    /// Protocol's cut of each settled task, paid to validators.
+    pub protocol_fee_bps: u32,
+    /// Verification fee escrowed per task on top of its max price (for audits).
+    pub verification_fee_bps: u32,
+    /// Blocks a committed result waits before settling.
+    pub challenge_window: u64,
+    /// Blocks unbonded stake takes to return.
+    pub unbonding_blocks: u64,
+    /// Stake a provider needs per unit of open task value.
+    pub exposure_multiplier: u32,
+    /// Stake a provider needs to register.
+    pub min_provider_stake: Amount,
+    /// Blocks after its last heartbeat a provider still gets new work.
+    pub heartbeat_timeout: u64,
+    /// Bids kept per task auction.
+    pub max_bids_per_task: u32,
+    /// Auction window used when a task finds no provider at once.
+    pub rematch_blocks: u32,
+    /// Unbondings in flight per account.
+    pub max_unbondings: u32,
+    /// Providers the registry holds.
+    pub max_providers: u32,
+    /// Blocks per storage epoch.
+    pub storage_epoch_blocks: u64,
+    /// Least audit probability, `p_min`.
+    pub audit_p_min_bps: u32,
+    /// Extra auditors in a dispute, `k`.
+    pub dispute_auditors: u32,
+    /// Canary rate, `φ`.
+    pub canary_rate_bps: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            min_tx_fee: Amount::from_base_units(1_000),
+            block_reward: Amount::from_base_units(1_000_000),
+            validator_reward_bps: 3_000,
+            reward_epoch_blocks: 600,
+            protocol_fee_bps: 200,
+            verification_fee_bps: 1_000,
+            challenge_window: 3_600,
+            unbonding_blocks: 7 * 24 * 3_600,
+            exposure_multiplier: 20,
+            min_provider_stake: Amount::from_base_units(100_000_000),
+            heartbeat_timeout: 600,
+            max_bids_per_task: 32,
+            rematch_blocks: 5,
+            max_unbondings: 16,
+            max_providers: 100_000,
+            storage_epoch_blocks: 3_600,
+            audit_p_min_bps: 500,
+            dispute_auditors: 3,
+            canary_rate_bps: 100,
+        }
+    }
+}
+
+impl Params {
+    /// Check the parameters make sense together.
+    ///
+    /// # Errors
+    /// A message naming the first broken rule.
+    pub fn validate(&self) -> Result<(), String> {
+        let bps = [
+            ("validator_reward_bps", self.validator_reward_bps),
+            ("protocol_fee_bps", self.protocol_fee_bps),
+            ("verification_fee_bps", self.verification_fee_bps),
+            ("audit_p_min_bps", self.audit_p_min_bps),
+            ("canary_rate_bps", self.canary_rate_bps),
+        ];
+        for (name, v) in bps {
+            if v > 10_000 {
+                return Err(format!("{name} must be at most 10000 (100%)"));
+            }
+        }
+        let positive = [
+            ("reward_epoch_blocks", self.reward_epoch_blocks),
+            ("challenge_window", self.challenge_window),
+            ("unbonding_blocks", self.unbonding_blocks),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("storage_epoch_blocks", self.storage_epoch_blocks),
+            ("max_bids_per_task", u64::from(self.max_bids_per_task)),
+            ("rematch_blocks", u64::from(self.rematch_blocks)),
+            ("max_unbondings", u64::from(self.max_unbondings)),
+            ("max_providers", u64::from(self.max_providers)),
+            ("audit_p_min_bps", u64::from(self.audit_p_min_bps)),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be above zero"));
+            }
+        }
+        // The exposure rule only deters a single cheat when stake covers 1/p_min of the task.
+        if u64::from(self.exposure_multiplier).saturating_mul(u64::from(self.audit_p_min_bps)) < 10_000 {
+            return Err("exposure_multiplier must be at least 1/p_min (10000 / audit_p_min_bps)".into());
+        }
+        if self.dispute_auditors == 0 || self.dispute_auditors.is_multiple_of(2) {
+            return Err("dispute_auditors must be odd so a majority exists".into());
+        }
+        if self.max_bids_per_task > 1_024 || self.max_unbondings > 1_024 {
+            return Err("max_bids_per_task and max_unbondings must be at most 1024".into());
+        }
+        if self.min_provider_stake.is_zero() {
+            return Err("min_provider_stake must be above zero".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! The job lifecycle, scenario by scenario.
+
+use cairn_state::model::TaskState;
+use cairn_types::{
+    Bid, CancelJob, CommitResult, ContentId, ErrorCode, Event, Metering, RefundReason, TaskId, TxBody,
+    TxStatus,
+};
+
+use crate::common::*;
+
+fn commit(chain: &mut cairn_state::testkit::TestChain, who: u64, task: TaskId) -> TxStatus {
+    let r = chain.run(
+        &provider_key(who),
+        TxBody::CommitResult(CommitResult {
+            task,
+            output: ContentId::of(b"out"),
+            metering: Metering { units: 10, output_bytes: 3 },
+        }),
+    );
+    status(&r)
+}
+
+#[test]
+fn a_job_with_posted_prices_is_matched_to_the_cheapest_provider_in_the_block_it_lands() {
+    let mut chain = market(&["0.5", "0.2", "0.3"]);
+    let job = submit(&mut chain, spec(1, "1", 0));
+    match chain.task_state(&job, 0) {
+        TaskState::Assigned { provider, price, .. } => {
+            assert_eq!(provider, provider_key(1).address());
+            assert_eq!(price, crn("0.2"));
+        }
+        other => panic!("expected assigned, got {other:?}"),
+    }
+    checks(&chain);
+}
+
+#[test]
+fn a_committed_task_settles_after_the_challenge_window_and_pays_provider_fee_and_refund() {
+    let mut chain = market(&["0.5"]);
+    let client_before = chain.state.account(&client().address()).unwrap().balance;
+    let job = submit(&mut chain, spec(1, "1", 0));
+    let p0 = provider_key(0).address();
+    let provider_before = chain.state.account(&p0).unwrap().balance;
+    assert_eq!(commit(&mut chain, 0, TaskId::derive(&job, 0)), TxStatus::Ok);
+    let provider_mid = chain.state.account(&p0).unwrap().balance;
+    assert_eq!(
+        provider_mid,
+        provider_before.checked_sub(chain.fee).unwrap(),
+        "nothing paid before the window ends"
+    );
+    let receipts = chain.advance(5);
+    let settled = receipts.iter().flat_map(|r| r.events()).find_map(|e| match e {
+        Event::TaskSettled { paid, protocol_fee, refunded, .. } => Some((*paid, *protocol_fee, *refunded)),
+        _ => None,
+    });
+    // price 0.5, protocol fee 2% = 0.01, reserve = 1 + 10% verification fee = 1.1, refund 0.6
+    assert_eq!(settled, Some((crn("0.49"), crn("0.01"), crn("0.6"))));
+    assert!(matches!(chain.task_state(&job, 0), TaskState::Settled { .. }));
+    assert!(chain.state.escrow(&job).unwrap().is_zero());
+    // The client paid exactly the price plus its one tx fee.
+    let client_after = chain.state.account(&client().address()).unwrap().balance;
+    assert_eq!(client_before.checked_sub(client_after).unwrap(), crn("0.5").checked_add(chain.fee).unwrap());
+    assert_eq!(chain.state.provider(&p0).unwrap().unwrap().reputation.total_valid, 1);
+    checks(&chain);
+}
+
+#[test]
+fn the_lowest_reputation_weighted_bid_wins_a_sealed_auction() {
+    let mut chain = market(&["0.9", "0.9", "0.9"]);
+    let job = submit(&mut chain, spec(1, "1", 3));
+    let task = TaskId::derive(&job, 0);
+    assert!(matches!(chain.task_state(&job, 0), TaskState::Open { .. }));
+    for (who, price) in [(0, "0.6"), (1, "0.4"), (2, "0.5")] {
+        chain.send(&provider_key(who), TxBody::Bid(Bid { task, price: crn(price) }));
+    }
+    chain.next_block();
+    chain.advance(3);
+    match chain.task_state(&job, 0) {
+        TaskState::Assigned { provider, price, .. } => {
+            assert_eq!(provider, provider_key(1).address());
+            assert_eq!(price, crn("0.4"));
+        }
+        other => panic!("expected assigned, got {other:?}"),
+    }
+    checks(&chain);
+}
+
+#[test]
+fn bids_above_the_max_price_twice_from_one_provider_or_after_the_window_are_refused() {
+    let mut chain = market(&["0.9", "0.9"]);
+    let job = submit(&mut chain, spec(1, "1", 5));
+    let task = TaskId::derive(&job, 0);
+    let bid = |p: &str| TxBody::Bid(Bid { task, price: crn(p) });
+    assert_eq!(status(&chain.run(&provider_key(0), bid("1.5"))), TxStatus::Failed(ErrorCode::PriceAboveMax));
+    assert_eq!(status(&chain.run(&provider_key(0), bid("0.5"))), TxStatus::Ok);
+    assert_eq!(status(&chain.run(&provider_key(0), bid("0.4"))), TxStatus::Failed(ErrorCode::DuplicateBid));
+    assert_eq!(status(&chain.run(&client(), bid("0.4"))), TxStatus::Failed(ErrorCode::ClientCannotBid));
+    chain.advance(2);
+    assert_eq!(status(&chain.run(&provider_key(1), bid("0.4"))), TxStatus::Failed(ErrorCode::TaskNotOpen));
+    checks(&chain);
+}
+
+#[test]
+fn a_missed_deadline_reauctions_the_task_to_another_provider() {
+    let mut chain = market(&["0.2", "0.3"]);
+    let job = submit(&mut chain, spec(1, "1", 0));
+    let first = provider_key(0).address();
+    assert!(matches!(chain.task_state(&job, 0), TaskState::Assigned { provider, .. } if provider == first));
+    let receipts = chain.advance(4);
+    assert!(receipts.iter().flat_map(|r| r.events()).any(|e| matches!(e, Event::TaskMissedDeadline { .. })));
+    let task = chain.state.task(&TaskId::derive(&job, 0)).unwrap().unwrap();
+    assert_eq!(task.attempt, 2);
+    assert!(
+        matches!(task.state, TaskState::Assigned { provider, .. } if provider == provider_key(1).address())
+    );
+    let p0 = chain.state.provider(&first).unwrap().unwrap();
+    assert_eq!((p0.reputation.total_failed, p0.open_tasks, p0.reserved.cpu_millis), (1, 0, 0));
+    // The late provider can no longer commit.
+    assert_eq!(
+        commit(&mut chain, 0, TaskId::derive(&job, 0)),
+        TxStatus::Failed(ErrorCode::NotAssignedProvider)
+    );
+    assert_eq!(commit(&mut chain, 1, TaskId::derive(&job, 0)), TxStatus::Ok);
+    chain.advance(6);
+    assert!(matches!(chain.task_state(&job, 0), TaskState::Settled { .. }));
+    checks(&chain);
+}
+
+#[test]
+fn a_task_is_refunded_after_max_attempts_of_missed_deadlines() {
+    let mut chain = market(&["0.2", "0.3", "0.4"]);
+    let client_before = chain.state.account(&client().address()).unwrap().balance;
+    let job = submit(&mut chain, spec(1, "1", 0));
+    chain.advance(3 * 4 + 1);
+    assert!(matches!(
+        chain.task_state(&job, 0),
+        TaskState::Refunded { reason: RefundReason::MaxAttempts, .. }
+    ));
+    let client_after = chain.state.account(&client().address()).unwrap().balance;
+    assert_eq!(client_before.checked_sub(client_after).unwrap(), chain.fee, "only the fee is spent");
+    assert!(chain.state.escrow(&job).unwrap().is_zero());
+    checks(&chain);
+}
+
+#[test]
+fn a_job_nobody_can_take_is_refunded_after_its_attempts() {
+    let mut chain = market(&["2"]);
+    let job = submit(&mut chain, spec(2, "1", 0));
+    assert!(matches!(chain.task_state(&job, 0), TaskState::Open { .. }));
+    chain.advance(3 * 5 + 1);
+    for i in 0..2 {
+        assert!(matches!(
+            chain.task_state(&job, i),
+            TaskState::Refunded { reason: RefundReason::NoProvider, .. }
+        ));
+    }
+    checks(&chain);
+}
+
+#[test]
+fn cancel_refunds_open_and_running_tasks_but_committed_ones_still_settle() {
+    let mut chain = market(&["0.2"]);
+    let mut s = spec(3, "1", 0);
+    s.resources.cpu_millis = 2_000; // the provider has room for two at a time
+    let job = submit(&mut chain, s);
+    assert!(matches!(chain.task_state(&job, 2), TaskState::Open { .. }));
+    assert_eq!(commit(&mut chain, 0, TaskId::derive(&job, 0)), TxStatus::Ok);
+    let r = chain.run(&client(), TxBody::CancelJob(CancelJob { job }));
+    assert_eq!(status(&r), TxStatus::Ok);
+    assert!(matches!(chain.task_state(&job, 0), TaskState::Committed { .. }));
+    assert!(matches!(chain.task_state(&job, 1), TaskState::Refunded { reason: RefundReason::Cancelled, .. }));
+    assert!(matches!(chain.task_state(&job, 2), TaskState::Refunded { reason: RefundReason::Cancelled, .. }));
+    let p = chain.state.provider(&provider_key(0).address()).unwrap().unwrap();
+    assert_eq!(p.reserved.cpu_millis, 0, "cancel frees the running task's capacity");
+    let again = chain.run(&client(), TxBody::CancelJob(CancelJob { job }));
+    assert_eq!(status(&again), TxStatus::Failed(ErrorCode::JobFinished));
+    chain.advance(5);
+    assert!(matches!(chain.task_state(&job, 0), TaskState::Settled { .. }));
+    assert!(chain.all_tasks_final());
+    checks(&chain);
+}
+
+#[test]
+fn only_the_client_can_cancel_and_only_the_assigned_provider_can_commit() {
+    let mut chain = market(&["0.2", "0.3"]);
+    let job = submit(&mut chain, spec(1, "1", 0));
+    let r = chain.run(&provider_key(0), TxBody::CancelJob(CancelJob { job }));
+    assert_eq!(status(&r), TxStatus::Failed(ErrorCode::NotJobClient));
+    assert_eq!(
+        commit(&mut chain, 1, TaskId::derive(&job, 0)),
+        TxStatus::Failed(ErrorCode::NotAssignedProvider)
+    );
+    assert_eq!(commit(&mut chain, 0, TaskId([9; 32])), TxStatus::Failed(ErrorCode::TaskNotFound));
+    checks(&chain);
+}
+
+#[test]
+fn a_job_spreads_over_providers_when_the_cheapest_runs_out_of_capacity() {
+    let mut chain = market(&["0.2", "0.3"]);
+    let job = submit(&mut chain, spec(6, "1", 0));
+    let mut by = std::collections::BTreeMap::new();
+    for i in 0..6 {
+        if let TaskState::Assigned { provider, .. } = chain.task_state(&job, i) {
+            *by.entry(provider).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(by.get(&provider_key(0).address()), Some(&4), "4 cores, 1 core per task");
+    assert_eq!(by.get(&provider_key(1).address()), Some(&2));
+    checks(&chain);
+}
+
+#[test]
+fn region_constraints_exclude_providers_elsewhere() {
+    let mut chain = market(&["0.1", "0.5", "0.3"]); // DE, US, SG
+    let mut s = spec(1, "1", 0);
+    s.constraints.regions = vec!["SG".parse().unwrap()];
+    let job = submit(&mut chain, s);
+    assert!(
+        matches!(chain.task_state(&job, 0), TaskState::Assigned { provider, .. } if provider == provider_key(2).address())
+    );
+}
+
+#[test]
+fn the_stake_exposure_rule_keeps_an_understaked_provider_from_big_tasks() {
+    // 1,000 CRN bonded at exposure 20× covers at most 50 CRN of open work.
+    let mut chain = market(&["40", "60"]);
+    let job = submit(&mut chain, spec(2, "60", 0));
+    let p0 = provider_key(0).address();
+    let assigned: Vec<_> = (0..2)
+        .map(|i| match chain.task_state(&job, i) {
+            TaskState::Assigned { provider, .. } => Some(provider),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(assigned[0], Some(p0), "the first 40 CRN task fits");
+    assert_ne!(assigned[1], Some(p0), "a second would need 1,600 CRN of stake");
+    checks(&chain);
+}

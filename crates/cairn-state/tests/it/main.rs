@@ -1,0 +1,9 @@
+//! Integration tests of the state machine, driven block by block.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
+
+mod bad_input;
+mod common;
+mod lifecycle;
+mod properties;
+mod staking_rewards;

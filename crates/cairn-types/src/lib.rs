@@ -1,0 +1,55 @@
+//! Cairn's shared domain types.
+//!
+//! Everything that crosses a process boundary is defined here: account addresses and keys,
+//! token amounts, content ids, the canonical binary codec, transactions and their bodies, job
+//! specs, blocks, receipts and the stable error codes a receipt carries. The crate has no I/O
+//! and no dependency on the state machine, so clients can use it without pulling chain code.
+//!
+//! ```
+//! use cairn_types::{Amount, Canonical, SecretKey, Tx, TxBody, Transfer};
+//!
+//! let alice = SecretKey::from_seed([1; 32]);
+//! let bob = SecretKey::from_seed([2; 32]).address();
+//! let tx = Tx::sign(
+//!     &alice,
+//!     "cairn-devnet",
+//!     0,
+//!     Amount::from_crn(0).unwrap(),
+//!     TxBody::Transfer(Transfer { to: bob, amount: "1.5 CRN".parse().unwrap() }),
+//! );
+//! let bytes = tx.encode();
+//! let back = Tx::decode(&bytes).unwrap();
+//! assert_eq!(back, tx);
+//! assert!(back.verify_signature().is_ok());
+//! ```
+
+#![deny(clippy::unwrap_used, clippy::arithmetic_side_effects, clippy::float_arithmetic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::arithmetic_side_effects))]
+
+mod amount;
+mod block;
+mod codec;
+mod error;
+mod hash;
+mod job;
+mod keys;
+mod provider;
+mod receipt;
+mod tx;
+
+pub use amount::{Amount, BASE_UNITS_PER_CRN, DECIMALS};
+pub use block::{Block, MAX_BLOCK_BYTES};
+pub use codec::{CODEC_VERSION, Canonical};
+pub use error::{Error, Result};
+pub use hash::{
+    BlockHash, ContentId, DealId, Hash32, JobId, LeaseId, StateRoot, TaskId, TxHash, hash_domain,
+};
+pub use job::{Constraints, InputRef, JobSpec, Limits, Resources, VerificationLevel, WorkloadKind, limits};
+pub use keys::{Address, SecretKey, Signature, verify_batch};
+pub use provider::{Capacity, Gpu, PriceSheet, ProviderInfo, Region, provider_limits};
+pub use receipt::{ErrorCode, Event, Receipt, RefundReason, TxStatus};
+pub use tx::{
+    Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,
+    Metering, OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, SubmitJob, Transfer, Tx,
+    TxBody, Unbond, UpdateProvider,
+};

@@ -1,0 +1,322 @@
+//! What a block did: receipts with stable error codes, and events.
+
+use std::fmt;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Address, Amount, ContentId, DealId, JobId, LeaseId, TaskId, TxHash};
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $name:ident = $num:literal, $snake:literal, $msg:literal; )*) => {
+        /// A stable, numbered reason a transaction was refused. Every node produces the same
+        /// code for the same transaction; codes are never renumbered or reused.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u16)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $name = $num, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in numeric order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name,)*];
+
+            /// The stable number.
+            pub const fn code(self) -> u16 {
+                self as u16
+            }
+
+            /// The code with this number.
+            pub fn from_code(n: u16) -> Option<ErrorCode> {
+                match n {
+                    $( $num => Some(ErrorCode::$name), )*
+                    _ => None,
+                }
+            }
+
+            /// A stable snake_case name, e.g. `nonce_gap`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( ErrorCode::$name => $snake, )*
+                }
+            }
+
+            /// A one-line explanation for people.
+            pub fn message(self) -> &'static str {
+                match self {
+                    $( ErrorCode::$name => $msg, )*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The transaction bytes are not a canonical encoding.
+    Malformed = 1, "malformed", "transaction bytes are not a canonical encoding";
+    /// The transaction is over the size limit.
+    TooLarge = 2, "too_large", "transaction is too large";
+    /// The chain id is not this chain's.
+    WrongChainId = 3, "wrong_chain_id", "transaction is for another chain";
+    /// The signature does not verify.
+    BadSignature = 4, "bad_signature", "signature does not verify";
+    /// The nonce was already used (a replay).
+    NonceReplayed = 5, "nonce_replayed", "nonce already used";
+    /// The nonce skips ahead of the sender's next nonce.
+    NonceGap = 6, "nonce_gap", "nonce is ahead of the sender's next nonce";
+    /// The fee is below the chain's minimum.
+    FeeTooLow = 7, "fee_too_low", "fee is below the minimum";
+    /// The sender cannot pay the fee.
+    CannotPayFee = 8, "cannot_pay_fee", "balance does not cover the fee";
+    /// The sender cannot pay the amount.
+    InsufficientFunds = 9, "insufficient_funds", "balance does not cover the amount";
+    /// An amount would overflow.
+    Overflow = 10, "overflow", "amount overflows";
+    /// An amount that must be positive is zero.
+    ZeroAmount = 11, "zero_amount", "amount must be above zero";
+    /// A body field breaks a protocol rule.
+    InvalidBody = 12, "invalid_body", "transaction body breaks a protocol rule";
+    /// Not enough bonded stake.
+    InsufficientStake = 20, "insufficient_stake", "bonded stake is too low";
+    /// Stake backs open work and cannot be unbonded yet.
+    StakeLocked = 21, "stake_locked", "stake backs open work or a registration and cannot be unbonded";
+    /// Unbonding more than is bonded.
+    UnbondTooMuch = 22, "unbond_too_much", "unbonding more than is bonded";
+    /// Too many unbondings in flight.
+    TooManyUnbondings = 23, "too_many_unbondings", "too many unbondings in flight";
+    /// The sender is already a provider.
+    ProviderAlreadyRegistered = 30, "provider_already_registered", "already registered as a provider";
+    /// The sender or named account is not a provider.
+    ProviderNotRegistered = 31, "provider_not_registered", "not a registered provider";
+    /// The provider registration breaks a rule.
+    InvalidProviderInfo = 32, "invalid_provider_info", "provider registration breaks a rule";
+    /// Capacity cannot shrink below what running work holds.
+    CapacityInUse = 33, "capacity_in_use", "capacity is held by running work";
+    /// The provider registry is full.
+    RegistryFull = 34, "registry_full", "provider registry is full";
+    /// The job spec breaks a rule.
+    InvalidJobSpec = 40, "invalid_job_spec", "job spec breaks a rule";
+    /// No such job.
+    JobNotFound = 41, "job_not_found", "no such job";
+    /// No such task.
+    TaskNotFound = 42, "task_not_found", "no such task";
+    /// Only the job's client may do this.
+    NotJobClient = 43, "not_job_client", "only the job's client may do this";
+    /// The task is not open for bids.
+    TaskNotOpen = 44, "task_not_open", "task is not open for bids";
+    /// The auction window has closed.
+    AuctionClosed = 45, "auction_closed", "auction window has closed";
+    /// The price is above the task's maximum.
+    PriceAboveMax = 46, "price_above_max", "price is above the task's maximum";
+    /// This provider already bid on this task.
+    DuplicateBid = 47, "duplicate_bid", "provider already bid on this task";
+    /// The provider is not eligible for this task.
+    NotEligible = 48, "not_eligible", "provider is not eligible for this task";
+    /// Only the assigned provider may do this.
+    NotAssignedProvider = 49, "not_assigned_provider", "only the assigned provider may do this";
+    /// The task is not assigned.
+    TaskNotAssigned = 50, "task_not_assigned", "task is not assigned";
+    /// The task's deadline has passed.
+    DeadlinePassed = 51, "deadline_passed", "task deadline has passed";
+    /// The job has finished or was cancelled.
+    JobFinished = 52, "job_finished", "job has finished or was cancelled";
+    /// The auction already holds better bids.
+    AuctionFull = 53, "auction_full", "auction is full of better bids";
+    /// A client cannot work on its own job.
+    ClientCannotBid = 54, "client_cannot_bid", "a client cannot work on its own job";
+    /// Job id already exists.
+    JobExists = 55, "job_exists", "a job with this id already exists";
+    /// The sender is not the auditor assigned to this task.
+    AuditNotAssigned = 60, "audit_not_assigned", "sender is not an assigned auditor for this task";
+    /// Audits, disputes and storage proofs are not active on this chain yet.
+    VerificationNotActive = 61, "verification_not_active", "this verification step is not active on this chain";
+    /// The task cannot be disputed now.
+    DisputeNotAllowed = 62, "dispute_not_allowed", "task cannot be disputed now";
+    /// No such storage deal.
+    DealNotFound = 70, "deal_not_found", "no such storage deal";
+    /// No such lease.
+    LeaseNotFound = 71, "lease_not_found", "no such lease";
+    /// Only the lease's client or provider may do this.
+    NotLeaseParty = 72, "not_lease_party", "only the lease's client or provider may do this";
+    /// The lease has ended.
+    LeaseClosed = 73, "lease_closed", "lease has ended";
+    /// The storage deal breaks a rule.
+    InvalidDeal = 74, "invalid_deal", "storage deal breaks a rule";
+    /// The provider does not serve this kind of workload.
+    KindNotServed = 75, "kind_not_served", "provider does not serve this workload kind";
+    /// The price is below the provider's posted price.
+    PriceBelowPosted = 76, "price_below_posted", "price is below the provider's posted price";
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "E{:03} {}: {}", self.code(), self.name(), self.message())
+    }
+}
+
+impl BorshSerialize for ErrorCode {
+    fn serialize<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
+        BorshSerialize::serialize(&self.code(), w)
+    }
+}
+
+impl BorshDeserialize for ErrorCode {
+    fn deserialize_reader<R: std::io::Read>(r: &mut R) -> std::io::Result<Self> {
+        let n = u16::deserialize_reader(r)?;
+        ErrorCode::from_code(n).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown error code {n}"))
+        })
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <String as Deserialize>::deserialize(d)?;
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {s:?}")))
+    }
+}
+
+/// How a transaction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "status", content = "code", rename_all = "snake_case")]
+pub enum TxStatus {
+    /// Applied.
+    Ok,
+    /// The fee was charged and the nonce used, but the body changed nothing.
+    Failed(ErrorCode),
+    /// Refused before execution (bad signature, nonce, chain id, fee): nothing changed.
+    Rejected(ErrorCode),
+}
+
+/// Why a task's deposit went back to its client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundReason {
+    /// No eligible provider took it within its attempts.
+    NoProvider,
+    /// Every attempt missed its deadline.
+    MaxAttempts,
+    /// The client cancelled before a result was committed.
+    Cancelled,
+}
+
+/// Something that happened, for clients, providers and the explorer.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Funds moved.
+    Transferred { from: Address, to: Address, amount: Amount },
+    /// Stake bonded.
+    Bonded { who: Address, amount: Amount },
+    /// Unbonding started.
+    UnbondStarted { who: Address, amount: Amount, release_at: u64 },
+    /// Unbonded stake returned to the balance.
+    Unbonded { who: Address, amount: Amount },
+    /// A provider registered.
+    ProviderRegistered { provider: Address },
+    /// A provider changed its registration.
+    ProviderUpdated { provider: Address },
+    /// A job was submitted and its escrow deposited.
+    JobSubmitted { job: JobId, client: Address, tasks: u32, deposit: Amount },
+    /// A task is open for bids until `auction_end`.
+    TaskOpened { task: TaskId, job: JobId, index: u32, attempt: u32, auction_end: u64 },
+    /// A bid was placed.
+    BidPlaced { task: TaskId, provider: Address, price: Amount },
+    /// A task was given to a provider.
+    TaskAssigned {
+        task: TaskId,
+        job: JobId,
+        index: u32,
+        provider: Address,
+        price: Amount,
+        deadline: u64,
+        attempt: u32,
+    },
+    /// A provider committed a result.
+    TaskCommitted { task: TaskId, provider: Address, output: ContentId, settle_at: u64 },
+    /// A provider missed its deadline; the task goes back to auction or is refunded.
+    TaskMissedDeadline { task: TaskId, provider: Address, attempt: u32 },
+    /// A task was paid for.
+    TaskSettled {
+        task: TaskId,
+        job: JobId,
+        provider: Address,
+        paid: Amount,
+        protocol_fee: Amount,
+        refunded: Amount,
+    },
+    /// A task's deposit went back to the client.
+    TaskRefunded { task: TaskId, job: JobId, amount: Amount, reason: RefundReason },
+    /// Every task of a job is settled or refunded.
+    JobFinished { job: JobId },
+    /// A lease opened.
+    LeaseOpened { lease: LeaseId, client: Address, provider: Address, ends_at: u64 },
+    /// A lease closed and settled.
+    LeaseClosed { lease: LeaseId, paid: Amount, refunded: Amount },
+    /// A storage deal was created.
+    DealCreated { deal: DealId, client: Address },
+    /// A storage deal ended; its unspent escrow went back.
+    DealEnded { deal: DealId, refunded: Amount },
+    /// Block rewards and fees were paid out.
+    RewardsPaid { validators: Amount, providers: Amount },
+}
+
+/// The result of a transaction, or of the block's end-of-block work.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Receipt {
+    /// One transaction.
+    Tx {
+        /// Its hash.
+        hash: TxHash,
+        /// How it ended.
+        status: TxStatus,
+        /// Fee charged (zero when rejected).
+        fee: Amount,
+        /// What it did.
+        events: Vec<Event>,
+    },
+    /// The block's own work after its transactions: auctions closing, deadlines, settlement,
+    /// unbonding, rewards.
+    EndBlock {
+        /// What it did.
+        events: Vec<Event>,
+    },
+}
+
+impl Receipt {
+    /// The events of this receipt.
+    pub fn events(&self) -> &[Event] {
+        match self {
+            Receipt::Tx { events, .. } | Receipt::EndBlock { events } => events,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_stable_and_named() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.code()));
+            assert_eq!(ErrorCode::from_code(c.code()), Some(*c));
+        }
+        assert_eq!(ErrorCode::NonceGap.code(), 6);
+        assert_eq!(ErrorCode::NonceGap.name(), "nonce_gap");
+        assert_eq!(ErrorCode::BadSignature.to_string(), "E004 bad_signature: signature does not verify");
+        assert!(ErrorCode::from_code(9999).is_none());
+    }
+}

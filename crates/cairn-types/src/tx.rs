@@ -1,0 +1,328 @@
+//! Transactions: `Tx { chain_id, sender, nonce, fee, body, signature }`.
+//!
+//! The signature covers the canonical encoding of the transaction with the signature field
+//! set to [`Signature::EMPTY`]. Replay protection is the chain id plus a nonce that must equal
+//! the sender's next nonce exactly.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Address, Amount, Canonical, ContentId, DealId, JobId, JobSpec, LeaseId, ProviderInfo, Result, SecretKey,
+    Signature, TaskId, TxHash,
+};
+
+/// Largest encoded transaction.
+pub const MAX_TX_BYTES: usize = 128 * 1024;
+/// Longest chain id.
+pub const MAX_CHAIN_ID: usize = 64;
+
+/// Move funds to another account.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Recipient.
+    pub to: Address,
+    /// Amount moved.
+    pub amount: Amount,
+}
+
+/// Lock funds as stake.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Bond {
+    /// Amount bonded.
+    pub amount: Amount,
+}
+
+/// Start unlocking stake; it returns after the unbonding period.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Unbond {
+    /// Amount to unbond.
+    pub amount: Amount,
+}
+
+/// Register the sender as a provider.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct RegisterProvider {
+    /// Endpoint, region, attributes, capacity and prices.
+    pub info: ProviderInfo,
+}
+
+/// Replace the sender's provider registration.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct UpdateProvider {
+    /// The new registration.
+    pub info: ProviderInfo,
+}
+
+/// A provider's liveness signal; providers without a recent heartbeat get no new work.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Heartbeat {}
+
+/// Submit a job and deposit its escrow.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SubmitJob {
+    /// The job.
+    pub spec: JobSpec,
+}
+
+/// A provider's sealed bid for an open task (one per provider per task, binding).
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Bid {
+    /// The task.
+    pub task: TaskId,
+    /// Price asked.
+    pub price: Amount,
+}
+
+/// Cancel a job: tasks not yet committed are refunded.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct CancelJob {
+    /// The job.
+    pub job: JobId,
+}
+
+/// What running a task cost, as measured by the runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Metering {
+    /// Metered units: fuel for WASM, tokens for inference.
+    pub units: u64,
+    /// Output size in bytes.
+    pub output_bytes: u64,
+}
+
+/// The assigned provider's commitment to a result.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct CommitResult {
+    /// The task.
+    pub task: TaskId,
+    /// Content id of the output.
+    pub output: ContentId,
+    /// What it cost to run.
+    pub metering: Metering,
+}
+
+/// An assigned auditor's own result for a task it re-ran.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SubmitAudit {
+    /// The task audited.
+    pub task: TaskId,
+    /// Content id of the auditor's output.
+    pub output: ContentId,
+    /// What it cost to re-run.
+    pub metering: Metering,
+}
+
+/// Challenge a committed result, with a bond.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct OpenDispute {
+    /// The task.
+    pub task: TaskId,
+    /// Bond put up (lost if the dispute fails).
+    pub bond: Amount,
+}
+
+/// Pin a blob on `replicas` providers for `epochs` epochs.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct CreateStorageDeal {
+    /// The blob.
+    pub blob: ContentId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Copies wanted.
+    pub replicas: u32,
+    /// Duration in epochs.
+    pub epochs: u32,
+    /// Price per replica per epoch.
+    pub price_per_epoch: Amount,
+}
+
+/// A storage provider's answer to a possession challenge.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct ProveStorage {
+    /// The deal.
+    pub deal: DealId,
+    /// The epoch challenged.
+    pub epoch: u32,
+    /// Challenged chunks with their inclusion proofs.
+    pub proof: Vec<u8>,
+}
+
+/// Open a lease on a provider for a long-running service.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct OpenLease {
+    /// The provider.
+    pub provider: Address,
+    /// The service workload (image digest or WASM module).
+    pub workload: ContentId,
+    /// Price per block (at least the provider's posted `service` price).
+    pub price_per_block: Amount,
+    /// Escrowed deposit; the lease ends when it is used up.
+    pub deposit: Amount,
+}
+
+/// Close a lease; it settles to this block.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct CloseLease {
+    /// The lease.
+    pub lease: LeaseId,
+}
+
+/// Every transaction body. The order of variants is the wire tag: append, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TxBody {
+    /// See [`Transfer`].
+    Transfer(Transfer),
+    /// See [`Bond`].
+    Bond(Bond),
+    /// See [`Unbond`].
+    Unbond(Unbond),
+    /// See [`RegisterProvider`].
+    RegisterProvider(RegisterProvider),
+    /// See [`UpdateProvider`].
+    UpdateProvider(UpdateProvider),
+    /// See [`Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`SubmitJob`].
+    SubmitJob(SubmitJob),
+    /// See [`Bid`].
+    Bid(Bid),
+    /// See [`CancelJob`].
+    CancelJob(CancelJob),
+    /// See [`CommitResult`].
+    CommitResult(CommitResult),
+    /// See [`SubmitAudit`].
+    SubmitAudit(SubmitAudit),
+    /// See [`OpenDispute`].
+    OpenDispute(OpenDispute),
+    /// See [`CreateStorageDeal`].
+    CreateStorageDeal(CreateStorageDeal),
+    /// See [`ProveStorage`].
+    ProveStorage(ProveStorage),
+    /// See [`OpenLease`].
+    OpenLease(OpenLease),
+    /// See [`CloseLease`].
+    CloseLease(CloseLease),
+}
+
+impl TxBody {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TxBody::Transfer(_) => "transfer",
+            TxBody::Bond(_) => "bond",
+            TxBody::Unbond(_) => "unbond",
+            TxBody::RegisterProvider(_) => "register_provider",
+            TxBody::UpdateProvider(_) => "update_provider",
+            TxBody::Heartbeat(_) => "heartbeat",
+            TxBody::SubmitJob(_) => "submit_job",
+            TxBody::Bid(_) => "bid",
+            TxBody::CancelJob(_) => "cancel_job",
+            TxBody::CommitResult(_) => "commit_result",
+            TxBody::SubmitAudit(_) => "submit_audit",
+            TxBody::OpenDispute(_) => "open_dispute",
+            TxBody::CreateStorageDeal(_) => "create_storage_deal",
+            TxBody::ProveStorage(_) => "prove_storage",
+            TxBody::OpenLease(_) => "open_lease",
+            TxBody::CloseLease(_) => "close_lease",
+        }
+    }
+}
+
+/// A signed transaction.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Tx {
+    /// The chain this transaction is for.
+    pub chain_id: String,
+    /// The signer.
+    pub sender: Address,
+    /// Must equal the sender's next nonce.
+    pub nonce: u64,
+    /// Fee paid to validators, charged even if the body fails.
+    pub fee: Amount,
+    /// What to do.
+    pub body: TxBody,
+    /// Signature over [`Tx::signing_bytes`].
+    pub signature: Signature,
+}
+
+impl Canonical for Tx {
+    const WHAT: &'static str = "transaction";
+    const MAX_BYTES: usize = MAX_TX_BYTES;
+}
+
+impl Tx {
+    /// Build and sign a transaction.
+    pub fn sign(key: &SecretKey, chain_id: &str, nonce: u64, fee: Amount, body: TxBody) -> Tx {
+        let mut tx = Tx {
+            chain_id: chain_id.to_owned(),
+            sender: key.address(),
+            nonce,
+            fee,
+            body,
+            signature: Signature::EMPTY,
+        };
+        tx.signature = key.sign(&tx.signing_bytes());
+        tx
+    }
+
+    /// The signed message: the canonical encoding with the signature field empty.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let unsigned = Tx { signature: Signature::EMPTY, ..self.clone() };
+        unsigned.encode()
+    }
+
+    /// The hash of the full canonical encoding.
+    pub fn hash(&self) -> TxHash {
+        TxHash(*blake3::hash(&self.encode()).as_bytes())
+    }
+
+    /// Check the signature on its own.
+    ///
+    /// # Errors
+    /// [`crate::Error::BadSignature`].
+    pub fn verify_signature(&self) -> Result<()> {
+        self.sender.verify(&self.signing_bytes(), &self.signature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    fn tx() -> Tx {
+        let k = SecretKey::from_seed([9; 32]);
+        Tx::sign(
+            &k,
+            "cairn-test",
+            3,
+            Amount::from_base_units(1000),
+            TxBody::Transfer(Transfer {
+                to: SecretKey::from_seed([8; 32]).address(),
+                amount: Amount::from_base_units(5),
+            }),
+        )
+    }
+
+    #[test]
+    fn a_changed_field_breaks_the_signature() {
+        let mut t = tx();
+        assert!(t.verify_signature().is_ok());
+        t.nonce = 4;
+        assert_eq!(t.verify_signature(), Err(Error::BadSignature));
+    }
+
+    #[test]
+    fn trailing_and_truncated_bytes_are_refused() {
+        let bytes = tx().encode();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(Tx::decode(&longer), Err(Error::Malformed(_))));
+        assert!(matches!(Tx::decode(&bytes[..bytes.len() - 1]), Err(Error::Malformed(_))));
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert!(matches!(Tx::decode(&v2), Err(Error::UnsupportedVersion { found: 2, .. })));
+        assert!(matches!(Tx::decode(&vec![1; MAX_TX_BYTES + 1]), Err(Error::TooLarge { .. })));
+    }
+}
