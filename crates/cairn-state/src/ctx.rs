@@ -180,3 +180,35 @@ impl<'a> Ctx<'a> {
 fn hex_key(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuthenticatedKv, MemStore};
+    use cairn_types::{Address, Amount};
+
+    #[test]
+    fn rollback_restores_staged_values_deletions_and_events() {
+        let mut base = MemStore::new();
+        base.put(b"k1".to_vec(), b"base".to_vec()).unwrap();
+        base.commit().unwrap();
+        let mut ctx = Ctx::new(&base, 1, Hash32::ZERO, Params::default());
+        ctx.put(b"k2".to_vec(), &7u32).unwrap();
+        ctx.settle_journal();
+        let ev = Event::Bonded { who: Address::default(), amount: Amount::ZERO };
+        let cp = ctx.checkpoint();
+        ctx.put(b"k2".to_vec(), &8u32).unwrap();
+        ctx.delete(b"k1".to_vec());
+        ctx.put(b"k3".to_vec(), &9u32).unwrap();
+        ctx.emit(ev.clone());
+        assert_eq!(ctx.get::<u32>(b"k2").unwrap(), Some(8));
+        assert_eq!(ctx.get_raw(b"k1").unwrap(), None);
+        ctx.rollback(cp);
+        assert_eq!(ctx.get::<u32>(b"k2").unwrap(), Some(7));
+        assert_eq!(ctx.get_raw(b"k1").unwrap(), Some(b"base".to_vec()));
+        assert_eq!(ctx.get_raw(b"k3").unwrap(), None);
+        assert!(ctx.take_events().is_empty());
+        let writes = ctx.into_writes();
+        assert_eq!(writes.len(), 1, "only the settled write remains: {writes:?}");
+    }
+}

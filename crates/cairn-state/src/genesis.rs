@@ -35,10 +35,10 @@ pub struct GenesisValidator {
 /// let g = Genesis::from_toml(r#"
 /// chain_id = "cairn-local"
 /// [[accounts]]
-/// address = "cairn1zq5wnvlg5aw6ay8mnqsjx7kx2wjnqggkxm54u49zhrhzx9zd0j8qjlu5m7"
+/// address = "cairn1af9xcclzn3fq40h42pa3xtk9lx25wa4wh6l8hyjzrm4xj9zx6gkqtszesy"
 /// balance = "1000 CRN"
 /// [[validators]]
-/// address = "cairn1zq5wnvlg5aw6ay8mnqsjx7kx2wjnqggkxm54u49zhrhzx9zd0j8qjlu5m7"
+/// address = "cairn1af9xcclzn3fq40h42pa3xtk9lx25wa4wh6l8hyjzrm4xj9zx6gkqtszesy"
 /// stake = "500 CRN"
 /// [params]
 /// challenge_window = 10

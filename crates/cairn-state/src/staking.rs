@@ -113,3 +113,36 @@ pub(crate) fn slash(ctx: &mut Ctx<'_>, who: &Address, amount: Amount) -> Exec<Am
     set_stake(ctx, who, &s)?;
     amount.checked_sub(want).ok_or_else(|| invariant("slash underflow"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuthenticatedKv, MemStore};
+    use cairn_types::Hash32;
+
+    #[test]
+    fn slashing_takes_bonded_stake_first_then_the_newest_unbonding() {
+        let store = MemStore::new();
+        let mut ctx = Ctx::new(&store, 10, Hash32::ZERO, crate::Params::default());
+        let who = Address([1; 32]);
+        let a = Amount::from_base_units;
+        let s = Stake {
+            bonded: a(100),
+            unbonding: vec![
+                Unbonding { amount: a(50), release_at: 20 },
+                Unbonding { amount: a(30), release_at: 30 },
+            ],
+        };
+        set_stake(&mut ctx, &who, &s).unwrap();
+        assert_eq!(slash(&mut ctx, &who, a(120)).unwrap(), a(120));
+        let left = stake(&ctx, &who).unwrap();
+        assert_eq!(left.bonded, a(0));
+        assert_eq!(
+            left.unbonding,
+            vec![Unbonding { amount: a(50), release_at: 20 }, Unbonding { amount: a(10), release_at: 30 }]
+        );
+        assert_eq!(slash(&mut ctx, &who, a(1_000)).unwrap(), a(60), "never more than there is");
+        assert_eq!(stake(&ctx, &who).unwrap(), Stake::default());
+        let _ = store.root();
+    }
+}

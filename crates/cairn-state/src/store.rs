@@ -225,6 +225,23 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    /// Recompute the hashes from bucket `b` up to the root.
+    fn update_path(&mut self, b: usize) {
+        let Some(mut acc) = self.bucket_hashes.get(b).copied() else { return };
+        let mut idx = b;
+        for level in &mut self.levels {
+            if let Some(slot) = level.get_mut(idx) {
+                *slot = acc;
+            }
+            let sib = level.get(idx ^ 1).copied().unwrap_or_default();
+            acc = if idx & 1 == 0 { hash_node(&acc, &sib) } else { hash_node(&sib, &acc) };
+            idx >>= 1;
+        }
+        self.root = StateRoot(acc);
+    }
+}
+
 impl StateView for MemStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.map.get(key).cloned())
@@ -258,12 +275,19 @@ impl AuthenticatedKv for MemStore {
     }
 
     fn commit(&mut self) -> Result<StateRoot, StoreError> {
-        for b in std::mem::take(&mut self.dirty) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &b in &dirty {
             if let (Some(h), Some(leaves)) = (self.bucket_hashes.get_mut(b), self.buckets.get(b)) {
                 *h = hash_bucket(leaves);
             }
         }
-        self.rebuild_tree();
+        if dirty.len() > BUCKETS / 16 {
+            self.rebuild_tree();
+        } else {
+            for b in dirty {
+                self.update_path(b);
+            }
+        }
         Ok(self.root)
     }
 
@@ -323,5 +347,32 @@ mod tests {
         assert_eq!(a.commit().unwrap(), b.commit().unwrap());
         b.put(vec![3], vec![4]).unwrap();
         assert_ne!(a.root(), b.commit().unwrap());
+    }
+}
+
+#[cfg(test)]
+mod incremental {
+    use super::*;
+
+    #[test]
+    fn incremental_commits_give_the_same_root_as_one_full_rebuild() {
+        let mut inc = MemStore::new();
+        for round in 0u32..40 {
+            for i in 0u32..50 {
+                let k = (round * 131 + i * 17) % 3000;
+                if (round + i) % 5 == 0 {
+                    inc.delete(&k.to_le_bytes()).unwrap();
+                } else {
+                    inc.put(k.to_le_bytes().to_vec(), (round ^ i).to_le_bytes().to_vec()).unwrap();
+                }
+            }
+            inc.commit().unwrap();
+        }
+        let mut full = MemStore::new();
+        for (k, v) in inc.scan_prefix(&[]) {
+            full.put(k.to_vec(), v.to_vec()).unwrap();
+        }
+        assert!(full.dirty.len() > BUCKETS / 16, "the fresh store takes the full-rebuild path");
+        assert_eq!(full.commit().unwrap(), inc.root());
     }
 }

@@ -1,1 +1,212 @@
+//! Staking, rewards, leases, storage deals and the verification entry points.
 
+use cairn_state::testkit::{TestChain, key};
+use cairn_types::{
+    Bond, CloseLease, CommitResult, ContentId, CreateStorageDeal, ErrorCode, Event, LeaseId, Metering,
+    OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, TaskId, TxBody, TxStatus, Unbond,
+};
+
+use crate::common::*;
+
+#[test]
+fn unbonded_stake_returns_only_after_the_unbonding_period() {
+    let who = key(7);
+    let mut chain = TestChain::new(params(), &[(&who, crn("100"))]);
+    chain.ok(&who, TxBody::Bond(Bond { amount: crn("40") }));
+    chain.ok(&who, TxBody::Unbond(Unbond { amount: crn("30") }));
+    let after_unbond = chain.state.account(&who.address()).unwrap().balance;
+    chain.advance(9);
+    assert_eq!(chain.state.account(&who.address()).unwrap().balance, after_unbond);
+    assert_eq!(chain.state.stake(&who.address()).unwrap().unbonding.len(), 1);
+    chain.advance(1);
+    let back = chain.state.account(&who.address()).unwrap().balance;
+    assert_eq!(back.checked_sub(after_unbond).unwrap(), crn("30"));
+    assert_eq!(chain.state.stake(&who.address()).unwrap().bonded, crn("10"));
+    let r = chain.run(&who, TxBody::Unbond(Unbond { amount: crn("11") }));
+    assert_eq!(status(&r), TxStatus::Failed(ErrorCode::UnbondTooMuch));
+    chain.check_supply().unwrap();
+}
+
+#[test]
+fn a_provider_needs_stake_to_register_and_cannot_unbond_what_backs_open_work() {
+    let p = provider_key(0);
+    let mut chain = TestChain::new(params(), &[(&p, crn("5000")), (&client(), crn("1000"))]);
+    let r = chain.run(&p, TxBody::RegisterProvider(RegisterProvider { info: info("DE", "1") }));
+    assert_eq!(status(&r), TxStatus::Failed(ErrorCode::InsufficientStake));
+    chain.ok(&p, TxBody::Bond(Bond { amount: crn("1000") }));
+    chain.ok(&p, TxBody::RegisterProvider(RegisterProvider { info: info("DE", "20") }));
+    let again = chain.run(&p, TxBody::RegisterProvider(RegisterProvider { info: info("DE", "20") }));
+    assert_eq!(status(&again), TxStatus::Failed(ErrorCode::ProviderAlreadyRegistered));
+    let job = submit(&mut chain, spec(1, "30", 0)); // 20 CRN open × 20 = 400 CRN locked
+    let r = chain.run(&p, TxBody::Unbond(Unbond { amount: crn("700") }));
+    assert_eq!(status(&r), TxStatus::Failed(ErrorCode::StakeLocked));
+    chain.ok(&p, TxBody::Unbond(Unbond { amount: crn("600") }));
+    // Once the task settles, the exposure is gone but the registration minimum stays.
+    let c = CommitResult {
+        task: TaskId::derive(&job, 0),
+        output: ContentId::of(b"o"),
+        metering: Metering::default(),
+    };
+    chain.ok(&p, TxBody::CommitResult(c));
+    chain.advance(5);
+    let r = chain.run(&p, TxBody::Unbond(Unbond { amount: crn("350") }));
+    assert_eq!(status(&r), TxStatus::Failed(ErrorCode::StakeLocked));
+    chain.ok(&p, TxBody::Unbond(Unbond { amount: crn("300") }));
+    checks(&chain);
+}
+
+#[test]
+fn validators_earn_fees_and_block_rewards_and_providers_earn_by_verified_work() {
+    let mut chain = market(&["0.5", "0.5"]);
+    let validator = key(0).address();
+    let v_before = chain.state.account(&validator).unwrap().balance;
+    chain.advance(1);
+    let v_after = chain.state.account(&validator).unwrap().balance;
+    // 30% of the 1 CRN block reward, all stake is the validator's.
+    assert_eq!(v_after.checked_sub(v_before).unwrap(), crn("0.3"));
+
+    let job = submit(&mut chain, spec(2, "1", 0));
+    for i in 0..2 {
+        let task = TaskId::derive(&job, i);
+        let who = match chain.task_state(&job, i) {
+            cairn_state::model::TaskState::Assigned { provider, .. } => provider,
+            s => panic!("{s:?}"),
+        };
+        let k = (0..2).map(provider_key).find(|k| k.address() == who).unwrap();
+        chain.ok(
+            &k,
+            TxBody::CommitResult(CommitResult {
+                task,
+                output: ContentId::of(b"x"),
+                metering: Metering::default(),
+            }),
+        );
+    }
+    let receipts = chain.advance(20);
+    let paid = receipts.iter().flat_map(|r| r.events()).find_map(|e| match e {
+        Event::RewardsPaid { providers, .. } if !providers.is_zero() => Some(*providers),
+        _ => None,
+    });
+    assert!(paid.is_some(), "the epoch after settlement pays providers");
+    assert!(chain.state.totals().unwrap().epoch_work.is_zero());
+    checks(&chain);
+}
+
+#[test]
+fn a_lease_pays_per_block_served_and_refunds_the_rest_on_close() {
+    let mut chain = market(&["1"]);
+    let p = provider_key(0).address();
+    let deposit = crn("1"); // 100 blocks at 0.01
+    let open =
+        OpenLease { provider: p, workload: ContentId::of(b"svc"), price_per_block: crn("0.01"), deposit };
+    let low = OpenLease { price_per_block: crn("0.001"), ..open.clone() };
+    assert_eq!(
+        status(&chain.run(&client(), TxBody::OpenLease(low))),
+        TxStatus::Failed(ErrorCode::PriceBelowPosted)
+    );
+    let r = chain.ok(&client(), TxBody::OpenLease(open));
+    let lease: LeaseId = r
+        .events()
+        .iter()
+        .find_map(|e| match e {
+            Event::LeaseOpened { lease, .. } => Some(*lease),
+            _ => None,
+        })
+        .unwrap();
+    chain.advance(9);
+    let before = chain.state.account(&p).unwrap().balance;
+    let r = chain.run(&key(77), TxBody::CloseLease(CloseLease { lease }));
+    assert!(matches!(status(&r), TxStatus::Rejected(_)), "an unfunded stranger cannot even pay the fee");
+    let r = chain.ok(&client(), TxBody::CloseLease(CloseLease { lease }));
+    let (paid, refunded) = r
+        .events()
+        .iter()
+        .find_map(|e| match e {
+            Event::LeaseClosed { paid, refunded, .. } => Some((*paid, *refunded)),
+            _ => None,
+        })
+        .unwrap();
+    // Opened at h, closed at h+11: 11 blocks × 0.01 = 0.11, less 2% = 0.1078.
+    assert_eq!(paid, crn("0.1078"));
+    assert_eq!(refunded, crn("0.89"));
+    assert_eq!(chain.state.account(&p).unwrap().balance.checked_sub(before).unwrap(), paid);
+    let again = chain.run(&client(), TxBody::CloseLease(CloseLease { lease }));
+    assert_eq!(status(&again), TxStatus::Failed(ErrorCode::LeaseClosed));
+    checks(&chain);
+}
+
+#[test]
+fn a_lease_ends_by_itself_when_its_deposit_runs_out() {
+    let mut chain = market(&["1"]);
+    let open = OpenLease {
+        provider: provider_key(0).address(),
+        workload: ContentId::of(b"s"),
+        price_per_block: crn("0.01"),
+        deposit: crn("0.05"),
+    };
+    chain.ok(&client(), TxBody::OpenLease(open));
+    let receipts = chain.advance(5);
+    let closed = receipts.iter().flat_map(|r| r.events()).find_map(|e| match e {
+        Event::LeaseClosed { paid, refunded, .. } => Some((*paid, *refunded)),
+        _ => None,
+    });
+    assert_eq!(closed, Some((crn("0.049"), crn("0"))));
+    checks(&chain);
+}
+
+#[test]
+fn a_storage_deal_escrows_its_price_and_refunds_it_while_proofs_are_inactive() {
+    let mut chain = market(&["1"]);
+    let before = chain.state.account(&client().address()).unwrap().balance;
+    let deal = CreateStorageDeal {
+        blob: ContentId::of(b"b"),
+        size: 10,
+        replicas: 2,
+        epochs: 1,
+        price_per_epoch: crn("1"),
+    };
+    let bad = CreateStorageDeal { replicas: 0, ..deal.clone() };
+    assert_eq!(
+        status(&chain.run(&client(), TxBody::CreateStorageDeal(bad))),
+        TxStatus::Failed(ErrorCode::InvalidDeal)
+    );
+    let r = chain.ok(&client(), TxBody::CreateStorageDeal(deal));
+    let id = r
+        .events()
+        .iter()
+        .find_map(|e| match e {
+            Event::DealCreated { deal, .. } => Some(*deal),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(chain.state.deal(&id).unwrap().unwrap().escrow, crn("2"));
+    let prove = TxBody::ProveStorage(ProveStorage { deal: id, epoch: 0, proof: vec![] });
+    assert_eq!(
+        status(&chain.run(&provider_key(0), prove)),
+        TxStatus::Failed(ErrorCode::VerificationNotActive)
+    );
+    chain.advance(params().storage_epoch_blocks);
+    let after = chain.state.account(&client().address()).unwrap().balance;
+    assert_eq!(before.checked_sub(after).unwrap(), chain.fee.checked_mul(2).unwrap(), "only fees spent");
+    checks(&chain);
+}
+
+#[test]
+fn verdicts_from_unassigned_auditors_and_disputes_from_strangers_are_refused() {
+    let mut chain = market(&["0.5", "0.5"]);
+    let job = submit(&mut chain, spec(1, "1", 0));
+    let task = TaskId::derive(&job, 0);
+    let audit =
+        TxBody::SubmitAudit(SubmitAudit { task, output: ContentId::of(b"x"), metering: Metering::default() });
+    assert_eq!(status(&chain.run(&provider_key(1), audit)), TxStatus::Failed(ErrorCode::AuditNotAssigned));
+    let dispute = |bond| TxBody::OpenDispute(OpenDispute { task, bond });
+    assert_eq!(
+        status(&chain.run(&provider_key(1), dispute(crn("1")))),
+        TxStatus::Failed(ErrorCode::NotJobClient)
+    );
+    assert_eq!(
+        status(&chain.run(&client(), dispute(crn("1")))),
+        TxStatus::Failed(ErrorCode::DisputeNotAllowed)
+    );
+    checks(&chain);
+}

@@ -1,0 +1,227 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cairn_types::*;
+use proptest::prelude::*;
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/codec").join(name)
+}
+
+fn spec() -> JobSpec {
+    let mut env = BTreeMap::new();
+    env.insert("MODE".to_string(), "fast".to_string());
+    JobSpec {
+        kind: WorkloadKind::Wasm,
+        workload: ContentId::of(b"module"),
+        inputs: vec![InputRef { name: "scene.svg".into(), id: ContentId::of(b"scene"), size: 5 }],
+        task_inputs: vec![],
+        args: vec!["--frames".into(), "4".into()],
+        env,
+        tasks: 4,
+        resources: Resources::default(),
+        limits: Limits::default(),
+        max_price_per_task: "0.25 CRN".parse().unwrap(),
+        deadline_blocks: 60,
+        bid_window: 2,
+        max_attempts: 3,
+        constraints: Constraints { regions: vec!["DE".parse().unwrap()], attributes: BTreeMap::new() },
+        verification: VerificationLevel::Standard,
+        hints: vec!["http://127.0.0.1:7000".into()],
+    }
+}
+
+fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
+    let k = SecretKey::from_seed([1; 32]);
+    let to = SecretKey::from_seed([2; 32]).address();
+    let fee = Amount::from_base_units(1_000);
+    let transfer = Tx::sign(
+        &k,
+        "cairn-devnet",
+        7,
+        fee,
+        TxBody::Transfer(Transfer { to, amount: "12.5 CRN".parse().unwrap() }),
+    );
+    let submit = Tx::sign(&k, "cairn-devnet", 8, fee, TxBody::SubmitJob(SubmitJob { spec: spec() }));
+    let block = Block {
+        height: 3,
+        parent: BlockHash([4; 32]),
+        proposer: to,
+        beacon: Hash32([5; 32]),
+        txs: vec![transfer.clone()],
+    };
+    vec![
+        ("transfer_tx.hex", transfer.encode()),
+        ("submit_job_tx.hex", submit.encode()),
+        ("job_spec.hex", spec().encode()),
+        ("block.hex", block.encode()),
+    ]
+}
+
+/// The encodings are frozen: a change here is a consensus change and needs a new codec
+/// version. Regenerate deliberately with `CAIRN_BLESS=1`.
+#[test]
+fn encodings_match_the_golden_vectors() {
+    for (name, bytes) in golden_values() {
+        let path = testdata(name);
+        if std::env::var_os("CAIRN_BLESS").is_some() {
+            std::fs::write(&path, hex::encode(&bytes) + "\n").unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(hex::encode(&bytes), want.trim(), "{name} changed");
+    }
+}
+
+#[test]
+fn golden_vectors_decode_to_their_values_and_verify() {
+    let [(_, t), (_, s), (_, j), (_, b)] = golden_values().try_into().unwrap();
+    let tx = Tx::decode(&t).unwrap();
+    assert!(tx.verify_signature().is_ok());
+    assert_eq!(tx.nonce, 7);
+    assert!(Tx::decode(&s).unwrap().verify_signature().is_ok());
+    assert_eq!(JobSpec::decode(&j).unwrap(), spec());
+    assert_eq!(Block::decode(&b).unwrap().txs, vec![tx]);
+}
+
+#[test]
+fn a_map_with_unsorted_keys_is_not_canonical() {
+    let mut s = spec();
+    s.env.insert("A".into(), "1".into());
+    let bytes = s.encode();
+    // Swap the two env entries in place: same content, wrong order.
+    let a = bytes.windows(6).position(|w| w == [1, 0, 0, 0, b'A', 1]).unwrap();
+    let m = bytes.windows(7).position(|w| w == [4, 0, 0, 0, b'M', b'O', b'D']).unwrap();
+    assert!(a < m);
+    let entry_a = bytes[a..a + 4 + 1 + 4 + 1].to_vec();
+    let entry_m = bytes[m..m + 4 + 4 + 4 + 4].to_vec();
+    let mut swapped = bytes[..a].to_vec();
+    swapped.extend_from_slice(&entry_m);
+    swapped.extend_from_slice(&entry_a);
+    swapped.extend_from_slice(&bytes[m + entry_m.len()..]);
+    assert_eq!(swapped.len(), bytes.len());
+    assert!(matches!(JobSpec::decode(&swapped), Err(Error::Malformed(_))));
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 ._-]{1,24}"
+}
+
+fn id() -> impl Strategy<Value = ContentId> {
+    any::<[u8; 32]>().prop_map(ContentId)
+}
+
+fn amount() -> impl Strategy<Value = Amount> {
+    any::<u128>().prop_map(Amount::from_base_units)
+}
+
+fn addr() -> impl Strategy<Value = Address> {
+    any::<[u8; 32]>().prop_map(Address)
+}
+
+fn job_spec() -> impl Strategy<Value = JobSpec> {
+    (
+        id(),
+        prop::collection::vec((text(), id(), any::<u64>()), 0..4),
+        prop::collection::vec(text(), 0..4),
+        prop::collection::btree_map(text(), text(), 0..4),
+        1u32..100,
+        amount(),
+        any::<(u64, u32, u32)>(),
+        prop::collection::vec("[A-Z]{2}", 0..3),
+    )
+        .prop_map(
+            |(workload, inputs, args, env, tasks, price, (deadline, window, attempts), regions)| JobSpec {
+                kind: WorkloadKind::Inference,
+                workload,
+                inputs: inputs.into_iter().map(|(name, id, size)| InputRef { name, id, size }).collect(),
+                task_inputs: vec![],
+                args,
+                env,
+                tasks,
+                resources: Resources::default(),
+                limits: Limits::default(),
+                max_price_per_task: price,
+                deadline_blocks: deadline,
+                bid_window: window,
+                max_attempts: attempts,
+                constraints: Constraints {
+                    regions: regions.iter().map(|r| r.parse().unwrap()).collect(),
+                    attributes: BTreeMap::new(),
+                },
+                verification: VerificationLevel::Strict,
+                hints: vec![],
+            },
+        )
+}
+
+fn body() -> impl Strategy<Value = TxBody> {
+    prop_oneof![
+        (addr(), amount()).prop_map(|(to, amount)| TxBody::Transfer(Transfer { to, amount })),
+        amount().prop_map(|amount| TxBody::Bond(Bond { amount })),
+        amount().prop_map(|amount| TxBody::Unbond(Unbond { amount })),
+        Just(TxBody::Heartbeat(Heartbeat {})),
+        job_spec().prop_map(|spec| TxBody::SubmitJob(SubmitJob { spec })),
+        (any::<[u8; 32]>(), amount()).prop_map(|(t, price)| TxBody::Bid(Bid { task: TaskId(t), price })),
+        any::<[u8; 32]>().prop_map(|j| TxBody::CancelJob(CancelJob { job: JobId(j) })),
+        (any::<[u8; 32]>(), id(), any::<(u64, u64)>()).prop_map(|(t, output, (units, output_bytes))| {
+            TxBody::CommitResult(CommitResult {
+                task: TaskId(t),
+                output,
+                metering: Metering { units, output_bytes },
+            })
+        }),
+        (addr(), id(), amount(), amount()).prop_map(|(provider, workload, price_per_block, deposit)| {
+            TxBody::OpenLease(OpenLease { provider, workload, price_per_block, deposit })
+        }),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(|proof| TxBody::ProveStorage(ProveStorage {
+            deal: DealId([1; 32]),
+            epoch: 2,
+            proof
+        })),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn transactions_round_trip_and_keep_their_signature(seed in any::<[u8; 32]>(), nonce in any::<u64>(), fee in amount(), body in body()) {
+        let tx = Tx::sign(&SecretKey::from_seed(seed), "cairn-prop", nonce, fee, body);
+        let bytes = tx.encode();
+        let back = Tx::decode(&bytes).unwrap();
+        prop_assert_eq!(&back, &tx);
+        prop_assert!(back.verify_signature().is_ok());
+        prop_assert_eq!(back.hash(), tx.hash());
+        let json = serde_json::to_string(&tx).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Tx>(&json).unwrap(), tx);
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic_and_only_canonical_bytes_decode(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(tx) = Tx::decode(&bytes) {
+            prop_assert_eq!(tx.encode(), bytes.clone());
+        }
+        if let Ok(spec) = JobSpec::decode(&bytes) {
+            prop_assert_eq!(spec.encode(), bytes.clone());
+        }
+        // Again behind a valid version byte, so the body decoder sees the noise.
+        let mut versioned = vec![CODEC_VERSION];
+        versioned.extend_from_slice(&bytes);
+        if let Ok(tx) = Tx::decode(&versioned) {
+            prop_assert_eq!(tx.encode(), versioned.clone());
+        }
+        if let Ok(block) = Block::decode(&versioned) {
+            prop_assert_eq!(block.encode(), versioned);
+        }
+    }
+
+    #[test]
+    fn flipping_any_byte_of_a_signed_transaction_is_caught(body in body(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let tx = Tx::sign(&SecretKey::from_seed([3; 32]), "cairn-prop", 1, Amount::from_base_units(5), body);
+        let mut bytes = tx.encode();
+        let i = pos.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        match Tx::decode(&bytes) {
+            Err(_) => {}
+            Ok(changed) => prop_assert!(changed.verify_signature().is_err(), "byte {} flipped and still verifies", i),
+        }
+    }
+}
