@@ -7,7 +7,6 @@ use std::str::FromStr;
 use bech32::{Bech32m, Hrp};
 use borsh::{BorshDeserialize, BorshSerialize};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{Error, Result};
 
@@ -85,18 +84,7 @@ impl FromStr for Address {
     }
 }
 
-impl Serialize for Address {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Address {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = <String as Deserialize>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_text!(Address);
 
 /// An ed25519 signature.
 #[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -119,20 +107,22 @@ impl fmt::Debug for Signature {
     }
 }
 
-impl Serialize for Signature {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(self.0))
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
     }
 }
 
-impl<'de> Deserialize<'de> for Signature {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = <String as Deserialize>::deserialize(d)?;
+impl FromStr for Signature {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
         let mut out = [0u8; 64];
-        hex::decode_to_slice(&s, &mut out).map_err(serde::de::Error::custom)?;
+        hex::decode_to_slice(s.trim(), &mut out).map_err(|_| Error::BadSignature)?;
         Ok(Signature(out))
     }
 }
+
+crate::serde_as_text!(Signature);
 
 /// A secret signing key. Its `Debug` never prints the secret.
 #[derive(Clone)]

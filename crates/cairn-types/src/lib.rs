@@ -26,6 +26,26 @@
 #![deny(clippy::unwrap_used, clippy::arithmetic_side_effects, clippy::float_arithmetic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::arithmetic_side_effects))]
 
+/// Serialize a type as its `Display` text and deserialize it with `FromStr`, so JSON, TOML and
+/// YAML show the same form people type.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_text;
+
 mod amount;
 mod block;
 mod codec;
