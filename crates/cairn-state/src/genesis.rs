@@ -6,7 +6,11 @@ use std::path::Path;
 use cairn_types::{Address, Amount, MAX_CHAIN_ID};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Params, Result};
+use borsh::BorshSerialize;
+
+use crate::keys;
+use crate::model::{Account, Meta, Stake, Totals};
+use crate::{Error, Params, Result, WriteSet};
 
 /// A funded account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +97,35 @@ impl Genesis {
             Some("json") => Self::from_json(&text),
             _ => Self::from_toml(&text),
         }
+    }
+
+    /// The state at height 0, as writes into an empty store.
+    ///
+    /// # Errors
+    /// [`Error::Genesis`] if the genesis is invalid.
+    pub fn writes(&self) -> Result<WriteSet> {
+        self.validate()?;
+        fn enc<T: BorshSerialize>(v: &T) -> Result<Option<Vec<u8>>> {
+            borsh::to_vec(v).map(Some).map_err(|e| Error::Invariant(format!("encode genesis: {e}")))
+        }
+        let mut writes = WriteSet::new();
+        writes.insert(keys::META.to_vec(), enc(&Meta { chain_id: self.chain_id.clone(), height: 0 })?);
+        writes.insert(keys::PARAMS.to_vec(), enc(&self.params)?);
+        writes.insert(
+            keys::TOTALS.to_vec(),
+            enc(&Totals { genesis_supply: self.supply()?, ..Totals::default() })?,
+        );
+        for a in &self.accounts {
+            writes.insert(keys::account(&a.address), enc(&Account { balance: a.balance, nonce: 0 })?);
+        }
+        let mut validators: Vec<Address> = Vec::new();
+        for v in &self.validators {
+            writes.insert(keys::stake(&v.address), enc(&Stake { bonded: v.stake, unbonding: Vec::new() })?);
+            validators.push(v.address);
+        }
+        validators.sort();
+        writes.insert(keys::VALIDATORS.to_vec(), enc(&validators)?);
+        Ok(writes)
     }
 
     /// TOML text of this genesis.

@@ -64,6 +64,8 @@ pub use store::{AuthenticatedKv, MemProof, MemStore, StateView, StoreError, Writ
 
 use model::{Account, Deal, Job, Lease, Meta, Provider, Stake, Task, Totals};
 
+pub use store::Layered;
+
 /// Errors that stop a block: the store failed, the block does not follow the state, or an
 /// invariant broke. Transaction content never causes one; it ends up in receipts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,26 +125,8 @@ impl<S: AuthenticatedKv> State<S> {
         if store.get(keys::META)?.is_some() {
             return Err(Error::AlreadyInitialised);
         }
-        let enc =
-            |v: &dyn erased::Enc| v.bytes().map_err(|e| Error::Invariant(format!("encode genesis: {e}")));
-        let mut writes = WriteSet::new();
+        let writes = genesis.writes()?;
         let meta = Meta { chain_id: genesis.chain_id.clone(), height: 0 };
-        writes.insert(keys::META.to_vec(), Some(enc(&meta)?));
-        writes.insert(keys::PARAMS.to_vec(), Some(enc(&genesis.params)?));
-        let totals = Totals { genesis_supply: genesis.supply()?, ..Totals::default() };
-        writes.insert(keys::TOTALS.to_vec(), Some(enc(&totals)?));
-        for a in &genesis.accounts {
-            let acct = Account { balance: a.balance, nonce: 0 };
-            writes.insert(keys::account(&a.address), Some(enc(&acct)?));
-        }
-        let mut validators: Vec<Address> = Vec::new();
-        for v in &genesis.validators {
-            let stake = Stake { bonded: v.stake, unbonding: Vec::new() };
-            writes.insert(keys::stake(&v.address), Some(enc(&stake)?));
-            validators.push(v.address);
-        }
-        validators.sort();
-        writes.insert(keys::VALIDATORS.to_vec(), Some(enc(&validators)?));
         commit_writes(&mut store, writes)?;
         Ok(State { store, meta })
     }
@@ -318,16 +302,5 @@ impl<S: StateView> State<S> {
     /// [`Error::Store`] if the store fails.
     pub fn totals(&self) -> Result<Totals> {
         Ok(read(&self.store, keys::TOTALS)?.unwrap_or_default())
-    }
-}
-
-mod erased {
-    pub(crate) trait Enc {
-        fn bytes(&self) -> std::io::Result<Vec<u8>>;
-    }
-    impl<T: borsh::BorshSerialize> Enc for T {
-        fn bytes(&self) -> std::io::Result<Vec<u8>> {
-            borsh::to_vec(self)
-        }
     }
 }

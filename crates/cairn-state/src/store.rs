@@ -74,6 +74,30 @@ pub trait AuthenticatedKv: StateView {
 /// applying a write set is deterministic.
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// A write set layered over another view: reads see `top` first.
+#[derive(Clone, Copy)]
+pub struct Layered<'a> {
+    /// Writes on top.
+    pub top: &'a WriteSet,
+    /// What they sit on.
+    pub base: &'a dyn StateView,
+}
+
+impl std::fmt::Debug for Layered<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Layered({} writes)", self.top.len())
+    }
+}
+
+impl StateView for Layered<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.top.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(key),
+        }
+    }
+}
+
 /// Write a block's write set into a store and commit it.
 ///
 /// # Errors

@@ -1,0 +1,6 @@
+//! Cairn's node: runs the chain on commonware consensus, holds the mempool and block store,
+//! and serves the API.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod mempool;
