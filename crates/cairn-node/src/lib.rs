@@ -3,4 +3,9 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod app;
+pub mod block;
+pub mod engine;
 pub mod mempool;
+pub mod node;
+pub mod state;

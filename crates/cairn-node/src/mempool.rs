@@ -173,6 +173,11 @@ impl Mempool {
         self.bytes
     }
 
+    /// Every sender with queued transactions.
+    pub fn senders(&self) -> Vec<Address> {
+        self.senders.keys().copied().collect()
+    }
+
     /// True if the pool holds this transaction.
     pub fn contains(&self, hash: &TxHash) -> bool {
         self.hashes.contains_key(hash)

@@ -1,7 +1,8 @@
-//! The state's key layout. One prefix byte per record kind, then the record's id; the node's
-//! API reads and proves values by these keys.
+//! The state's key layout. One prefix byte per record kind, then the record's id (a hash, so
+//! the bytes after the prefix are high-entropy); the node's API reads and proves values by
+//! these keys.
 
-use cairn_types::{Address, DealId, JobId, LeaseId, TaskId};
+use cairn_types::{Address, DealId, JobId, LeaseId, TaskId, hash_domain};
 
 /// Chain metadata ([`crate::model::Meta`]).
 pub const META: &[u8] = b"Mmeta";
@@ -80,13 +81,12 @@ pub fn lease(id: &LeaseId) -> Vec<u8> {
 pub fn deal(id: &DealId) -> Vec<u8> {
     with(DEAL, &id.0)
 }
-/// Key of the number of items scheduled at `height`.
+/// Key of the number of items scheduled at `height`. Hashed so that keys spread over the
+/// whole key space: the node's ordered store indexes keys by their first bytes.
 pub fn due_count(height: u64) -> Vec<u8> {
-    with(DUE_COUNT, &height.to_be_bytes())
+    with(DUE_COUNT, &hash_domain("cairn due count key v1", &[&height.to_be_bytes()])[..16])
 }
-/// Key of item `seq` scheduled at `height`.
+/// Key of item `seq` scheduled at `height` (hashed, as [`due_count`]).
 pub fn due(height: u64, seq: u32) -> Vec<u8> {
-    let mut k = with(DUE, &height.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+    with(DUE, &hash_domain("cairn due key v1", &[&height.to_be_bytes(), &seq.to_be_bytes()])[..16])
 }

@@ -186,6 +186,18 @@ impl<S: AuthenticatedKv> State<S> {
 }
 
 impl<S: StateView> State<S> {
+    /// A read-only handle over any view, for queries. Height and chain id read as empty if the
+    /// view holds no chain.
+    pub fn from_view(store: S) -> Self {
+        let meta = exec::read_meta(&store).unwrap_or(Meta { chain_id: String::new(), height: 0 });
+        State { store, meta }
+    }
+
+    /// Height of the last applied block, as the view records it.
+    pub fn view_height(&self) -> u64 {
+        self.meta.height
+    }
+
     /// Parameters.
     ///
     /// # Errors

@@ -1,0 +1,5 @@
+//! Integration tests of the node.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
+
+mod sim;
