@@ -3,9 +3,12 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod api;
 pub mod app;
 pub mod block;
+pub mod config;
 pub mod engine;
 pub mod mempool;
 pub mod node;
+pub mod run;
 pub mod state;

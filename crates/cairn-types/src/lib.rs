@@ -47,6 +47,7 @@ macro_rules! serde_as_text {
 pub(crate) use serde_as_text;
 
 mod amount;
+pub mod api;
 mod block;
 mod codec;
 mod error;

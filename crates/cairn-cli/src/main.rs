@@ -1,0 +1,101 @@
+//! `cairn`: run a devnet, a node, and (as the network grows) wallets, jobs and providers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+mod devnet;
+mod node;
+
+/// Cairn: verified AI compute on a decentralized network.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole network on this machine.
+    Devnet(devnet::DevnetArgs),
+    /// Set up, run and inspect a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Write a node's home directory: key, config and genesis.
+    Init(node::InitArgs),
+    /// Run the node in a home directory.
+    Run(HomeArg),
+    /// Show a node's chain id, height and state root.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct HomeArg {
+    /// The node's home directory.
+    #[arg(long, env = "CAIRN_HOME", default_value = ".cairn/node")]
+    home: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The node's API address.
+    #[arg(long, env = "CAIRN_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,commonware=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Devnet(args) => devnet::run(args),
+        Command::Node(NodeCommand::Init(args)) => node::init(args),
+        Command::Node(NodeCommand::Run(h)) => {
+            init_logging();
+            node::run(&h.home)
+        }
+        Command::Node(NodeCommand::Status(s)) => node::status(&s.api, s.json),
+    }
+}
+
+/// A tokio runtime for client-side commands.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Ok(a),
+        Err(_) => bail!("{s:?} is not a socket address like 127.0.0.1:8080"),
+    }
+}

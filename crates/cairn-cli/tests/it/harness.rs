@@ -1,0 +1,131 @@
+//! Start devnets and nodes as processes, on free ports, in fresh directories.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cairn_client::Client;
+use cairn_types::SecretKey;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under the target dir, removed on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(name: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("cairn-it-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A base port with `n` free ports above it, for both p2p and API (API at base + 100).
+pub(crate) fn free_base(n: u16) -> u16 {
+    let seed = std::process::id() as u16 ^ (COUNTER.fetch_add(1, Ordering::SeqCst) as u16).wrapping_mul(7919);
+    for attempt in 0..200u16 {
+        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(397)) % 30_000);
+        let ok = (0..n).all(|i| {
+            TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && TcpListener::bind(("127.0.0.1", base + 100 + i)).is_ok()
+        });
+        if ok {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+/// Lay out a devnet of `n` validators in `root` (the processes are started, checked and
+/// stopped once), returning the base port.
+pub(crate) fn create_devnet(root: &Path, n: usize) -> u16 {
+    let base = free_base(n as u16);
+    let out = Command::new(BIN)
+        .args(["devnet", "--validators", &n.to_string(), "--blocks", "2", "--fresh", "--home"])
+        .arg(root)
+        .args(["--p2p-port", &base.to_string(), "--api-port", &(base + 100).to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "devnet failed: {}", String::from_utf8_lossy(&out.stderr));
+    base
+}
+
+/// One node process.
+pub(crate) struct NodeProc {
+    pub(crate) home: PathBuf,
+    pub(crate) child: Option<Child>,
+    pub(crate) api: String,
+}
+
+impl NodeProc {
+    pub(crate) fn start(home: &Path, api_port: u16) -> Self {
+        let mut n =
+            NodeProc { home: home.to_path_buf(), child: None, api: format!("http://127.0.0.1:{api_port}") };
+        n.spawn();
+        n
+    }
+
+    pub(crate) fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("test-node.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["node", "run", "--home"])
+            .arg(&self.home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        Client::new(&self.api)
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("test-node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub(crate) fn faucet(root: &Path) -> SecretKey {
+    let text = std::fs::read_to_string(root.join("faucet.key")).unwrap();
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).unwrap();
+    SecretKey::from_seed(seed)
+}
+
+pub(crate) fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+pub(crate) const READY: Duration = Duration::from_secs(60);

@@ -1,0 +1,6 @@
+//! End-to-end tests of the `cairn` binary: real processes, real ports, real storage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
+
+mod harness;
+mod node;

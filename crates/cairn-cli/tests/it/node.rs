@@ -1,0 +1,207 @@
+//! The node as users run it.
+
+use std::time::Duration;
+
+use cairn_types::api::TxLookup;
+use cairn_types::{Amount, Canonical, Heartbeat, Receipt, SecretKey, Transfer, Tx, TxBody, TxStatus};
+
+use crate::harness::*;
+
+fn transfer(from: &SecretKey, nonce: u64, to: &SecretKey, amount: u128) -> Tx {
+    Tx::sign(
+        from,
+        "cairn-devnet",
+        nonce,
+        Amount::from_base_units(1_000),
+        TxBody::Transfer(Transfer { to: to.address(), amount: Amount::from_base_units(amount) }),
+    )
+}
+
+#[test]
+fn a_single_validator_serves_its_api_and_finalizes_transfers() {
+    let dir = TempDir::new("single");
+    let base = create_devnet(&dir.0, 1);
+    let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let faucet = faucet(&dir.0);
+    let bob = SecretKey::from_seed([7; 32]);
+    rt().block_on(async {
+        let c = node.client();
+        let s = c.wait_for_height(3, READY).await.expect("node ready");
+        assert_eq!(s.chain_id, "cairn-devnet");
+        assert_eq!(s.state_root.len(), 64);
+        let start = c.account(&faucet.address()).await.unwrap();
+        let mut hashes = Vec::new();
+        for i in 0..20 {
+            hashes.push(c.submit(&transfer(&faucet, start.nonce + i, &bob, 5)).await.unwrap());
+        }
+        for h in &hashes {
+            let (_, receipt) = c.wait_for(h, Duration::from_secs(30)).await.unwrap();
+            assert!(matches!(receipt, Receipt::Tx { status: TxStatus::Ok, .. }), "{receipt:?}");
+        }
+        assert_eq!(c.account(&bob.address()).await.unwrap().balance, Amount::from_base_units(100));
+        assert!(matches!(c.tx(&hashes[0]).await.unwrap(), TxLookup::Committed { .. }));
+        // A committed transaction replayed is refused.
+        let replay = transfer(&faucet, start.nonce, &bob, 5);
+        assert_eq!(c.submit(&replay).await.unwrap_err().code(), Some("nonce_replayed"));
+    });
+    // `cairn node status --json` prints the same fixed points as the API.
+    let out = std::process::Command::new(BIN)
+        .args(["node", "status", "--json", "--api", &node.api])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["chain_id"], "cairn-devnet");
+    assert!(v["height"].as_u64().unwrap() >= 3);
+    assert_eq!(v["state_root"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn bad_requests_get_typed_json_errors_and_the_node_keeps_finalizing() {
+    let dir = TempDir::new("bad");
+    let base = create_devnet(&dir.0, 1);
+    let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let faucet = faucet(&dir.0);
+    rt().block_on(async {
+        let c = node.client();
+        let before = c.wait_for_height(2, READY).await.unwrap().height;
+        let http = reqwest::Client::new();
+        let url = |p: &str| format!("{}{p}", node.api);
+        let code = |v: &serde_json::Value| v["error"]["code"].as_str().unwrap_or("").to_string();
+        let post = |path: &str, body: Vec<u8>, ct: &'static str| {
+            let req = http.post(url(path)).header("content-type", ct).body(body);
+            async move {
+                let r = req.send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<serde_json::Value>().await.unwrap_or_default())
+            }
+        };
+        let (s, v) = post("/api/txs", b"{not json".to_vec(), "application/json").await;
+        assert_eq!((s, code(&v).as_str()), (400, "malformed_json"));
+        let (s, v) = post("/api/txs", br#"{"tx":"zz"}"#.to_vec(), "application/json").await;
+        assert_eq!((s, code(&v).as_str()), (400, "malformed_tx"));
+        let (s, v) = post("/api/txs", br#"{"tx":"01","extra":1}"#.to_vec(), "application/json").await;
+        assert_eq!((s, code(&v).as_str()), (400, "malformed_json"));
+        let (s, _) = post("/api/txs", vec![b'a'; 2 * 1024 * 1024], "application/json").await;
+        assert_eq!(s, 413);
+        let mut forged = transfer(&faucet, 0, &faucet, 1);
+        forged.signature.0[3] ^= 1;
+        let (s, v) = post("/api/txs", forged.encode(), "application/octet-stream").await;
+        assert_eq!((s, code(&v).as_str()), (400, "bad_signature"));
+        let other = Tx::sign(
+            &faucet,
+            "other-chain",
+            0,
+            Amount::from_base_units(1_000),
+            TxBody::Heartbeat(Heartbeat {}),
+        );
+        assert_eq!(c.submit(&other).await.unwrap_err().code(), Some("wrong_chain_id"));
+        let r = http.get(url("/api/nope")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        assert_eq!(code(&r.json().await.unwrap()), "unknown_route");
+        let r = http.delete(url("/api/status")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 405);
+        let r = http.get(url("/api/accounts/cairn1nope")).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), code(&r.json().await.unwrap()).as_str()), (400, "bad_address"));
+        let r = http.get(url("/api/blocks/notanumber")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let r = http.get(url("/api/jobs/00")).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), code(&r.json().await.unwrap()).as_str()), (400, "bad_id"));
+        // A flood from one sender is capped per sender; the node keeps finalizing.
+        let poor = SecretKey::from_seed([8; 32]);
+        let mut refused = 0;
+        for n in 0..5_000u64 {
+            if c.submit(&transfer(&poor, n, &faucet, 1)).await.is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 5_000, "an unfunded sender cannot queue anything");
+        let after = c.wait_for_height(before + 3, Duration::from_secs(30)).await.unwrap();
+        assert!(after.height > before);
+        // The API documents itself, and exports metrics.
+        let doc: serde_json::Value =
+            http.get(url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+        assert!(doc["paths"]["/api/status"].is_object());
+        let metrics = http.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("height"), "{metrics}");
+    });
+}
+
+#[test]
+fn a_validator_killed_with_sigkill_under_load_restarts_to_the_same_root() {
+    let dir = TempDir::new("kill");
+    let n = 4;
+    let base = create_devnet(&dir.0, n);
+    let mut nodes: Vec<NodeProc> = (0..n)
+        .map(|i| NodeProc::start(&dir.0.join(format!("validator-{i}")), base + 100 + i as u16))
+        .collect();
+    let faucet = faucet(&dir.0);
+    let bob = SecretKey::from_seed([9; 32]);
+    rt().block_on(async {
+        for node in &nodes {
+            node.client().wait_for_height(2, READY).await.expect("validator ready");
+        }
+        let c0 = nodes[0].client();
+        let mut nonce = c0.account(&faucet.address()).await.unwrap().nonce;
+        let mut last = None;
+        for round in 0..6 {
+            let batch: Vec<Tx> = (0..50).map(|i| transfer(&faucet, nonce + i, &bob, 1)).collect();
+            nonce += 50;
+            for r in c0.submit_batch(&batch).await.unwrap() {
+                last = Some(r.expect("accepted"));
+            }
+            if round == 2 {
+                nodes[3].kill9();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        c0.wait_for(&last.unwrap(), Duration::from_secs(60)).await.unwrap();
+        nodes[3].spawn();
+        let target = c0.status().await.unwrap().height + 2;
+        let back = nodes[3]
+            .client()
+            .wait_for_height(target, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", nodes[3].log()));
+        // Same height, same block, same state root as a validator that never stopped.
+        let mut tries = 0;
+        loop {
+            let b3: serde_json::Value =
+                nodes[3].client().get(&format!("/api/blocks/{}", back.height)).await.unwrap();
+            let b0: serde_json::Value = c0.get(&format!("/api/blocks/{}", back.height)).await.unwrap();
+            if b3["state_root"] == b0["state_root"] && b3["digest"] == b0["digest"] {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 20, "roots differ at {}: {b0} vs {b3}", back.height);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let a0 = c0.account(&bob.address()).await.unwrap();
+        let s3 = nodes[3]
+            .client()
+            .wait_for_height(c0.status().await.unwrap().height, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(s3.ready);
+        assert_eq!(nodes[3].client().account(&bob.address()).await.unwrap().balance, a0.balance);
+        assert_eq!(a0.balance, Amount::from_base_units(300));
+    });
+}
+
+#[test]
+fn a_truncated_store_file_makes_the_node_refuse_to_start() {
+    let dir = TempDir::new("corrupt");
+    let base = create_devnet(&dir.0, 1);
+    let home = dir.0.join("validator-0");
+    {
+        let node = NodeProc::start(&home, base + 100);
+        rt().block_on(node.client().wait_for_height(5, READY)).unwrap();
+    }
+    let data = home.join("db/cairn-state-log_data/0000000000000000");
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len / 3).unwrap();
+    let out = std::process::Command::new(BIN).args(["node", "run", "--home"]).arg(&home).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("store is damaged"), "{stderr}");
+}
