@@ -56,7 +56,13 @@ pub(crate) fn devnet_params() -> Params {
 }
 
 /// Create the validators' homes with one shared genesis.
-fn create(root: &Path, n: usize, p2p_port: u16, api_port: u16) -> Result<()> {
+fn create(
+    root: &Path,
+    n: usize,
+    p2p_port: u16,
+    api_port: u16,
+    extra: &[(cairn_types::Address, Amount)],
+) -> Result<()> {
     let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate()).collect::<Result<_, _>>()?;
     let port = |base: u16, i: usize| -> Result<u16> {
         base.checked_add(u16::try_from(i)?).context("port out of range")
@@ -71,6 +77,7 @@ fn create(root: &Path, n: usize, p2p_port: u16, api_port: u16) -> Result<()> {
     let mut funded: Vec<_> =
         keys.iter().map(|k| (k.address(), Amount::from_base_units(1_000_000_000_000))).collect();
     funded.push((faucet.address(), Amount::from_base_units(1_000_000_000_000_000)));
+    funded.extend_from_slice(extra);
     let validators: Vec<_> = keys.iter().map(SecretKey::address).collect();
     let genesis = local_genesis(CHAIN_ID, &validators, &funded, devnet_params());
     for (i, k) in keys.iter().enumerate() {
@@ -124,7 +131,14 @@ impl Network {
 }
 
 /// Lay out (or reuse) the devnet and start every validator.
-pub(crate) fn start(root: &Path, n: usize, fresh: bool, p2p_port: u16, api_port: u16) -> Result<Network> {
+pub(crate) fn start(
+    root: &Path,
+    n: usize,
+    fresh: bool,
+    p2p_port: u16,
+    api_port: u16,
+    extra: &[(cairn_types::Address, Amount)],
+) -> Result<Network> {
     if n == 0 || n > 64 {
         bail!("--validators must be 1..=64");
     }
@@ -133,7 +147,7 @@ pub(crate) fn start(root: &Path, n: usize, fresh: bool, p2p_port: u16, api_port:
     }
     let existing = (0..).take_while(|i| validator_home(root, *i).join("config.toml").exists()).count();
     if existing == 0 {
-        create(root, n, p2p_port, api_port)?;
+        create(root, n, p2p_port, api_port, extra)?;
     } else if existing != n {
         bail!(
             "{} holds a devnet of {existing} validators; pass --fresh to start a new one with {n}",
@@ -189,7 +203,7 @@ pub(crate) async fn wait_ready(net: &mut Network, height: u64, timeout: Duration
 
 pub(crate) fn run(a: DevnetArgs) -> Result<()> {
     let rt = crate::runtime()?;
-    let mut net = start(&a.home, a.validators, a.fresh, a.p2p_port, a.api_port)?;
+    let mut net = start(&a.home, a.validators, a.fresh, a.p2p_port, a.api_port, &[])?;
     rt.block_on(async {
         wait_ready(&mut net, 1, Duration::from_secs(60)).await?;
         println!(

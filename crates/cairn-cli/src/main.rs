@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod devnet;
 mod node;
 
@@ -24,6 +25,9 @@ enum Command {
     /// Set up, run and inspect a node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Measure the network.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +85,7 @@ fn run(cli: Cli) -> Result<()> {
             node::run(&h.home)
         }
         Command::Node(NodeCommand::Status(s)) => node::status(&s.api, s.json),
+        Command::Bench(b) => bench::run(b),
     }
 }
 

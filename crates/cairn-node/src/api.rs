@@ -179,7 +179,7 @@ fn accept(shared: &NodeShared, tx: Tx) -> ApiResult<TxHash> {
     if !shared.ready() {
         return Err(ApiError::not_ready());
     }
-    shared.submit(tx).map_err(|e| {
+    shared.submit_from_client(tx).map_err(|e| {
         let status = match e {
             crate::mempool::MempoolError::PoolFull | crate::mempool::MempoolError::SenderFull(_) => {
                 StatusCode::TOO_MANY_REQUESTS

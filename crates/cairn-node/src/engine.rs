@@ -71,8 +71,10 @@ pub mod channels {
     pub const BACKFILL: u64 = 3;
     /// Block broadcast.
     pub const BROADCAST: u64 = 4;
+    /// Transaction gossip.
+    pub const TXS: u64 = 5;
     /// Every channel id.
-    pub const ALL: [u64; 5] = [VOTES, CERTS, RESOLVER, BACKFILL, BROADCAST];
+    pub const ALL: [u64; 6] = [VOTES, CERTS, RESOLVER, BACKFILL, BROADCAST, TXS];
 }
 
 /// One validator's registered channels, in [`channels::ALL`] order.
@@ -88,6 +90,8 @@ pub struct Channels<S, R> {
     pub backfill: (S, R),
     /// Block broadcast.
     pub broadcast: (S, R),
+    /// Transaction gossip.
+    pub txs: (S, R),
 }
 
 /// Consensus timing.
@@ -231,6 +235,7 @@ pub fn max_message_size(n: u32, block_cfg: &BlockCfg) -> u32 {
     commonware_p2p::max_message_size(&[
         simplex::max_payload_size::<Scheme, sha256::Digest>(n),
         marshal::max_payload_size::<Variant, Scheme>(n, block_cfg),
+        crate::gossip::MAX_GOSSIP_BYTES + 64 * 1024,
     ])
 }
 
@@ -259,6 +264,7 @@ where
     let page_cache = CacheRef::new(NZU16!(16_384), NZUsize!(10_000));
     let block_cfg = shared.block_cfg.clone();
     let genesis = shared.genesis_block.clone();
+    crate::gossip::start(context.child("gossip"), shared.clone(), channels.txs);
 
     let scheme = match Scheme::signer(&cfg.namespace, cfg.participants.clone(), cfg.signer.clone()) {
         Some(s) => s,

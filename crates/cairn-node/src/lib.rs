@@ -8,6 +8,7 @@ pub mod app;
 pub mod block;
 pub mod config;
 pub mod engine;
+pub mod gossip;
 pub mod mempool;
 pub mod node;
 pub mod run;

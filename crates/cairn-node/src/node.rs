@@ -219,6 +219,8 @@ pub struct NodeShared {
     pub evidence: Mutex<Vec<Evidence>>,
     /// Proofs, once the database is open.
     pub proofs: OnceLock<Arc<dyn ProofSource>>,
+    /// Transactions accepted from clients, waiting to be relayed to peers.
+    pub outbox: Mutex<Vec<Vec<u8>>>,
     /// Metrics.
     pub metrics: NodeMetrics,
 }
@@ -245,6 +247,7 @@ impl NodeShared {
             events,
             evidence: Mutex::new(Vec::new()),
             proofs: OnceLock::new(),
+            outbox: Mutex::new(Vec::new()),
             metrics: NodeMetrics::new(),
         }
     }
@@ -279,6 +282,20 @@ impl NodeShared {
         let r = pool.insert(tx, account);
         self.metrics.mempool.set(i64::try_from(pool.len()).unwrap_or(i64::MAX));
         r
+    }
+
+    /// Accept a transaction from a client: queue it here and relay it to the other validators.
+    ///
+    /// # Errors
+    /// Why the mempool refused it.
+    pub fn submit_from_client(&self, tx: Tx) -> Result<TxHash, MempoolError> {
+        let bytes = cairn_types::Canonical::encode(&tx);
+        let hash = self.submit(tx)?;
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        if outbox.len() < 100_000 {
+            outbox.push(bytes);
+        }
+        Ok(hash)
     }
 
     /// Publish a finalized block: status, receipts, mempool, events, metrics.

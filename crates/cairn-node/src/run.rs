@@ -173,6 +173,7 @@ pub fn run(home: &Path) -> Result<(), RunError> {
         let resolver = network.register(engine::channels::RESOLVER, q(NZU32!(256)));
         let backfill = network.register(engine::channels::BACKFILL, q(NZU32!(256)));
         let broadcast = network.register(engine::channels::BROADCAST, q(NZU32!(256)));
+        let txs = network.register(engine::channels::TXS, q(NZU32!(512)));
         network.start();
 
         let mut mcfg = MempoolConfig::new(&chain_id, genesis.params.min_tx_fee);
@@ -204,7 +205,7 @@ pub fn run(home: &Path) -> Result<(), RunError> {
                 timing: cfg.consensus.timing(),
             },
             shared,
-            Channels { votes, certs, resolver, backfill, broadcast },
+            Channels { votes, certs, resolver, backfill, broadcast, txs },
             oracle.clone(),
             oracle,
             |stateful| stateful,

@@ -107,6 +107,7 @@ impl EngineDefinition for Cairn {
             resolver: ch.next().unwrap(),
             backfill: ch.next().unwrap(),
             broadcast: ch.next().unwrap(),
+            txs: ch.next().unwrap(),
         };
         let participants: Set<_> = self.participants().into_iter().try_collect().unwrap();
         let mempool = Mempool::new(MempoolConfig::new(CHAIN, self.genesis.params.min_tx_fee));

@@ -1,0 +1,186 @@
+//! `cairn bench chain`: committed transactions per second and submit-to-finality latency of
+//! a real network of validator processes on loopback.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use cairn_client::Client;
+use cairn_types::{Amount, SecretKey, Transfer, Tx, TxBody, TxHash};
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Throughput and finality latency of the chain.
+    Chain(ChainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChainArgs {
+    /// Validator counts to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4])]
+    validators: Vec<usize>,
+    /// Transactions in the throughput run.
+    #[arg(long, default_value_t = 40_000)]
+    txs: usize,
+    /// Distinct senders.
+    #[arg(long, default_value_t = 400)]
+    senders: usize,
+    /// Offered load in the latency run, transactions per second.
+    #[arg(long, default_value_t = 1_000)]
+    latency_rate: usize,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// Where the networks live while measured.
+    #[arg(long, default_value = ".cairn/bench")]
+    home: PathBuf,
+}
+
+pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Chain(a) = cmd;
+    let rt = crate::runtime()?;
+    let mut rows = Vec::new();
+    for &n in &a.validators {
+        let row = rt.block_on(measure(&a, n))?;
+        eprintln!(
+            "{n} validator(s): {:.0} tx/s committed, p50 {:.0} ms, p99 {:.0} ms",
+            row.tps, row.p50, row.p99
+        );
+        rows.push((n, row));
+    }
+    println!(
+        "| validators | txs committed | committed tx/s | finality p50 (ms) | finality p99 (ms) | latency load (tx/s) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (n, r) in rows {
+        println!(
+            "| {n} | {} | {:.0} | {:.0} | {:.0} | {} |",
+            r.committed, r.tps, r.p50, r.p99, a.latency_rate
+        );
+    }
+    Ok(())
+}
+
+struct Row {
+    committed: usize,
+    tps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn sender(i: usize) -> SecretKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    seed[8] = 0xbe;
+    SecretKey::from_seed(seed)
+}
+
+/// Watches finalized blocks and records when each transaction was first seen final.
+async fn watch(client: &Client, from: u64, seen: &mut HashMap<TxHash, Instant>) -> Result<u64> {
+    let s = client.status().await?;
+    for h in from..=s.height {
+        let b: serde_json::Value = client.get(&format!("/api/blocks/{h}")).await?;
+        let now = Instant::now();
+        if let Some(txs) = b["txs"].as_array() {
+            for t in txs {
+                if let Some(hash) = t["hash"].as_str().and_then(|x| x.parse().ok()) {
+                    seen.entry(hash).or_insert(now);
+                }
+            }
+        }
+    }
+    Ok(s.height.saturating_add(1))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn measure(a: &ChainArgs, n: usize) -> Result<Row> {
+    let root = a.home.join(format!("validators-{n}"));
+    let senders: Vec<SecretKey> = (0..a.senders).map(sender).collect();
+    let funded: Vec<_> =
+        senders.iter().map(|k| (k.address(), Amount::from_base_units(1_000_000_000_000))).collect();
+    let base = 27_000 + u16::try_from(n)?.saturating_mul(20);
+    let mut net = crate::devnet::start(&root, n, true, base, base.saturating_add(10), &funded)?;
+    crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
+    let client = Client::new(&net.apis[0]);
+    let fee = Amount::from_base_units(1_000);
+    let to = SecretKey::from_seed([3; 32]).address();
+    let mut nonces = vec![0u64; senders.len()];
+    let mut sign = |count: usize| -> Vec<Tx> {
+        (0..count)
+            .map(|i| {
+                let s = i % senders.len();
+                let tx = Tx::sign(
+                    &senders[s],
+                    crate::devnet::CHAIN_ID,
+                    nonces[s],
+                    fee,
+                    TxBody::Transfer(Transfer { to, amount: Amount::from_base_units(1) }),
+                );
+                nonces[s] += 1;
+                tx
+            })
+            .collect()
+    };
+
+    // Throughput: offer everything as fast as the API takes it, and time until the last
+    // transaction is final.
+    let txs = sign(a.txs);
+    let mut next = client.status().await?.height.saturating_add(1);
+    let mut seen = HashMap::new();
+    let started = Instant::now();
+    for chunk in txs.chunks(1_000) {
+        let results = client.submit_batch(chunk).await?;
+        if let Some(Err(code)) = results.iter().find(|r| r.is_err()) {
+            bail!("the node refused a benchmark transaction: {code}");
+        }
+        next = watch(&client, next, &mut seen).await?;
+    }
+    let wanted: Vec<TxHash> = txs.iter().map(Tx::hash).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while wanted.iter().any(|h| !seen.contains_key(h)) {
+        if Instant::now() > deadline {
+            bail!("transactions were not finalized within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        next = watch(&client, next, &mut seen).await?;
+    }
+    let last = wanted.iter().filter_map(|h| seen.get(h)).max().copied().context("no transactions")?;
+    let tps = wanted.len() as f64 / last.duration_since(started).as_secs_f64();
+
+    // Latency: a steady offered load well under capacity; each transaction timed from the
+    // moment its batch was accepted to the moment its block was seen final.
+    let per_tick = (a.latency_rate / 20).max(1);
+    let mut submitted: Vec<(TxHash, Instant)> = Vec::new();
+    let run_until = Instant::now() + Duration::from_secs(a.latency_secs);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while Instant::now() < run_until {
+        tick.tick().await;
+        let batch = sign(per_tick);
+        let at = Instant::now();
+        client.submit_batch(&batch).await?;
+        submitted.extend(batch.iter().map(|t| (t.hash(), at)));
+        next = watch(&client, next, &mut seen).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while submitted.iter().any(|(h, _)| !seen.contains_key(h)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        next = watch(&client, next, &mut seen).await?;
+    }
+    let mut lat: Vec<f64> = submitted
+        .iter()
+        .filter_map(|(h, at)| seen.get(h).map(|t| t.duration_since(*at).as_secs_f64() * 1e3))
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    drop(net);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(Row { committed: wanted.len(), tps, p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99) })
+}
