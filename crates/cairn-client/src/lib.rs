@@ -191,6 +191,32 @@ impl Client {
         }
     }
 
+    /// Subscribe to the node's event stream (finalized blocks and chain events), optionally
+    /// only one job's. Each item is one event as JSON.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if the WebSocket cannot be opened.
+    pub async fn events(
+        &self,
+        job: Option<&cairn_types::JobId>,
+    ) -> Result<impl futures::Stream<Item = serde_json::Value> + use<>> {
+        use futures::StreamExt as _;
+        let ws = self.base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+        let url = match job {
+            Some(j) => format!("{ws}/api/events?job={j}"),
+            None => format!("{ws}/api/events"),
+        };
+        let (stream, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| Error::Decode(format!("{url}: {e}")))?;
+        Ok(stream.filter_map(|m| async move {
+            match m {
+                Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => serde_json::from_str(t.as_str()).ok(),
+                _ => None,
+            }
+        }))
+    }
+
     /// Wait until the node has loaded its state and reached `height`.
     ///
     /// # Errors

@@ -15,7 +15,7 @@ use crate::mempool::{AccountView, Mempool, MempoolError};
 use crate::state::Mirror;
 
 /// A proof of one key's current value (or absence) under a state root.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct StateProof {
     /// The key, hex in JSON.
     #[serde(with = "hex_bytes")]
@@ -32,21 +32,37 @@ pub struct StateProof {
 }
 
 mod hex_bytes {
+    use serde::Deserialize as _;
     pub(super) fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))
     }
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 mod hex_arr {
+    use serde::Deserialize as _;
     pub(super) fn serialize<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))
     }
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(String::deserialize(d)?, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
 }
 mod hex_opt {
+    use serde::Deserialize as _;
     pub(super) fn serialize<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(v) => s.serialize_str(&hex::encode(v)),
             None => s.serialize_none(),
         }
+    }
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| hex::decode(s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -351,5 +367,31 @@ pub struct ReadOnly<'a>(&'a Mirror);
 impl cairn_state::StateView for ReadOnly<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, cairn_state::StoreError> {
         cairn_state::StateView::get(self.0, key)
+    }
+}
+
+/// Check a [`StateProof`]: that under `proof.root` the key holds `proof.value` (or nothing).
+/// Clients that trust a state root (from a finalized block) can use this instead of trusting
+/// the node that served the value.
+pub fn verify_state_proof(p: &StateProof) -> bool {
+    use commonware_codec::Decode as _;
+    use commonware_cryptography::{Sha256, sha256};
+    use commonware_storage::mmr;
+    use commonware_storage::qmdb::any::value::VariableEncoding;
+    use commonware_storage::qmdb::current::ordered::proof::{ExclusionProof, KeyValueProof};
+
+    type Kvp = KeyValueProof<mmr::Family, Vec<u8>, sha256::Digest, [u8; 32]>;
+    type Exp = ExclusionProof<mmr::Family, Vec<u8>, VariableEncoding<Vec<u8>>, sha256::Digest, [u8; 32]>;
+    const MAX_DIGESTS: usize = 4_096;
+    let key_cfg = (commonware_codec::RangeCfg::from(0..=256usize), ());
+    let value_cfg = (commonware_codec::RangeCfg::from(0..=(1usize << 20)), ());
+    let root = sha256::Digest::from(p.root);
+    match &p.value {
+        Some(v) => Kvp::decode_cfg(p.proof.clone(), &(MAX_DIGESTS, key_cfg))
+            .is_ok_and(|k| k.verify::<Sha256, VariableEncoding<Vec<u8>>>(p.key.clone(), v.clone(), &root)),
+        None => {
+            Exp::decode_cfg(p.proof.clone(), &(MAX_DIGESTS, (key_cfg.clone(), value_cfg.clone()), value_cfg))
+                .is_ok_and(|e| e.verify::<Sha256>(&p.key, &root))
+        }
     }
 }

@@ -30,6 +30,7 @@ fn a_single_validator_serves_its_api_and_finalizes_transfers() {
         assert_eq!(s.chain_id, "cairn-devnet");
         assert_eq!(s.state_root.len(), 64);
         let start = c.account(&faucet.address()).await.unwrap();
+        let mut events = Box::pin(c.events(None).await.unwrap());
         let mut hashes = Vec::new();
         for i in 0..20 {
             hashes.push(c.submit(&transfer(&faucet, start.nonce + i, &bob, 5)).await.unwrap());
@@ -39,6 +40,29 @@ fn a_single_validator_serves_its_api_and_finalizes_transfers() {
             assert!(matches!(receipt, Receipt::Tx { status: TxStatus::Ok, .. }), "{receipt:?}");
         }
         assert_eq!(c.account(&bob.address()).await.unwrap().balance, Amount::from_base_units(100));
+        // The event stream told of every transfer.
+        let mut transfers = 0;
+        while transfers < 20 {
+            let ev = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut events))
+                .await
+                .unwrap()
+                .unwrap();
+            if ev["event"]["event"] == "transferred" && ev["event"]["to"] == bob.address().to_string() {
+                transfers += 1;
+            }
+        }
+        // State values come with proofs against the state root: present and absent keys.
+        let key = hex::encode(cairn_state::keys::account(&bob.address()));
+        let p: cairn_node::node::StateProof = c.get(&format!("/api/proofs/{key}")).await.unwrap();
+        assert!(p.value.is_some());
+        assert!(cairn_node::node::verify_state_proof(&p));
+        let mut forged = p.clone();
+        forged.value.as_mut().unwrap()[0] ^= 1;
+        assert!(!cairn_node::node::verify_state_proof(&forged), "a changed value must not verify");
+        let absent = hex::encode(cairn_state::keys::account(&SecretKey::from_seed([99; 32]).address()));
+        let q: cairn_node::node::StateProof = c.get(&format!("/api/proofs/{absent}")).await.unwrap();
+        assert!(q.value.is_none());
+        assert!(cairn_node::node::verify_state_proof(&q));
         assert!(matches!(c.tx(&hashes[0]).await.unwrap(), TxLookup::Committed { .. }));
         // A committed transaction replayed is refused.
         let replay = transfer(&faucet, start.nonce, &bob, 5);
