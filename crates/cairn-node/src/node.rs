@@ -389,9 +389,7 @@ pub fn verify_state_proof(p: &StateProof) -> bool {
     match &p.value {
         Some(v) => Kvp::decode_cfg(p.proof.clone(), &(MAX_DIGESTS, key_cfg))
             .is_ok_and(|k| k.verify::<Sha256, VariableEncoding<Vec<u8>>>(p.key.clone(), v.clone(), &root)),
-        None => {
-            Exp::decode_cfg(p.proof.clone(), &(MAX_DIGESTS, (key_cfg.clone(), value_cfg.clone()), value_cfg))
-                .is_ok_and(|e| e.verify::<Sha256>(&p.key, &root))
-        }
+        None => Exp::decode_cfg(p.proof.clone(), &(MAX_DIGESTS, (key_cfg, value_cfg), value_cfg))
+            .is_ok_and(|e| e.verify::<Sha256>(&p.key, &root)),
     }
 }
