@@ -235,7 +235,7 @@ fn one_validator_finalizes_transactions_deterministically() {
                 .property(SameState)
                 .timeout(Duration::from_secs(120))
         },
-        0..2,
+        0..3,
     );
 }
 
@@ -253,7 +253,7 @@ fn four_validators_agree_over_lossy_links() {
                 .property(SameState)
                 .timeout(Duration::from_secs(300))
         },
-        0..2,
+        0..3,
     );
 }
 
