@@ -49,6 +49,7 @@ pub(crate) use serde_as_text;
 mod amount;
 pub mod api;
 mod block;
+mod bundle;
 mod codec;
 mod error;
 mod hash;
@@ -60,6 +61,7 @@ mod tx;
 
 pub use amount::{Amount, BASE_UNITS_PER_CRN, DECIMALS};
 pub use block::{Block, MAX_BLOCK_BYTES};
+pub use bundle::OutputBundle;
 pub use codec::{CODEC_VERSION, Canonical};
 pub use error::{Error, Result};
 pub use hash::{

@@ -1,0 +1,34 @@
+//! The wasm executor against real guests, a real third-party program and hostile modules.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
+
+mod sandbox;
+mod workloads;
+
+use std::path::PathBuf;
+
+use cairn_runtime::{Executor as _, WasmConfig, WasmExecutor};
+use cairn_types::ContentId;
+
+pub(crate) fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(rel)
+}
+
+pub(crate) fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cairn-runtime-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An executor with `wasm` prepared; returns the executor and the module's id.
+pub(crate) fn load(name: &str, wasm: &[u8]) -> (WasmExecutor, ContentId) {
+    let exec = WasmExecutor::new(WasmConfig { work_dir: scratch(name), cache_dir: None }).unwrap();
+    let id = ContentId::of(wasm);
+    exec.prepare(&id, wasm).unwrap();
+    (exec, id)
+}
+
+pub(crate) fn guest(name: &str) -> Vec<u8> {
+    std::fs::read(testdata(&format!("wasm/{name}.wasm"))).unwrap()
+}
