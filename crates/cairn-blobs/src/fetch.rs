@@ -1,0 +1,160 @@
+//! Fetching blobs from other endpoints, verifying as they arrive, resuming partial transfers.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_types::ContentId;
+use tracing::{debug, warn};
+
+use crate::{BlobStore, Error, Result, SLICE};
+
+/// Fetches and uploads blobs over HTTP.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    http: reqwest::Client,
+}
+
+impl Default for Fetcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn source_err(url: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Source { url: url.to_owned(), reason: reason.to_string() }
+}
+
+impl Fetcher {
+    /// A fetcher with sensible timeouts.
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
+        Fetcher { http }
+    }
+
+    async fn remote_size(&self, base: &str, id: &ContentId) -> Result<u64> {
+        let url = format!("{}/blobs/{id}", base.trim_end_matches('/'));
+        let resp = self.http.head(&url).send().await.map_err(|e| source_err(&url, e))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(Error::NotFound(*id));
+        }
+        resp.headers()
+            .get("x-blob-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| source_err(&url, "no x-blob-size header"))
+    }
+
+    /// Bring blob `id` into `store` from the first source that has it, checking every chunk.
+    /// `size` (if known, e.g. from a job spec) must match; blobs over `max` bytes are refused.
+    /// Returns the local path.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if no source has it, [`Error::Corrupt`] if every source that had it
+    /// sent bad data, [`Error::TooLarge`] over `max`.
+    pub async fn fetch(
+        &self,
+        store: &BlobStore,
+        id: &ContentId,
+        size: Option<u64>,
+        max: u64,
+        sources: &[String],
+    ) -> Result<PathBuf> {
+        if store.has(id) {
+            return Ok(store.path(id));
+        }
+        let mut last = Error::NotFound(*id);
+        for base in sources {
+            match self.fetch_from(store, id, size, max, base).await {
+                Ok(p) => return Ok(p),
+                Err(e @ Error::TooLarge { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(%id, source = %base, error = %e, "blob source failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn fetch_from(
+        &self,
+        store: &BlobStore,
+        id: &ContentId,
+        size: Option<u64>,
+        max: u64,
+        base: &str,
+    ) -> Result<PathBuf> {
+        let total = self.remote_size(base, id).await?;
+        if let Some(expected) = size
+            && expected != total
+        {
+            return Err(source_err(base, format!("has {total} bytes, the spec says {expected}")));
+        }
+        if total > max {
+            return Err(Error::TooLarge { id: *id, size: total, max });
+        }
+        let part = store.partial_path(id);
+        // Resume: bytes already in the partial file were verified before they were written.
+        let mut have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        if have > total {
+            std::fs::remove_file(&part)?;
+            have = 0;
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&part)?;
+        let hash = bao::Hash::from(id.0);
+        let root = base.trim_end_matches('/');
+        while have < total || total == 0 {
+            let len = SLICE.min(total - have);
+            let url = format!("{root}/blobs/{id}?start={have}&len={len}");
+            let resp = self.http.get(&url).send().await.map_err(|e| source_err(&url, e))?;
+            if !resp.status().is_success() {
+                return Err(source_err(&url, resp.status()));
+            }
+            let slice = resp.bytes().await.map_err(|e| source_err(&url, e))?;
+            let max_slice = bao::encode::encoded_size(len).saturating_add(64 * 1024);
+            if slice.len() as u128 > max_slice {
+                return Err(source_err(&url, "slice is larger than its range can be"));
+            }
+            let mut decoder = bao::decode::SliceDecoder::new(&slice[..], &hash, have, len);
+            let mut verified = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            if decoder.read_to_end(&mut verified).is_err() || verified.len() as u64 != len {
+                return Err(Error::Corrupt { id: *id, from: base.to_owned() });
+            }
+            file.write_all(&verified)?;
+            have += len;
+            debug!(%id, have, total, "verified slice");
+            if total == 0 {
+                break;
+            }
+        }
+        file.sync_all()?;
+        drop(file);
+        store.adopt(id, &part)?;
+        Ok(store.path(id))
+    }
+
+    /// Upload bytes to an endpoint and check it computed the same id.
+    ///
+    /// # Errors
+    /// [`Error::Source`] if it refused or answered with another id.
+    pub async fn upload(&self, base: &str, bytes: Vec<u8>) -> Result<ContentId> {
+        let id = ContentId::of(&bytes);
+        let url = format!("{}/blobs", base.trim_end_matches('/'));
+        let resp = self.http.post(&url).body(bytes).send().await.map_err(|e| source_err(&url, e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(source_err(&url, format!("{status}: {body}")));
+        }
+        let text = resp.text().await.map_err(|e| source_err(&url, e))?;
+        if !text.contains(&id.to_hex()) {
+            return Err(source_err(&url, format!("stored the upload under another id ({text})")));
+        }
+        Ok(id)
+    }
+}

@@ -1,0 +1,73 @@
+//! Content-addressed blobs: an on-disk store keyed by BLAKE3, an HTTP endpoint that serves
+//! verifiable slices, and a fetcher that checks every chunk against the blob's id before
+//! keeping it.
+//!
+//! A blob's id is the BLAKE3 hash of its bytes, so the id a job spec names, the commitment a
+//! provider makes and the transfer's verification root are one value. The store keeps a bao
+//! outboard (the BLAKE3 tree) beside each blob; the endpoint answers `GET /blobs/{id}?start=&len=`
+//! with a bao slice, which the fetcher decodes and verifies 1 KiB chunk by chunk. A transfer
+//! that fails midway resumes from what was already verified; data that does not verify is
+//! discarded and the next source is tried.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cairn_blobs::Error> {
+//! use cairn_blobs::{BlobStore, Fetcher};
+//! let store = BlobStore::open("/tmp/cairn-blobs")?;
+//! let id = store.put_bytes(b"hello")?;
+//! let other = BlobStore::open("/tmp/cairn-blobs-2")?;
+//! Fetcher::new().fetch(&other, &id, Some(5), 1 << 20, &["http://127.0.0.1:7070".into()]).await?;
+//! # Ok(()) }
+//! ```
+
+mod fetch;
+mod serve;
+mod store;
+
+pub use fetch::Fetcher;
+pub use serve::router;
+pub use store::BlobStore;
+
+use cairn_types::ContentId;
+
+/// Bytes per verified slice in a transfer.
+pub const SLICE: u64 = 1 << 20;
+
+/// What can go wrong with blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No source has the blob.
+    #[error("blob {0} not found at any source")]
+    NotFound(ContentId),
+    /// Data did not verify against the blob's id.
+    #[error("data from {from} does not match blob {id}")]
+    Corrupt {
+        /// The blob.
+        id: ContentId,
+        /// Where the bad data came from.
+        from: String,
+    },
+    /// The blob is larger than allowed.
+    #[error("blob {id} is {size} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// The blob.
+        id: ContentId,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A source answered with something other than the blob.
+    #[error("{url}: {reason}")]
+    Source {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Local storage failed.
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,102 @@
+//! The blob endpoint: `GET /blobs/{id}` (whole blob, or `?start=&len=` as a verifiable bao
+//! slice), `HEAD /blobs/{id}` (size in `x-blob-size`) and `POST /blobs` (upload; the answer
+//! is the id the server computed).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_types::ContentId;
+use serde::Deserialize;
+
+use crate::BlobStore;
+
+#[derive(Clone)]
+struct Ctx {
+    store: Arc<BlobStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Range {
+    start: Option<u64>,
+    len: Option<u64>,
+}
+
+fn err(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = format!("{{\"error\":{{\"code\":\"{code}\",\"message\":\"{}\"}}}}", message.replace('"', "'"));
+    (status, [("content-type", "application/json")], body).into_response()
+}
+
+/// The blob routes, to merge into a server; uploads are capped at `max_upload` bytes.
+pub fn router(store: Arc<BlobStore>, max_upload: usize) -> Router {
+    Router::new()
+        .route("/blobs/{id}", get(get_blob).head(head_blob))
+        .route("/blobs", post(put_blob))
+        .layer(DefaultBodyLimit::max(max_upload))
+        .with_state(Ctx { store })
+}
+
+fn parse(id: &str) -> Option<ContentId> {
+    id.parse().ok()
+}
+
+fn bad_id() -> Response {
+    err(StatusCode::BAD_REQUEST, "bad_id", "blob id must be 64 hex characters")
+}
+
+fn size_header(size: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
+        h.insert("x-blob-size", v);
+    }
+    h
+}
+
+async fn head_blob(State(c): State<Ctx>, Path(id): Path<String>) -> Response {
+    let Some(id) = parse(&id) else { return bad_id() };
+    match c.store.size(&id) {
+        Some(size) => (StatusCode::OK, size_header(size)).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn get_blob(State(c): State<Ctx>, Path(id): Path<String>, Query(range): Query<Range>) -> Response {
+    let Some(id) = parse(&id) else { return bad_id() };
+    let Some(size) = c.store.size(&id) else {
+        return err(StatusCode::NOT_FOUND, "not_found", "no such blob");
+    };
+    let store = c.store.clone();
+    match range {
+        Range { start: Some(start), len: Some(len) } => {
+            let r = tokio::task::spawn_blocking(move || store.slice(&id, start, len)).await;
+            match r {
+                Ok(Ok(bytes)) => (StatusCode::OK, size_header(size), bytes).into_response(),
+                _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob"),
+            }
+        }
+        Range { start: None, len: None } => {
+            let r = tokio::task::spawn_blocking(move || store.read(&id)).await;
+            match r {
+                Ok(Ok(bytes)) => (StatusCode::OK, size_header(size), bytes).into_response(),
+                _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob"),
+            }
+        }
+        _ => err(StatusCode::BAD_REQUEST, "bad_range", "give both start and len, or neither"),
+    }
+}
+
+async fn put_blob(State(c): State<Ctx>, body: Bytes) -> Response {
+    let store = c.store.clone();
+    match tokio::task::spawn_blocking(move || store.put_bytes(&body)).await {
+        Ok(Ok(id)) => {
+            (StatusCode::CREATED, [("content-type", "application/json")], format!("{{\"id\":\"{id}\"}}"))
+                .into_response()
+        }
+        _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot store the blob"),
+    }
+}

@@ -1,0 +1,168 @@
+//! Verified transfer over loopback HTTP: good, lying, flaky and missing sources.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use cairn_blobs::{BlobStore, Error, Fetcher, router};
+use cairn_types::ContentId;
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cairn-blobs-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+}
+
+async fn serve(app: Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[derive(serde::Deserialize)]
+struct R {
+    start: Option<u64>,
+    len: Option<u64>,
+}
+
+/// A source that serves real slices but flips one byte of content in every slice.
+fn lying(store: Arc<BlobStore>) -> Router {
+    async fn head(State(s): State<Arc<BlobStore>>, Path(id): Path<String>) -> impl IntoResponse {
+        let id: ContentId = id.parse().unwrap();
+        [("x-blob-size", s.size(&id).unwrap().to_string())]
+    }
+    async fn get(
+        State(s): State<Arc<BlobStore>>,
+        Path(id): Path<String>,
+        Query(r): Query<R>,
+    ) -> impl IntoResponse {
+        let id: ContentId = id.parse().unwrap();
+        let mut slice = s.slice(&id, r.start.unwrap(), r.len.unwrap()).unwrap();
+        let last = slice.len() - 10;
+        slice[last] ^= 0x55;
+        slice
+    }
+    Router::new().route("/blobs/{id}", axum::routing::get(get).head(head)).with_state(store)
+}
+
+/// A source that answers the first slice and then fails, counting slice requests.
+fn flaky(store: Arc<BlobStore>, hits: Arc<AtomicUsize>) -> Router {
+    let inner = router(store, 1 << 20);
+    Router::new().fallback_service(tower_layer(inner, hits))
+}
+
+fn tower_layer(inner: Router, hits: Arc<AtomicUsize>) -> Router {
+    inner.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let hits = hits.clone();
+            async move {
+                let is_slice = req.uri().query().is_some_and(|q| q.contains("start="));
+                let n = if is_slice { hits.fetch_add(1, Ordering::SeqCst) } else { 0 };
+                if is_slice && n >= 1 {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                next.run(req).await
+            }
+        },
+    ))
+}
+
+#[tokio::test]
+async fn a_blob_crosses_over_http_verified_slice_by_slice() {
+    let a = Arc::new(BlobStore::open(dir("a")).unwrap());
+    let bytes = data(3 * 1024 * 1024 + 12_345);
+    let id = a.put_bytes(&bytes).unwrap();
+    assert_eq!(id, ContentId::of(&bytes), "the id is the plain BLAKE3 of the bytes");
+    let url = serve(router(a.clone(), 1 << 20)).await;
+    let b = BlobStore::open(dir("b")).unwrap();
+    let path = Fetcher::new().fetch(&b, &id, Some(bytes.len() as u64), 1 << 30, &[url]).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+    b.verify(&id).unwrap();
+    // Empty blobs work too.
+    let empty = a.put_bytes(b"").unwrap();
+    let url = serve(router(a, 1 << 20)).await;
+    Fetcher::new().fetch(&b, &empty, Some(0), 10, &[url]).await.unwrap();
+    assert!(b.has(&empty));
+}
+
+#[tokio::test]
+async fn corrupted_data_is_discarded_and_the_next_source_is_used() {
+    let a = Arc::new(BlobStore::open(dir("c-src")).unwrap());
+    let bytes = data(2 * 1024 * 1024 + 7);
+    let id = a.put_bytes(&bytes).unwrap();
+    let liar = serve(lying(a.clone())).await;
+    let good = serve(router(a, 1 << 20)).await;
+    let b = BlobStore::open(dir("c-dst")).unwrap();
+    let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, std::slice::from_ref(&liar)).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(!b.has(&id), "nothing unverified is kept");
+    Fetcher::new().fetch(&b, &id, None, 1 << 30, &[liar, good]).await.unwrap();
+    assert_eq!(b.read(&id).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn an_interrupted_transfer_resumes_from_what_was_verified() {
+    let a = Arc::new(BlobStore::open(dir("r-src")).unwrap());
+    let bytes = data(3 * 1024 * 1024);
+    let id = a.put_bytes(&bytes).unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let flaky_url = serve(flaky(a.clone(), hits.clone())).await;
+    let b = BlobStore::open(dir("r-dst")).unwrap();
+    assert!(Fetcher::new().fetch(&b, &id, None, 1 << 30, &[flaky_url]).await.is_err());
+    let partial = b.root().join("partial").join(id.to_hex());
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), cairn_blobs::SLICE, "one verified slice kept");
+    let good_hits = Arc::new(AtomicUsize::new(0));
+    let counting = router(a, 1 << 20).layer(axum::middleware::from_fn({
+        let good_hits = good_hits.clone();
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let good_hits = good_hits.clone();
+            async move {
+                if let Some(q) = req.uri().query() {
+                    assert!(!q.contains("start=0&"), "the first slice is not fetched again");
+                    good_hits.fetch_add(1, Ordering::SeqCst);
+                }
+                next.run(req).await
+            }
+        }
+    }));
+    let good = serve(counting).await;
+    Fetcher::new().fetch(&b, &id, None, 1 << 30, &[good]).await.unwrap();
+    assert_eq!(good_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(b.read(&id).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn size_limits_missing_blobs_and_uploads_are_checked() {
+    let a = Arc::new(BlobStore::open(dir("l-src")).unwrap());
+    let bytes = data(100_000);
+    let id = a.put_bytes(&bytes).unwrap();
+    let url = serve(router(a.clone(), 50_000)).await;
+    let b = BlobStore::open(dir("l-dst")).unwrap();
+    let f = Fetcher::new();
+    assert!(matches!(
+        f.fetch(&b, &id, None, 99_999, std::slice::from_ref(&url)).await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(
+        f.fetch(&b, &id, Some(5), 1 << 30, std::slice::from_ref(&url)).await,
+        Err(Error::Source { .. })
+    ));
+    let missing = ContentId::of(b"nobody has this");
+    assert!(matches!(
+        f.fetch(&b, &missing, None, 1 << 30, std::slice::from_ref(&url)).await,
+        Err(Error::NotFound(_))
+    ));
+    let small = data(1_000);
+    let up = f.upload(&url, small.clone()).await.unwrap();
+    assert_eq!(a.read(&up).unwrap(), small);
+    assert!(f.upload(&url, data(60_000)).await.is_err(), "uploads over the server's limit are refused");
+}
