@@ -108,7 +108,14 @@ async fn measure(a: &ChainArgs, n: usize) -> Result<Row> {
     let funded: Vec<_> =
         senders.iter().map(|k| (k.address(), Amount::from_base_units(1_000_000_000_000))).collect();
     let base = 27_000 + u16::try_from(n)?.saturating_mul(20);
-    let mut net = crate::devnet::start(&root, n, true, base, base.saturating_add(10), &funded)?;
+    let layout = crate::devnet::Layout {
+        validators: n,
+        providers: 0,
+        p2p_port: base,
+        api_port: base.saturating_add(10),
+        provider_port: base.saturating_add(15),
+    };
+    let mut net = crate::devnet::start(&root, &layout, true, &funded)?;
     crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
     let client = Client::new(&net.apis[0]);
     let fee = Amount::from_base_units(1_000);

@@ -1,6 +1,8 @@
-//! `cairn devnet`: a whole network on this machine, each validator its own process with its
-//! own data directory and ports, configured exactly as a multi-machine network would be.
+//! `cairn devnet`: a whole network on this machine: validators and providers, each its own
+//! process with its own data directory and ports (configured exactly as a multi-machine
+//! network would be), a funded client, and demo jobs followed from submission to settlement.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -9,8 +11,9 @@ use anyhow::{Context as _, Result, bail};
 use cairn_node::config::{
     ConsensusConfig, Home, InitPlan, MempoolLimits, NodeConfig, Peer, local_genesis, write_home,
 };
+use cairn_provider::{ProviderConfig, ProviderHome};
 use cairn_state::Params;
-use cairn_types::{Amount, SecretKey};
+use cairn_types::{Address, Amount, SecretKey, WorkloadKind};
 use clap::Args;
 
 /// `cairn devnet`.
@@ -19,6 +22,9 @@ pub(crate) struct DevnetArgs {
     /// Number of validators.
     #[arg(long, default_value_t = 1)]
     validators: usize,
+    /// Number of providers.
+    #[arg(long, default_value_t = 3)]
+    providers: usize,
     /// Where the network's data lives (reused across runs).
     #[arg(long, default_value = ".cairn/devnet")]
     home: PathBuf,
@@ -31,15 +37,32 @@ pub(crate) struct DevnetArgs {
     /// First API port; validator i uses base + i.
     #[arg(long, default_value_t = 8080)]
     api_port: u16,
-    /// Stop after this many finalized blocks (default: run until interrupted).
+    /// First provider endpoint port; provider i uses base + i.
+    #[arg(long, default_value_t = 7100)]
+    provider_port: u16,
+    /// Skip the demo jobs.
+    #[arg(long)]
+    no_demo: bool,
+    /// Exit once the demo jobs are done (non-zero if any did not settle).
+    #[arg(long)]
+    exit_when_done: bool,
+    /// Print one JSON summary on stdout (progress goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many finalized blocks.
     #[arg(long)]
     blocks: Option<u64>,
 }
 
 pub(crate) const CHAIN_ID: &str = "cairn-devnet";
+const REGIONS: [&str; 3] = ["DE", "US", "SG"];
 
 fn validator_home(root: &Path, i: usize) -> PathBuf {
     root.join(format!("validator-{i}"))
+}
+
+fn provider_home(root: &Path, i: usize) -> PathBuf {
+    root.join(format!("provider-{i}"))
 }
 
 /// Params suited to a devnet: short windows so demos finish in seconds.
@@ -55,28 +78,36 @@ pub(crate) fn devnet_params() -> Params {
     }
 }
 
-/// Create the validators' homes with one shared genesis.
-fn create(
-    root: &Path,
-    n: usize,
-    p2p_port: u16,
-    api_port: u16,
-    extra: &[(cairn_types::Address, Amount)],
-) -> Result<()> {
-    let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate()).collect::<Result<_, _>>()?;
-    let port = |base: u16, i: usize| -> Result<u16> {
-        base.checked_add(u16::try_from(i)?).context("port out of range")
-    };
+fn hex_seed(k: &SecretKey) -> String {
+    k.seed().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn crn(n: u128) -> Amount {
+    Amount::from_base_units(n.saturating_mul(1_000_000))
+}
+
+fn port(base: u16, i: usize) -> Result<u16> {
+    base.checked_add(u16::try_from(i)?).context("port out of range")
+}
+
+/// Lay out validators, providers, a faucet and a client with one shared genesis.
+fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
+    let keys: Vec<SecretKey> = (0..a.validators).map(|_| SecretKey::generate()).collect::<Result<_, _>>()?;
+    let provider_keys: Vec<SecretKey> =
+        (0..a.providers).map(|_| SecretKey::generate()).collect::<Result<_, _>>()?;
     let mut peers = Vec::new();
     for (i, k) in keys.iter().enumerate() {
-        peers.push(Peer { address: k.address(), p2p: format!("127.0.0.1:{}", port(p2p_port, i)?).parse()? });
+        peers
+            .push(Peer { address: k.address(), p2p: format!("127.0.0.1:{}", port(a.p2p_port, i)?).parse()? });
     }
     let faucet = SecretKey::generate()?;
+    let client = SecretKey::generate()?;
     std::fs::create_dir_all(root)?;
     std::fs::write(root.join("faucet.key"), format!("{}\n", hex_seed(&faucet)))?;
-    let mut funded: Vec<_> =
-        keys.iter().map(|k| (k.address(), Amount::from_base_units(1_000_000_000_000))).collect();
-    funded.push((faucet.address(), Amount::from_base_units(1_000_000_000_000_000)));
+    std::fs::write(root.join("client.key"), format!("{}\n", hex_seed(&client)))?;
+    let mut funded: Vec<_> = keys.iter().map(|k| (k.address(), crn(1_000_000))).collect();
+    funded.extend(provider_keys.iter().map(|k| (k.address(), crn(10_000))));
+    funded.push((faucet.address(), crn(1_000_000_000)));
     funded.extend_from_slice(extra);
     let validators: Vec<_> = keys.iter().map(SecretKey::address).collect();
     let genesis = local_genesis(CHAIN_ID, &validators, &funded, devnet_params());
@@ -84,27 +115,62 @@ fn create(
         let config = NodeConfig {
             moniker: format!("validator-{i}"),
             p2p_listen: peers[i].p2p,
-            api_listen: format!("127.0.0.1:{}", port(api_port, i)?).parse()?,
+            api_listen: format!("127.0.0.1:{}", port(a.api_port, i)?).parse()?,
             validators: peers.clone(),
             consensus: ConsensusConfig { empty_block_wait_ms: 200, ..ConsensusConfig::default() },
             mempool: MempoolLimits::default(),
             max_block_txs: 20_000,
             worker_threads: 2,
+            blob_upload_limit: 1 << 30,
         };
         write_home(&InitPlan { home: validator_home(root, i), key: k.clone(), config }, &genesis)?;
+    }
+    let node = format!("http://127.0.0.1:{}", a.api_port);
+    let ucrn = Amount::from_base_units;
+    let wasm = [ucrn(50_000), ucrn(80_000), ucrn(120_000)];
+    let render = [ucrn(60_000), ucrn(90_000), ucrn(150_000)];
+    for (i, k) in provider_keys.iter().enumerate() {
+        let listen: std::net::SocketAddr = format!("127.0.0.1:{}", port(a.provider_port, i)?).parse()?;
+        let mut prices = BTreeMap::new();
+        prices.insert(WorkloadKind::Wasm, wasm[i % 3]);
+        prices.insert(WorkloadKind::Render, render[i % 3]);
+        let mut attributes = BTreeMap::new();
+        attributes.insert("tier".to_string(), if i == 0 { "datacenter" } else { "edge" }.to_string());
+        let cfg = ProviderConfig {
+            node: node.clone(),
+            listen,
+            endpoint: format!("http://{listen}"),
+            region: REGIONS[i % 3].parse()?,
+            stake: crn(1_000),
+            prices,
+            attributes,
+            capacity: None,
+            pricing: if i == 1 { "undercut:7000".into() } else { "posted".into() },
+            max_parallel: 2,
+            heartbeat_secs: 20,
+        };
+        ProviderHome(provider_home(root, i)).init(&cfg, k)?;
     }
     Ok(())
 }
 
-fn hex_seed(k: &SecretKey) -> String {
-    k.seed().iter().map(|b| format!("{b:02x}")).collect()
+/// What to lay out.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) validators: usize,
+    pub(crate) providers: usize,
+    pub(crate) p2p_port: u16,
+    pub(crate) api_port: u16,
+    pub(crate) provider_port: u16,
 }
 
-/// The running validator processes; killed when dropped.
+/// The running processes; killed when dropped.
 pub(crate) struct Network {
-    children: Vec<(usize, Child)>,
+    children: Vec<(String, Child)>,
     /// API base URLs, by validator.
     pub(crate) apis: Vec<String>,
+    /// Provider endpoints, by provider.
+    pub(crate) providers: Vec<String>,
     /// The network's data directory.
     pub(crate) root: PathBuf,
 }
@@ -119,59 +185,95 @@ impl Drop for Network {
 }
 
 impl Network {
-    /// A validator process that exited, if any.
-    fn exited(&mut self) -> Option<(usize, std::process::ExitStatus)> {
-        for (i, c) in &mut self.children {
+    /// A process that exited, if any.
+    pub(crate) fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        for (name, c) in &mut self.children {
             if let Ok(Some(status)) = c.try_wait() {
-                return Some((*i, status));
+                return Some((name.clone(), status));
             }
         }
         None
     }
+
+    fn spawn(&mut self, name: String, args: &[&str], home: &Path, log: &str) -> Result<()> {
+        let exe = std::env::current_exe().context("locating the cairn binary")?;
+        let log = std::fs::File::create(home.join(log)).context("creating a log file")?;
+        let child = Command::new(exe)
+            .args(args)
+            .arg("--home")
+            .arg(home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.children.push((name, child));
+        Ok(())
+    }
 }
 
-/// Lay out (or reuse) the devnet and start every validator.
+/// Lay out (or reuse) the devnet and start its validators (providers start with
+/// [`start_providers`] once the chain runs).
 pub(crate) fn start(
     root: &Path,
-    n: usize,
+    layout: &Layout,
     fresh: bool,
-    p2p_port: u16,
-    api_port: u16,
-    extra: &[(cairn_types::Address, Amount)],
+    extra: &[(Address, Amount)],
 ) -> Result<Network> {
-    if n == 0 || n > 64 {
+    if layout.validators == 0 || layout.validators > 64 {
         bail!("--validators must be 1..=64");
+    }
+    if layout.providers > 16 {
+        bail!("--providers must be at most 16");
     }
     if fresh && root.exists() {
         std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
     }
     let existing = (0..).take_while(|i| validator_home(root, *i).join("config.toml").exists()).count();
+    let existing_providers =
+        (0..).take_while(|i| provider_home(root, *i).join("provider.toml").exists()).count();
     if existing == 0 {
-        create(root, n, p2p_port, api_port, extra)?;
-    } else if existing != n {
+        create(root, layout, extra)?;
+    } else if existing != layout.validators || existing_providers != layout.providers {
         bail!(
-            "{} holds a devnet of {existing} validators; pass --fresh to start a new one with {n}",
+            "{} holds a devnet of {existing} validators and {existing_providers} providers; pass --fresh to start a new one",
             root.display()
         );
     }
-    let exe = std::env::current_exe().context("locating the cairn binary")?;
-    let mut net = Network { children: Vec::new(), apis: Vec::new(), root: root.to_path_buf() };
-    for i in 0..n {
+    let mut net =
+        Network { children: Vec::new(), apis: Vec::new(), providers: Vec::new(), root: root.to_path_buf() };
+    for i in 0..layout.validators {
         let home = validator_home(root, i);
         let cfg = Home(home.clone()).load_config()?;
-        let log = std::fs::File::create(home.join("node.log")).context("creating the node log")?;
-        let child = Command::new(&exe)
-            .args(["node", "run", "--home"])
-            .arg(&home)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting a validator process")?;
-        net.children.push((i, child));
+        net.spawn(format!("validator-{i}"), &["node", "run"], &home, "node.log")?;
         net.apis.push(format!("http://{}", cfg.api_listen));
     }
     Ok(net)
+}
+
+/// Start the providers and wait until the chain lists them all.
+pub(crate) async fn start_providers(net: &mut Network, n: usize, timeout: Duration) -> Result<()> {
+    for i in 0..n {
+        let home = provider_home(&net.root, i);
+        let cfg = ProviderHome(home.clone()).load_config()?;
+        net.spawn(format!("provider-{i}"), &["provider", "run"], &home, "provider.log")?;
+        net.providers.push(cfg.endpoint);
+    }
+    let client = cairn_client::Client::new(&net.apis[0]);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some((name, status)) = net.exited() {
+            bail!("{name} exited ({status}); see its log in {}", net.root.display());
+        }
+        let listed: serde_json::Value = client.get("/api/providers").await.unwrap_or_default();
+        if listed["providers"].as_array().is_some_and(|p| p.len() >= n) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("providers did not register within {timeout:?}; see provider-*/provider.log");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Wait for every validator to serve its state and finalize `height`.
@@ -180,11 +282,8 @@ pub(crate) async fn wait_ready(net: &mut Network, height: u64, timeout: Duration
     for (i, api) in net.apis.clone().iter().enumerate() {
         let client = cairn_client::Client::new(api);
         loop {
-            if let Some((j, status)) = net.exited() {
-                bail!(
-                    "validator {j} exited ({status}); see {}",
-                    validator_home(&net.root, j).join("node.log").display()
-                );
+            if let Some((name, status)) = net.exited() {
+                bail!("{name} exited ({status}); see its log in {}", net.root.display());
             }
             if let Ok(s) = client.status().await
                 && s.ready
@@ -201,50 +300,77 @@ pub(crate) async fn wait_ready(net: &mut Network, height: u64, timeout: Duration
     Ok(())
 }
 
+/// Print progress: to stdout normally, to stderr when stdout carries JSON.
+pub(crate) fn say(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 pub(crate) fn run(a: DevnetArgs) -> Result<()> {
     let rt = crate::runtime()?;
-    let mut net = start(&a.home, a.validators, a.fresh, a.p2p_port, a.api_port, &[])?;
-    rt.block_on(async {
+    let layout = Layout {
+        validators: a.validators,
+        providers: a.providers,
+        p2p_port: a.p2p_port,
+        api_port: a.api_port,
+        provider_port: a.provider_port,
+    };
+    let mut net = start(&a.home, &layout, a.fresh, &[])?;
+    let code = rt.block_on(async {
         wait_ready(&mut net, 1, Duration::from_secs(60)).await?;
-        println!(
-            "Cairn devnet: {} validator(s), chain {CHAIN_ID}, data in {}",
-            a.validators,
-            a.home.display()
+        start_providers(&mut net, a.providers, Duration::from_secs(60)).await?;
+        let json = a.json;
+        say(
+            json,
+            &format!(
+                "Cairn devnet: chain {CHAIN_ID}, {} validator(s), {} provider(s), data in {}",
+                a.validators,
+                a.providers,
+                a.home.display()
+            ),
         );
         for (i, api) in net.apis.iter().enumerate() {
-            println!(
-                "  validator-{i}  API {api}   logs {}",
-                validator_home(&a.home, i).join("node.log").display()
-            );
+            say(json, &format!("  validator-{i}  API {api}"));
         }
-        println!("  API address: {}", net.apis[0]);
+        for (i, p) in net.providers.iter().enumerate() {
+            say(json, &format!("  provider-{i}   {p}  ({})", REGIONS[i % 3]));
+        }
+        say(json, &format!("API address: {}", net.apis[0]));
+        let mut ok = true;
+        if !a.no_demo && a.providers > 0 {
+            let summary = crate::demo::run(&net, json).await?;
+            ok = summary.all_settled;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary.json)?);
+            }
+        }
+        if a.exit_when_done {
+            return Ok::<_, anyhow::Error>(if ok { 0 } else { 3 });
+        }
+        say(json, "The network keeps running; press Ctrl-C to stop.");
         let client = cairn_client::Client::new(&net.apis[0]);
-        let mut last = 0;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => { println!("stopping"); break; }
+                _ = tokio::signal::ctrl_c() => { say(json, "stopping"); break; }
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
-            if let Some((i, status)) = net.exited() {
-                bail!("validator {i} exited ({status}); see its node.log");
+            if let Some((name, status)) = net.exited() {
+                bail!("{name} exited ({status}); see its log in {}", a.home.display());
             }
-            if let Ok(s) = client.status().await
-                && s.height != last
+            if let (Some(b), Ok(s)) = (a.blocks, client.status().await)
+                && s.height >= b
             {
-                last = s.height;
-                println!(
-                    "height {:>6}  state root {}…  txs {}",
-                    s.height,
-                    &s.state_root[..16.min(s.state_root.len())],
-                    s.txs_finalized
-                );
-                if a.blocks.is_some_and(|b| s.height >= b) {
-                    break;
-                }
+                break;
             }
         }
-        Ok::<_, anyhow::Error>(())
+        Ok(0)
     })?;
     drop(net);
+    if code != 0 {
+        std::process::exit(code);
+    }
     Ok(())
 }

@@ -7,8 +7,14 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod devnet;
+mod job;
+mod keys;
+mod manifest;
 mod node;
+mod provider;
+mod wallet;
 
 /// Cairn: verified AI compute on a decentralized network.
 #[derive(Debug, Parser)]
@@ -25,6 +31,15 @@ enum Command {
     /// Set up, run and inspect a node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Keys, balances and transfers.
+    #[command(subcommand)]
+    Wallet(wallet::WalletCommand),
+    /// Submit and follow jobs.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Run a provider: sell this machine's compute.
+    #[command(subcommand)]
+    Provider(provider::ProviderCommand),
     /// Measure the network.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -86,6 +101,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Status(s)) => node::status(&s.api, s.json),
         Command::Bench(b) => bench::run(b),
+        Command::Wallet(w) => wallet::run(w),
+        Command::Job(j) => job::run(j),
+        Command::Provider(p) => provider::run(p),
     }
 }
 

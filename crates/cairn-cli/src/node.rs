@@ -63,6 +63,7 @@ pub(crate) fn init(a: InitArgs) -> Result<()> {
         mempool: MempoolLimits::default(),
         max_block_txs: 20_000,
         worker_threads: 2,
+        blob_upload_limit: 1 << 30,
     };
     write_home(&InitPlan { home: a.home.clone(), key: key.clone(), config }, &genesis)?;
     println!("Initialised {} for chain {}", a.home.display(), genesis.chain_id);

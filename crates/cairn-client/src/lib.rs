@@ -8,6 +8,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod keystore;
+
 use std::time::Duration;
 
 use cairn_types::api::{AccountView, ErrorBody, StatusView, TxLookup};
@@ -119,6 +121,15 @@ impl Client {
     /// [`Error`].
     pub async fn status(&self) -> Result<StatusView> {
         self.get("/api/status").await
+    }
+
+    /// The chain's parameters.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub async fn params(&self) -> Result<serde_json::Value> {
+        let v: serde_json::Value = self.get("/api/params").await?;
+        v.get("params").cloned().ok_or_else(|| Error::Decode("no params".into()))
     }
 
     /// An account.

@@ -114,6 +114,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/status", get(status))
+        .route("/api/params", get(params))
         .route("/api/txs", post(submit_tx))
         .route("/api/txs/batch", post(submit_batch))
         .route("/api/txs/{hash}", get(tx_status))
@@ -121,6 +122,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/accounts/{address}", get(account))
         .route("/api/providers", get(providers))
         .route("/api/providers/{address}", get(provider))
+        .route("/api/providers/{address}/tasks", get(provider_tasks))
+        .route("/api/tasks", get(open_tasks))
         .route("/api/jobs/{id}", get(job))
         .route("/api/tasks/{id}", get(task))
         .route("/api/blocks/latest", get(latest_block))
@@ -157,6 +160,10 @@ fn status_view(s: &NodeShared) -> StatusView {
         mempool,
         txs_finalized: st.txs_finalized,
     }
+}
+
+async fn params(State(st): State<ApiState>) -> Json<Value> {
+    Json(json!({ "chain_id": st.shared.chain_id, "params": st.shared.genesis.params }))
 }
 
 async fn status(State(st): State<ApiState>) -> Json<StatusView> {
@@ -325,6 +332,45 @@ async fn provider(
         .ok_or_else(|| ApiError::not_found("provider"))?;
     let stake = st.shared.read(|s| s.stake(&address)).map_err(ApiError::internal)?;
     Ok(Json(json!({ "provider": p, "stake": stake })))
+}
+
+/// Tasks assigned to a provider and not yet committed: what it must run.
+async fn provider_tasks(
+    State(st): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    use cairn_state::model::TaskState;
+    let Path(a) = path?;
+    let address: Address =
+        a.parse().map_err(|e: cairn_types::Error| ApiError::bad("bad_address", e.to_string()))?;
+    ready(&st)?;
+    let tasks = st.shared.tasks_where(
+        |t| matches!(&t.state, TaskState::Assigned { provider, .. } if *provider == address),
+        10_000,
+    );
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+/// Query of `GET /api/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskQuery {
+    /// Only `open` is supported: tasks collecting bids.
+    state: String,
+}
+
+async fn open_tasks(
+    State(st): State<ApiState>,
+    query: Result<Query<TaskQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    use cairn_state::model::TaskState;
+    let Query(q) = query?;
+    if q.state != "open" {
+        return Err(ApiError::bad("bad_query", "state must be \"open\""));
+    }
+    ready(&st)?;
+    let tasks = st.shared.tasks_where(|t| matches!(t.state, TaskState::Open { .. }), 10_000);
+    Ok(Json(json!({ "tasks": tasks })))
 }
 
 async fn job(

@@ -131,6 +131,13 @@ pub struct NodeConfig {
     /// Tokio worker threads.
     #[serde(default = "default_threads")]
     pub worker_threads: usize,
+    /// Largest blob a client may upload to this node's blob endpoint, in bytes.
+    #[serde(default = "default_blob_limit")]
+    pub blob_upload_limit: usize,
+}
+
+fn default_blob_limit() -> usize {
+    1 << 30
 }
 
 fn default_max_txs() -> usize {
@@ -168,6 +175,10 @@ impl Home {
     /// `db/`.
     pub fn db(&self) -> PathBuf {
         self.0.join("db")
+    }
+    /// `blobs/`: the node's blob endpoint store.
+    pub fn blobs(&self) -> PathBuf {
+        self.0.join("blobs")
     }
     /// `node.lock`.
     pub fn lock(&self) -> PathBuf {

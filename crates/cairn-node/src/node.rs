@@ -281,6 +281,24 @@ impl NodeShared {
         f(&state)
     }
 
+    /// Every committed task passing `keep`, in key order.
+    pub fn tasks_where(
+        &self,
+        keep: impl Fn(&cairn_state::model::Task) -> bool,
+        limit: usize,
+    ) -> Vec<cairn_state::model::Task> {
+        let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        let prefix = [cairn_state::keys::TASK];
+        mirror
+            .committed
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(_, v)| borsh::from_slice::<cairn_state::model::Task>(v).ok())
+            .filter(|t| keep(t))
+            .take(limit)
+            .collect()
+    }
+
     /// The committed account view the mempool checks against.
     pub fn account_view(&self, who: &cairn_types::Address) -> AccountView {
         self.read(|s| {

@@ -43,6 +43,9 @@ pub enum RunError {
     /// A validator address is not a valid ed25519 key.
     #[error("validator {0} in config.toml is not a valid ed25519 public key")]
     BadValidatorKey(Address),
+    /// The blob store could not be opened.
+    #[error("cannot open the blob store: {0}")]
+    Blobs(#[from] cairn_blobs::Error),
     /// The API port could not be opened.
     #[error("cannot listen for the API on {addr}: {source}")]
     ApiBind {
@@ -130,6 +133,7 @@ pub fn run(home: &Path) -> Result<(), RunError> {
     if lock.try_lock().is_err() {
         return Err(RunError::Locked(home.0.display().to_string()));
     }
+    let blobs = Arc::new(cairn_blobs::BlobStore::open(home.blobs())?);
     let api_listener = std::net::TcpListener::bind(cfg.api_listen)
         .map_err(|source| RunError::ApiBind { addr: cfg.api_listen, source })?;
     api_listener
@@ -212,7 +216,7 @@ pub fn run(home: &Path) -> Result<(), RunError> {
         )
         .await;
 
-        let app = router(ApiState { shared: api_shared, marshal, metrics });
+        let app = router(ApiState { shared: api_shared, marshal, metrics }).merge(cairn_blobs::router(blobs, cfg.blob_upload_limit));
         context.child("api").spawn(move |_| async move {
             let listener = match tokio::net::TcpListener::from_std(api_listener) {
                 Ok(l) => l,

@@ -115,8 +115,9 @@ fn engine_config(cache_dir: Option<&Path>) -> Result<Config> {
     c.relaxed_simd_deterministic(true);
     if let Some(dir) = cache_dir {
         std::fs::create_dir_all(dir).map_err(io)?;
+        let dir = std::path::absolute(dir).map_err(io)?;
         let mut cc = wasmtime::CacheConfig::new();
-        cc.with_directory(dir);
+        cc.with_directory(&dir);
         c.cache(Some(wasmtime::Cache::new(cc).map_err(rt)?));
     }
     Ok(c)

@@ -264,19 +264,13 @@ pub(crate) fn bid(ctx: &mut Ctx<'_>, provider: &Address, b: &Bid) -> Exec<()> {
     Ok(())
 }
 
-/// Another attempt if the job allows one, else refund.
-fn retry_or_refund(
-    ctx: &mut Ctx<'_>,
-    t: &mut Task,
-    j: &Job,
-    spec: &JobSpec,
-    reason: RefundReason,
-) -> Exec<()> {
+/// Another attempt after a missed deadline if the job allows one, else refund.
+fn retry_or_refund(ctx: &mut Ctx<'_>, t: &mut Task, j: &Job, spec: &JobSpec) -> Exec<()> {
     if t.attempt < spec.max_attempts {
         t.attempt = t.attempt.checked_add(1).ok_or_else(|| invariant("attempt overflow"))?;
         start_attempt(ctx, t, j, spec)
     } else {
-        refund(ctx, t, reason)
+        refund(ctx, t, RefundReason::MaxAttempts)
     }
 }
 
@@ -324,7 +318,13 @@ pub(crate) fn on_auction_close(ctx: &mut Ctx<'_>, id: &TaskId, attempt: u32) -> 
         done = take_first_with_room(ctx, &mut t, &spec, &mut posted)?;
     }
     if !done {
-        retry_or_refund(ctx, &mut t, &j, &spec, RefundReason::NoProvider)?;
+        // Waiting for a provider does not use up attempts (those count missed deadlines), but
+        // no task waits forever: past `max_wait_blocks` since submission it is refunded.
+        if ctx.height.saturating_sub(j.submitted_at) >= ctx.params.max_wait_blocks {
+            refund(ctx, &mut t, RefundReason::NoProvider)?;
+        } else {
+            start_attempt(ctx, &mut t, &j, &spec)?;
+        }
     }
     put_task(ctx, &t)
 }
@@ -345,7 +345,7 @@ pub(crate) fn on_deadline(ctx: &mut Ctx<'_>, id: &TaskId, attempt: u32) -> Exec<
     registry::put(ctx, &p)?;
     ctx.emit(Event::TaskMissedDeadline { task: t.id, provider, attempt: t.attempt });
     t.excluded.push(provider);
-    retry_or_refund(ctx, &mut t, &j, &spec, RefundReason::MaxAttempts)?;
+    retry_or_refund(ctx, &mut t, &j, &spec)?;
     put_task(ctx, &t)
 }
 

@@ -35,6 +35,8 @@ pub struct Params {
     pub max_bids_per_task: u32,
     /// Auction window used when a task finds no provider at once.
     pub rematch_blocks: u32,
+    /// Blocks since submission a task may wait for a provider before it is refunded.
+    pub max_wait_blocks: u64,
     /// Unbondings in flight per account.
     pub max_unbondings: u32,
     /// Providers the registry holds.
@@ -65,6 +67,7 @@ impl Default for Params {
             heartbeat_timeout: 600,
             max_bids_per_task: 32,
             rematch_blocks: 5,
+            max_wait_blocks: 1_800,
             max_unbondings: 16,
             max_providers: 100_000,
             storage_epoch_blocks: 3_600,
@@ -101,6 +104,7 @@ impl Params {
             ("storage_epoch_blocks", self.storage_epoch_blocks),
             ("max_bids_per_task", u64::from(self.max_bids_per_task)),
             ("rematch_blocks", u64::from(self.rematch_blocks)),
+            ("max_wait_blocks", self.max_wait_blocks),
             ("max_unbondings", u64::from(self.max_unbondings)),
             ("max_providers", u64::from(self.max_providers)),
             ("audit_p_min_bps", u64::from(self.audit_p_min_bps)),

@@ -49,13 +49,20 @@ pub(crate) fn free_base(n: u16) -> u16 {
 }
 
 /// Lay out a devnet of `n` validators in `root` (the processes are started, checked and
-/// stopped once), returning the base port.
+/// stopped once), returning the base port (p2p at base, API at base + 100).
 pub(crate) fn create_devnet(root: &Path, n: usize) -> u16 {
-    let base = free_base(n as u16);
+    create_network(root, n, 0)
+}
+
+/// Like [`create_devnet`] with `providers` providers too (endpoints at base + 200).
+pub(crate) fn create_network(root: &Path, n: usize, providers: usize) -> u16 {
+    let base = free_base(n.max(providers) as u16);
     let out = Command::new(BIN)
-        .args(["devnet", "--validators", &n.to_string(), "--blocks", "2", "--fresh", "--home"])
+        .args(["devnet", "--validators", &n.to_string(), "--providers", &providers.to_string()])
+        .args(["--no-demo", "--exit-when-done", "--fresh", "--home"])
         .arg(root)
         .args(["--p2p-port", &base.to_string(), "--api-port", &(base + 100).to_string()])
+        .args(["--provider-port", &(base + 200).to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "devnet failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -129,3 +136,78 @@ pub(crate) fn rt() -> tokio::runtime::Runtime {
 }
 
 pub(crate) const READY: Duration = Duration::from_secs(60);
+
+/// One provider process.
+pub(crate) struct ProviderProc {
+    pub(crate) home: PathBuf,
+    pub(crate) child: Option<Child>,
+    pub(crate) endpoint: String,
+}
+
+impl ProviderProc {
+    pub(crate) fn start(home: &Path) -> Self {
+        let text = std::fs::read_to_string(home.join("provider.toml")).unwrap();
+        let cfg: toml::Value = toml::from_str(&text).unwrap();
+        let endpoint = cfg["endpoint"].as_str().unwrap().to_string();
+        let mut p = ProviderProc { home: home.to_path_buf(), child: None, endpoint };
+        p.spawn();
+        p
+    }
+
+    pub(crate) fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("test-provider.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["provider", "run", "--home"])
+            .arg(&self.home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub(crate) async fn status(&self) -> serde_json::Value {
+        Client::new(&self.endpoint).get("/provider/status").await.unwrap_or_default()
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("test-provider.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ProviderProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Run `cairn` with arguments; returns (success, stdout, stderr).
+pub(crate) fn cairn(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub(crate) fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(rel)
+}

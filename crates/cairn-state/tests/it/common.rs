@@ -17,6 +17,7 @@ pub(crate) fn params() -> Params {
         unbonding_blocks: 10,
         reward_epoch_blocks: 10,
         heartbeat_timeout: 10_000,
+        max_wait_blocks: 12,
         ..Params::default()
     }
 }

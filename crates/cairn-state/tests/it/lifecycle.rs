@@ -143,11 +143,15 @@ fn a_task_is_refunded_after_max_attempts_of_missed_deadlines() {
 }
 
 #[test]
-fn a_job_nobody_can_take_is_refunded_after_its_attempts() {
+fn a_job_nobody_can_take_waits_without_using_attempts_then_is_refunded() {
     let mut chain = market(&["2"]);
     let job = submit(&mut chain, spec(2, "1", 0));
     assert!(matches!(chain.task_state(&job, 0), TaskState::Open { .. }));
-    chain.advance(3 * 5 + 1);
+    chain.advance(10);
+    let t = chain.state.task(&cairn_types::TaskId::derive(&job, 0)).unwrap().unwrap();
+    assert_eq!(t.attempt, 1, "waiting for a provider is not an attempt");
+    assert!(matches!(t.state, TaskState::Open { .. }));
+    chain.advance(6);
     for i in 0..2 {
         assert!(matches!(
             chain.task_state(&job, i),

@@ -84,6 +84,7 @@ fn prop_params() -> Params {
         reward_epoch_blocks: 5,
         storage_epoch_blocks: 3,
         rematch_blocks: 2,
+        max_wait_blocks: 10,
         min_provider_stake: crn("100"),
         ..Params::default()
     }

@@ -1,0 +1,280 @@
+//! The devnet's demo: fund a client, submit real jobs (the guests in `testdata/wasm`, and
+//! resvg, a third-party WASI program), follow each task from submission to settlement, and
+//! fetch the verified outputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use cairn_blobs::BlobStore;
+use cairn_client::Client;
+use cairn_state::model::{Task, TaskState};
+use cairn_types::{Address, Amount, JobId, SecretKey, Transfer, TxBody};
+use serde_json::{Value, json};
+
+use crate::devnet::{Network, say};
+use crate::job::{JobView, fetch_output, job_view, output_of, write_bundle};
+
+const SIEVE: &[u8] = include_bytes!("../../../testdata/wasm/sieve.wasm");
+const MANDELBROT: &[u8] = include_bytes!("../../../testdata/wasm/mandelbrot.wasm");
+const NN: &[u8] = include_bytes!("../../../testdata/wasm/nn.wasm");
+const RESVG: &[u8] = include_bytes!("../../../testdata/wasm/third-party/resvg.wasm");
+
+const SCENE: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="256" height="160">
+  <rect width="256" height="160" fill="#10223f"/>
+  <circle cx="128" cy="80" r="52" fill="#f26b38" stroke="#ffffff" stroke-width="6"/>
+  <path d="M20 150 L128 20 L236 150 Z" fill="none" stroke="#ffd166" stroke-width="5"/>
+</svg>
+"##;
+
+/// The demo's result.
+pub(crate) struct Summary {
+    pub(crate) all_settled: bool,
+    pub(crate) json: Value,
+}
+
+fn features_csv() -> String {
+    let mut s = String::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..32 {
+        let row: Vec<String> = (0..16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{:.4}", (x % 20_000) as f64 / 10_000.0 - 1.0)
+            })
+            .collect();
+        s.push_str(&row.join(","));
+        s.push('\n');
+    }
+    s
+}
+
+/// The demo jobs as (name, manifest YAML). Files are written next to the manifests.
+fn jobs(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("sieve.wasm"), SIEVE)?;
+    std::fs::write(dir.join("mandelbrot.wasm"), MANDELBROT)?;
+    std::fs::write(dir.join("nn.wasm"), NN)?;
+    std::fs::write(dir.join("resvg.wasm"), RESVG)?;
+    std::fs::write(dir.join("scene.svg"), SCENE)?;
+    std::fs::write(dir.join("features.csv"), features_csv())?;
+    Ok(vec![
+        (
+            "primes",
+            "kind: wasm\nworkload: sieve.wasm\nargs: [\"20000000\"]\ntasks: 4\nmax_price_per_task: 0.2 CRN\ndeadline_blocks: 300\n".into(),
+        ),
+        (
+            "mandelbrot",
+            "kind: render\nworkload: mandelbrot.wasm\nargs: [\"320\", \"240\", \"4\", \"256\"]\ntasks: 4\nmax_price_per_task: 0.3 CRN\nbid_window: 4\ndeadline_blocks: 300\n".into(),
+        ),
+        (
+            "classifier",
+            "kind: wasm\nworkload: nn.wasm\nargs: [\"features.csv\", \"64\", \"4\", \"7\"]\ninputs:\n  - name: features.csv\n    path: features.csv\nmax_price_per_task: 0.2 CRN\ndeadline_blocks: 300\nconstraints:\n  regions: [DE, US]\n".into(),
+        ),
+        (
+            "svg-render",
+            "kind: render\nworkload: resvg.wasm\nargs: [\"/in/scene.svg\", \"/out/scene.png\"]\ninputs:\n  - name: scene.svg\n    path: scene.svg\nmax_price_per_task: 0.3 CRN\ndeadline_blocks: 300\n".into(),
+        ),
+    ])
+}
+
+fn short(a: &Address) -> String {
+    let s = a.to_string();
+    format!("{}…{}", &s[..10], &s[s.len() - 4..])
+}
+
+/// One line describing a task's state, for printing when it changes.
+fn describe(
+    t: &Task,
+    names: &BTreeMap<Address, String>,
+    params: &cairn_state::Params,
+    reserve: Amount,
+) -> String {
+    let who = |p: &Address| names.get(p).cloned().unwrap_or_else(|| short(p));
+    match &t.state {
+        TaskState::Open { auction_end, bids } if bids.is_empty() => {
+            format!("open for bids until block {auction_end}")
+        }
+        TaskState::Open { bids, .. } => {
+            let list: Vec<String> =
+                bids.iter().map(|b| format!("{} {}", who(&b.provider), b.price)).collect();
+            format!("bids: {}", list.join(", "))
+        }
+        TaskState::Assigned { provider, price, deadline, .. } => {
+            format!("assigned to {} at {price} (attempt {}, due block {deadline})", who(provider), t.attempt)
+        }
+        TaskState::Committed { provider, output, settle_at, metering, .. } => {
+            format!(
+                "committed by {}: output {}, {} fuel; settles at block {settle_at}",
+                who(provider),
+                output.short(),
+                metering.units
+            )
+        }
+        TaskState::Settled { provider, price, .. } => {
+            let fee = price.checked_bps(params.protocol_fee_bps).unwrap_or_default();
+            let paid = price.checked_sub(fee).unwrap_or_default();
+            let refund = reserve.checked_sub(*price).unwrap_or_default();
+            format!("settled: {} paid {paid}, protocol fee {fee}, {refund} back to the client", who(provider))
+        }
+        TaskState::Refunded { reason, .. } => format!("refunded to the client ({reason:?})"),
+    }
+}
+
+async fn started_tasks(endpoints: &[String]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for e in endpoints {
+        let c = Client::new(e);
+        if let Ok(v) = c.get::<Value>("/provider/status").await
+            && let Some(tasks) = v["tasks"].as_object()
+        {
+            for (id, t) in tasks {
+                if !t["started_ms"].is_null() {
+                    out.insert(id.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Run the demo against a started network.
+pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
+    let client = Client::new(&net.apis[0]);
+    let (_, _, params) = crate::job::fee_and_chain(&client).await?;
+    let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
+    let key = crate::keys::read_seed_file(&net.root.join("client.key"))?;
+
+    // Fund the client from the faucet with a real transfer.
+    let want = Amount::from_base_units(10_000_000_000);
+    if client.account(&key.address()).await?.balance < want {
+        crate::job::send(&client, &faucet, TxBody::Transfer(Transfer { to: key.address(), amount: want }))
+            .await?;
+        say(json, &format!("funded the client {} with {want}", key.address()));
+    }
+
+    let mut names = BTreeMap::new();
+    let listed: Value = client.get("/api/providers").await?;
+    for p in listed["providers"].as_array().cloned().unwrap_or_default() {
+        let owner: Address = serde_json::from_value(p["owner"].clone())?;
+        let endpoint = p["info"]["endpoint"].as_str().unwrap_or("");
+        let i = net.providers.iter().position(|e| e == endpoint).unwrap_or(usize::MAX);
+        names.insert(owner, format!("provider-{i} ({})", p["info"]["region"].as_str().unwrap_or("?")));
+    }
+
+    let dir = net.root.join("demo");
+    let mut submitted: Vec<(&str, JobId)> = Vec::new();
+    for (name, manifest) in jobs(&dir)? {
+        let resolved = crate::manifest::resolve(&manifest, &dir, client.base())
+            .await
+            .with_context(|| format!("demo job {name}"))?;
+        let kind = resolved.spec.kind;
+        let tasks = resolved.spec.tasks;
+        let id = crate::job::submit(&client, &key, resolved.spec)
+            .await
+            .with_context(|| format!("submitting demo job {name}"))?;
+        say(json, &format!("[{name}] submitted job {} ({kind}, {tasks} task(s))", id.short()));
+        submitted.push((name, id));
+    }
+
+    let mut last: BTreeMap<(JobId, u32), String> = BTreeMap::new();
+    let mut running: BTreeSet<(JobId, u32)> = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let views: Vec<(String, JobView)> = loop {
+        let mut views = Vec::new();
+        let started = started_tasks(&net.providers).await;
+        for (name, id) in &submitted {
+            let v = job_view(&client, id).await?;
+            for t in &v.tasks {
+                let line = describe(t, &names, &params, v.job.reserve_per_task);
+                if last.get(&(*id, t.index)) != Some(&line) {
+                    say(json, &format!("[{name}] task {}: {line}", t.index));
+                    last.insert((*id, t.index), line);
+                }
+                if started.contains(&t.id.to_hex())
+                    && matches!(t.state, TaskState::Assigned { .. })
+                    && running.insert((*id, t.index))
+                {
+                    let p = match &t.state {
+                        TaskState::Assigned { provider, .. } => {
+                            names.get(provider).cloned().unwrap_or_default()
+                        }
+                        _ => String::new(),
+                    };
+                    say(json, &format!("[{name}] task {}: running on {p}", t.index));
+                }
+            }
+            views.push((name.to_string(), v));
+        }
+        if views.iter().all(|(_, v)| crate::job::finished(v)) {
+            break views;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break views;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+
+    // Fetch and verify every output.
+    let store = BlobStore::open(net.root.join("client-blobs"))?;
+    let mut all_settled = true;
+    let mut jobs_json = Vec::new();
+    for (name, v) in &views {
+        let settled = v.tasks.iter().all(|t| matches!(t.state, TaskState::Settled { .. }));
+        all_settled &= settled;
+        let mut tasks_json = Vec::new();
+        let mut paid = Amount::ZERO;
+        for t in &v.tasks {
+            let (provider, price) = match &t.state {
+                TaskState::Settled { provider, price, .. } | TaskState::Committed { provider, price, .. } => {
+                    (Some(*provider), Some(*price))
+                }
+                _ => (None, None),
+            };
+            paid = paid.checked_add(price.unwrap_or_default()).unwrap_or(paid);
+            let mut files = Vec::new();
+            let output = output_of(t).map(|(_, o)| o);
+            if let Some((p, o)) = output_of(t) {
+                let bundle = fetch_output(&client, &store, &p, &o).await?;
+                let out_dir = net.root.join("results").join(name).join(format!("task-{}", t.index));
+                files = write_bundle(&out_dir, &bundle)?;
+            }
+            tasks_json.push(json!({
+                "index": t.index, "state": t.state.name(), "provider": provider, "price": price,
+                "output": output, "files": files,
+            }));
+        }
+        let first = tasks_json.first().cloned().unwrap_or_default();
+        say(
+            json,
+            &format!(
+                "[{name}] {}: outputs verified in {}",
+                if settled { "settled" } else { "not settled" },
+                net.root.join("results").join(name).display()
+            ),
+        );
+        jobs_json.push(json!({
+            "name": name,
+            "id": v.job.id,
+            "kind": v.job.kind,
+            "state": if settled { "settled" } else { "unsettled" },
+            "provider": first["provider"],
+            "price_paid": paid,
+            "output": first["output"],
+            "tasks": tasks_json,
+        }));
+    }
+    let client_key: &SecretKey = &key;
+    Ok(Summary {
+        all_settled,
+        json: json!({
+            "api": client.base(),
+            "chain_id": crate::devnet::CHAIN_ID,
+            "client": client_key.address(),
+            "results": net.root.join("results"),
+            "jobs": jobs_json,
+        }),
+    })
+}

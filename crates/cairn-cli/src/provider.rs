@@ -1,0 +1,113 @@
+//! `cairn provider …`: set up and run a provider.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use cairn_provider::{ProviderConfig, ProviderHome};
+use cairn_types::{Amount, Region, SecretKey, WorkloadKind};
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProviderCommand {
+    /// Write a provider's home: key and provider.toml.
+    Init(InitArgs),
+    /// Run the provider daemon.
+    Run(HomeArgs),
+    /// Show what a running provider is doing.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HomeArgs {
+    /// The provider's home directory.
+    #[arg(long, env = "CAIRN_PROVIDER_HOME", default_value = ".cairn/provider")]
+    home: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    #[command(flatten)]
+    home: HomeArgs,
+    /// Node API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    node: String,
+    /// Blob endpoint listen address.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    listen: String,
+    /// Region (ISO country code).
+    #[arg(long, default_value = "DE")]
+    region: Region,
+    /// Posted price, KIND=AMOUNT (repeat), e.g. wasm=0.05CRN.
+    #[arg(long = "price", default_values_t = ["wasm=0.05CRN".to_string(), "render=0.05CRN".to_string()])]
+    prices: Vec<String>,
+    /// Stake to bond.
+    #[arg(long, default_value = "1000 CRN")]
+    stake: Amount,
+    /// Bid pricing: posted, or undercut:<bps of max>.
+    #[arg(long, default_value = "posted")]
+    pricing: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The provider's endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:7100")]
+    endpoint: String,
+}
+
+pub(crate) fn parse_prices(list: &[String]) -> Result<BTreeMap<WorkloadKind, Amount>> {
+    let mut out = BTreeMap::new();
+    for p in list {
+        let (k, v) = p.split_once('=').with_context(|| format!("--price {p:?}: expected KIND=AMOUNT"))?;
+        let kind: WorkloadKind = serde_json::from_value(serde_json::Value::String(k.to_string()))
+            .map_err(|_| anyhow::anyhow!("--price {p:?}: unknown workload kind {k:?}"))?;
+        out.insert(kind, v.parse::<Amount>()?);
+    }
+    if out.is_empty() {
+        bail!("give at least one --price");
+    }
+    Ok(out)
+}
+
+pub(crate) fn run(cmd: ProviderCommand) -> Result<()> {
+    match cmd {
+        ProviderCommand::Init(a) => {
+            let listen = crate::parse_addr(&a.listen)?;
+            let cfg = ProviderConfig {
+                node: a.node,
+                listen,
+                endpoint: format!("http://{listen}"),
+                region: a.region,
+                stake: a.stake,
+                prices: parse_prices(&a.prices)?,
+                attributes: BTreeMap::new(),
+                capacity: None,
+                pricing: a.pricing,
+                max_parallel: 2,
+                heartbeat_secs: 30,
+            };
+            let key = SecretKey::generate()?;
+            ProviderHome(a.home.home.clone()).init(&cfg, &key)?;
+            println!(
+                "provider home {} ready; its account {} needs {} bonded plus fees",
+                a.home.home.display(),
+                key.address(),
+                cfg.stake
+            );
+            Ok(())
+        }
+        ProviderCommand::Run(h) => {
+            crate::init_logging();
+            crate::runtime()?
+                .block_on(cairn_provider::run(&h.home))
+                .with_context(|| format!("running the provider in {}", h.home.display()))
+        }
+        ProviderCommand::Status(a) => {
+            let client = cairn_client::Client::new(a.endpoint.trim_end_matches('/'));
+            let v: serde_json::Value = crate::runtime()?.block_on(client.get("/provider/status"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+    }
+}

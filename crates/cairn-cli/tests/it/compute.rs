@@ -1,0 +1,279 @@
+//! The compute path end to end: real node, real providers, real wasmtime, real blob transfer.
+
+use std::time::Duration;
+
+use cairn_state::model::TaskState;
+use cairn_types::{Amount, SecretKey};
+
+use crate::harness::*;
+
+#[test]
+fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
+    let dir = TempDir::new("demo");
+    let base = free_base(3);
+    let (ok, stdout, stderr) = cairn(
+        &[
+            "devnet",
+            "--fresh",
+            "--exit-when-done",
+            "--json",
+            "--home",
+            dir.0.to_str().unwrap(),
+            "--p2p-port",
+            &base.to_string(),
+            "--api-port",
+            &(base + 100).to_string(),
+            "--provider-port",
+            &(base + 200).to_string(),
+        ],
+        &[],
+    );
+    assert!(ok, "devnet failed:\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(v["api"].as_str().unwrap().starts_with("http://127.0.0.1:"));
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4);
+    for j in jobs {
+        assert_eq!(j["state"], "settled", "{j}");
+        assert_eq!(j["id"].as_str().unwrap().len(), 64);
+        assert_eq!(j["output"].as_str().unwrap().len(), 64);
+        assert!(j["price_paid"].as_str().unwrap().ends_with("CRN"));
+        assert!(j["provider"].as_str().unwrap().starts_with("cairn1"));
+        for t in j["tasks"].as_array().unwrap() {
+            for f in t["files"].as_array().unwrap() {
+                assert!(std::path::Path::new(f.as_str().unwrap()).exists(), "{f}");
+            }
+        }
+    }
+    let frame = dir.0.join("results/mandelbrot/task-2/frame-2.png");
+    assert_eq!(&std::fs::read(frame).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = dir.0.join("results/svg-render/task-0/scene.png");
+    assert_eq!(&std::fs::read(svg).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(stderr.contains("settled:"), "the path is shown: {stderr}");
+    // Providers competed on price: the three posted prices all appear.
+    assert!(stderr.contains("at 0.05 CRN") && stderr.contains("at 0.08 CRN"), "{stderr}");
+}
+
+fn fund(api: &str, root: &std::path::Path, to: &SecretKey, amount: &str) {
+    let (ok, _, err) = cairn(
+        &[
+            "wallet",
+            "send",
+            &to.address().to_string(),
+            amount,
+            "--key-file",
+            root.join("faucet.key").to_str().unwrap(),
+            "--api",
+            api,
+        ],
+        &[],
+    );
+    assert!(ok, "funding failed: {err}");
+}
+
+#[test]
+fn a_provider_killed_mid_task_is_replaced_after_the_deadline_and_the_client_still_gets_its_output() {
+    let dir = TempDir::new("kill-provider");
+    let base = create_network(&dir.0, 1, 2);
+    let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let mut providers =
+        [ProviderProc::start(&dir.0.join("provider-0")), ProviderProc::start(&dir.0.join("provider-1"))];
+    let client_key = SecretKey::from_seed([42; 32]);
+    std::fs::write(dir.0.join("me.key"), hex::encode(client_key.seed())).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let c = node.client();
+        c.wait_for_height(2, READY).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let v: serde_json::Value = c.get("/api/providers").await.unwrap();
+            if v["providers"].as_array().unwrap().len() == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "providers did not register:\n{}",
+                providers[0].log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    fund(&node.api, &dir.0, &client_key, "100 CRN");
+    let spec = dir.0.join("frame.yaml");
+    std::fs::copy(testdata("wasm/mandelbrot.wasm"), dir.0.join("mandelbrot.wasm")).unwrap();
+    std::fs::write(
+        &spec,
+        "kind: render\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 40\nlimits:\n  fuel: 200000000000\n",
+    )
+    .unwrap();
+    let before = rt.block_on(node.client().account(&client_key.address())).unwrap().balance;
+    let (ok, out, err) = cairn(
+        &[
+            "job",
+            "submit",
+            spec.to_str().unwrap(),
+            "--no-watch",
+            "--json",
+            "--key-file",
+            dir.0.join("me.key").to_str().unwrap(),
+            "--api",
+            &node.api,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let job: cairn_types::JobId =
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap();
+    rt.block_on(async {
+        // Kill whichever provider starts running it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let victim = 'found: loop {
+            for (i, p) in providers.iter().enumerate() {
+                let s = p.status().await;
+                if s["tasks"].as_object().is_some_and(|t| t.values().any(|e| !e["started_ms"].is_null())) {
+                    break 'found i;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no provider started the task");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        providers[victim].kill9();
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let view = loop {
+            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+            let task: cairn_state::model::Task = serde_json::from_value(v["tasks"][0].clone()).unwrap();
+            if task.state.is_final() {
+                break (v, task);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the task never settled: {v}\n{}",
+                providers[1 - victim].log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let (v, task) = view;
+        assert_eq!(task.attempt, 2, "re-auctioned after the missed deadline");
+        let TaskState::Settled { price, .. } = task.state else { panic!("not settled: {v}") };
+        assert_eq!(v["escrow"], "0 CRN", "escrow balanced: nothing left held");
+        let after = c.account(&client_key.address()).await.unwrap().balance;
+        let fee = Amount::from_base_units(1_000);
+        assert_eq!(
+            before.checked_sub(after).unwrap(),
+            price.checked_add(fee).unwrap(),
+            "the client paid the price and one fee, no more"
+        );
+        // The killed provider comes back and releases what it no longer holds.
+        providers[victim].spawn();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = providers[victim].status().await;
+            if s["tasks"].as_object().is_some_and(|t| t.is_empty()) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the restarted provider kept a dead task: {s}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let out_dir = dir.0.join("out");
+    let (ok, out, err) = cairn(
+        &["job", "result", &job.to_hex(), "--out", out_dir.to_str().unwrap(), "--api", &node.api],
+        &[("HOME", dir.0.to_str().unwrap())],
+    );
+    assert!(ok, "{out}{err}");
+    let png = std::fs::read(out_dir.join("task-0/frame-0.png")).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(&png[..4], b"\x89PNG");
+}
+
+#[test]
+fn bad_jobs_and_bad_data_get_clear_errors_and_lose_nothing() {
+    let dir = TempDir::new("bad-jobs");
+    let base = create_network(&dir.0, 1, 1);
+    let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let provider = ProviderProc::start(&dir.0.join("provider-0"));
+    rt().block_on(async { node.client().wait_for_height(2, READY).await.unwrap() });
+    let key = dir.0.join("client.key");
+    let home = [("HOME", dir.0.to_str().unwrap())];
+    let submit = |yaml: &str| {
+        let spec = dir.0.join("job.yaml");
+        std::fs::write(&spec, yaml).unwrap();
+        cairn(
+            &[
+                "job",
+                "submit",
+                spec.to_str().unwrap(),
+                "--no-watch",
+                "--key-file",
+                key.to_str().unwrap(),
+                "--api",
+                &node.api,
+            ],
+            &home,
+        )
+    };
+    // A client without funds is told so before anything is signed.
+    let (ok, _, err) = submit(&format!(
+        "kind: wasm\nworkload: {}\nmax_price_per_task: 1 CRN\n",
+        testdata("wasm/sieve.wasm").display()
+    ));
+    assert!(!ok && err.contains("this job escrows"), "{err}");
+    fund(&node.api, &dir.0, &cairn_node_key(&key), "50 CRN");
+    let before = rt().block_on(node.client().account(&cairn_node_key(&key).address())).unwrap();
+    // Not WebAssembly.
+    std::fs::write(dir.0.join("junk.wasm"), b"\0asm\x01\0\0\0junk").unwrap();
+    let (ok, _, err) = submit("kind: wasm\nworkload: junk.wasm\nmax_price_per_task: 1 CRN\n");
+    assert!(!ok && err.contains("not a valid WebAssembly module"), "{err}");
+    // An input that no one has.
+    let missing = cairn_types::ContentId::of(b"nobody has this").to_hex();
+    let (ok, _, err) = submit(&format!(
+        "kind: wasm\nworkload: {}\nmax_price_per_task: 1 CRN\ninputs:\n  - name: x\n    id: {missing}\n    size: 5\n",
+        testdata("wasm/sieve.wasm").display()
+    ));
+    assert!(!ok && err.contains("is not at"), "ok={ok} {err}");
+    // A spec that breaks a rule, or names an unknown field.
+    let (ok, _, err) = submit(&format!(
+        "kind: wasm\nworkload: {}\nmax_price_per_task: 1 CRN\ntasks: 0\n",
+        testdata("wasm/sieve.wasm").display()
+    ));
+    assert!(!ok && err.contains("tasks must be"), "{err}");
+    let (ok, _, err) = submit(&format!(
+        "kind: wasm\nworkload: {}\nmax_price_per_task: 1 CRN\ncolour: blue\n",
+        testdata("wasm/sieve.wasm").display()
+    ));
+    assert!(!ok && err.contains("unknown field"), "{err}");
+    // Nothing was spent on refused jobs.
+    let after = rt().block_on(node.client().account(&cairn_node_key(&key).address())).unwrap();
+    assert_eq!(before.balance, after.balance);
+    // A real job settles; then the provider's copy of the output is corrupted on disk: the
+    // client's fetch detects it instead of handing over bad data.
+    let (ok, out, err) = submit(&format!(
+        "kind: wasm\nworkload: {}\nargs: [\"100000\"]\nmax_price_per_task: 1 CRN\n",
+        testdata("wasm/sieve.wasm").display()
+    ));
+    assert!(ok, "{out}{err}");
+    let job = out.split_whitespace().last().unwrap().to_string();
+    let (ok, out, err) = cairn(&["job", "watch", &job, "--json", "--api", &node.api], &home);
+    assert!(ok, "{out}{err}\n{}", provider.log());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let output = v["tasks"][0]["state"]["output"].as_str().unwrap().to_string();
+    let blob = dir.0.join("provider-0/blobs/blobs").join(&output);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let (ok, out, err) = cairn(
+        &["job", "result", &job, "--out", dir.0.join("res").to_str().unwrap(), "--api", &node.api],
+        &home,
+    );
+    assert!(!ok, "corrupted output must not be accepted: {out}");
+    assert!(err.contains("does not match") || err.contains("not found"), "{err}");
+    assert!(!dir.0.join("res/task-0").exists());
+}
+
+fn cairn_node_key(path: &std::path::Path) -> SecretKey {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).unwrap();
+    SecretKey::from_seed(seed)
+}

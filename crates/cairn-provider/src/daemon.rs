@@ -1,0 +1,447 @@
+//! The provider's main loop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_blobs::{BlobStore, Fetcher};
+use cairn_client::Client;
+use cairn_runtime::{Executor as _, TaskRun, WasmConfig, WasmExecutor};
+use cairn_state::model::{Provider, Stake, Task, TaskState};
+use cairn_types::{
+    Address, Amount, Bid, Bond, Canonical, CommitResult, ContentId, ErrorCode, Heartbeat, JobId, JobSpec,
+    Metering, ProviderInfo, RegisterProvider, SecretKey, TaskId, TxBody, TxStatus, UpdateProvider,
+    WorkloadKind,
+};
+use futures::StreamExt as _;
+use serde::Deserialize;
+use tokio::sync::{Notify, Semaphore};
+use tracing::{info, warn};
+
+use crate::bids::{PricingPolicy, policy};
+use crate::config::{ProviderConfig, ProviderHome};
+use crate::ledger::{Entry, Ledger, Phase, now_ms};
+use crate::sender::Sender;
+use crate::{Error, Result, inventory};
+
+/// Largest workload or input a provider fetches.
+const MAX_BLOB: u64 = 2 << 30;
+
+/// Everything the loops share.
+struct Ctx {
+    me: Address,
+    cfg: ProviderConfig,
+    client: Client,
+    sender: Sender,
+    blobs: Arc<BlobStore>,
+    fetcher: Fetcher,
+    exec: Arc<WasmExecutor>,
+    ledger: Mutex<Ledger>,
+    active: Mutex<BTreeSet<TaskId>>,
+    bid_on: Mutex<BTreeSet<TaskId>>,
+    specs: Mutex<BTreeMap<JobId, JobSpec>>,
+    pricing: Box<dyn PricingPolicy>,
+    slots: Semaphore,
+    wake: Notify,
+}
+
+impl Ctx {
+    fn ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> T {
+        let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut l);
+        if let Err(e) = l.save() {
+            warn!(error = %e, "cannot save the task ledger");
+        }
+        out
+    }
+}
+
+#[derive(Deserialize)]
+struct TasksView {
+    tasks: Vec<Task>,
+}
+
+#[derive(Deserialize)]
+struct JobView {
+    spec: Option<JobSpec>,
+}
+
+#[derive(Deserialize)]
+struct ProviderView {
+    provider: Provider,
+}
+
+async fn wait_for_node(client: &Client) -> cairn_types::api::StatusView {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match client.status().await {
+            Ok(s) if s.ready => return s,
+            Ok(_) => info!("waiting for the node to load its state"),
+            Err(e) => warn!(error = %e, "node not reachable yet"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Run the provider in `home` until the process stops.
+///
+/// # Errors
+/// [`Error`] when it cannot start (configuration, registration refused); once running, node
+/// outages are waited out rather than returned.
+pub async fn run(home: &Path) -> Result<()> {
+    let home = ProviderHome(home.to_path_buf());
+    let cfg = home.load_config()?;
+    let key = home.load_key()?;
+    let client = Client::new(&cfg.node);
+    let status = wait_for_node(&client).await;
+    let params = client.params().await?;
+    let fee: Amount = params
+        .get("min_tx_fee")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| Error::Config("the node did not report min_tx_fee".into()))?;
+    let pricing = policy(&cfg.pricing).map_err(Error::Config)?;
+    let ctx = Arc::new(Ctx {
+        me: key.address(),
+        client: client.clone(),
+        sender: Sender::new(client.clone(), key.clone(), status.chain_id.clone(), fee),
+        blobs: Arc::new(BlobStore::open(home.blobs())?),
+        fetcher: Fetcher::new(),
+        exec: Arc::new(WasmExecutor::new(WasmConfig::in_dir(home.runtime()))?),
+        ledger: Mutex::new(Ledger::load(&home.ledger())?),
+        active: Mutex::new(BTreeSet::new()),
+        bid_on: Mutex::new(BTreeSet::new()),
+        specs: Mutex::new(BTreeMap::new()),
+        pricing,
+        slots: Semaphore::new(cfg.max_parallel),
+        wake: Notify::new(),
+        cfg,
+    });
+    serve(&ctx).await?;
+    register(&ctx, &key).await?;
+    info!(provider = %ctx.me, endpoint = %ctx.cfg.endpoint, "provider ready");
+
+    let hb = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(hb.cfg.heartbeat_secs.max(1))).await;
+            if let Err(e) = hb.sender.submit(TxBody::Heartbeat(Heartbeat {})).await {
+                warn!(error = %e, "heartbeat not accepted; will retry");
+            }
+        }
+    });
+    let ev = ctx.clone();
+    tokio::spawn(async move { watch_events(ev).await });
+    loop {
+        reconcile(&ctx).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), ctx.wake.notified()).await;
+    }
+}
+
+/// The blob endpoint (outputs are fetched from here) and a status page.
+async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(ctx.cfg.listen).await?;
+    let status_ctx = ctx.clone();
+    let app = cairn_blobs::router(ctx.blobs.clone(), 1 << 20).route(
+        "/provider/status",
+        axum::routing::get(move || {
+            let c = status_ctx.clone();
+            async move {
+                let tasks = c.ledger.lock().unwrap_or_else(|p| p.into_inner()).tasks.clone();
+                let active = c.active.lock().unwrap_or_else(|p| p.into_inner()).len();
+                axum::Json(serde_json::json!({ "provider": c.me, "active": active, "tasks": tasks }))
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "blob endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+fn info_from(cfg: &ProviderConfig) -> ProviderInfo {
+    ProviderInfo {
+        endpoint: cfg.endpoint.clone(),
+        region: cfg.region,
+        attributes: cfg.attributes.clone(),
+        capacity: cfg.capacity.clone().unwrap_or_else(inventory::detect),
+        prices: cfg.price_sheet(),
+    }
+}
+
+async fn register(ctx: &Ctx, key: &SecretKey) -> Result<()> {
+    let me = key.address();
+    let account = ctx.client.account(&me).await?;
+    let stake: Stake = serde_json::from_value(account.stake.clone()).unwrap_or_default();
+    if stake.bonded < ctx.cfg.stake {
+        let need = ctx.cfg.stake.checked_sub(stake.bonded).unwrap_or_default();
+        match ctx.sender.submit_and_wait(TxBody::Bond(Bond { amount: need }), Duration::from_secs(60)).await?
+        {
+            TxStatus::Ok => info!(amount = %need, "bonded stake"),
+            other => {
+                return Err(Error::Config(format!(
+                    "bonding {need} failed: {other:?} (balance {})",
+                    account.balance
+                )));
+            }
+        }
+    }
+    let info = info_from(&ctx.cfg);
+    let body = match ctx.client.get::<ProviderView>(&format!("/api/providers/{me}")).await {
+        Ok(v) if v.provider.info == info => return Ok(()),
+        Ok(_) => TxBody::UpdateProvider(UpdateProvider { info }),
+        Err(e) if e.code() == Some("not_found") => TxBody::RegisterProvider(RegisterProvider { info }),
+        Err(e) => return Err(e.into()),
+    };
+    match ctx.sender.submit_and_wait(body, Duration::from_secs(60)).await? {
+        TxStatus::Ok => Ok(()),
+        other => Err(Error::Config(format!("registration refused: {other:?}"))),
+    }
+}
+
+/// Wake the reconcile loop whenever the chain says something about tasks.
+async fn watch_events(ctx: Arc<Ctx>) {
+    loop {
+        match ctx.client.events(None).await {
+            Ok(stream) => {
+                let mut stream = Box::pin(stream);
+                while let Some(ev) = stream.next().await {
+                    let kind = ev.pointer("/event/event").and_then(|k| k.as_str()).unwrap_or("");
+                    if matches!(kind, "task_opened" | "task_assigned" | "job_submitted")
+                        || ev["type"] == "block"
+                    {
+                        ctx.wake.notify_one();
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "event stream unavailable; polling"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn spec_of(ctx: &Ctx, job: &JobId) -> Option<JobSpec> {
+    if let Some(s) = ctx.specs.lock().unwrap_or_else(|p| p.into_inner()).get(job) {
+        return Some(s.clone());
+    }
+    let v: JobView = ctx.client.get(&format!("/api/jobs/{job}")).await.ok()?;
+    let spec = v.spec?;
+    ctx.specs.lock().unwrap_or_else(|p| p.into_inner()).insert(*job, spec.clone());
+    Some(spec)
+}
+
+fn serves(cfg: &ProviderConfig, kind: WorkloadKind) -> Option<Amount> {
+    // The WASM executor runs `wasm` and WASM-based `render` workloads.
+    if !matches!(kind, WorkloadKind::Wasm | WorkloadKind::Render) {
+        return None;
+    }
+    cfg.prices.get(&kind).copied()
+}
+
+async fn reconcile(ctx: &Arc<Ctx>) {
+    let me = ctx.me;
+    match ctx.client.get::<TasksView>(&format!("/api/providers/{me}/tasks")).await {
+        Ok(v) => {
+            let assigned: BTreeMap<TaskId, Task> = v.tasks.into_iter().map(|t| (t.id, t)).collect();
+            let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // Tasks we hold that the chain no longer assigns to us: committed ones settle,
+            // the rest were released (deadline passed, cancelled).
+            ctx.ledger(|l| {
+                l.tasks.retain(|id, e| {
+                    let keep = assigned.contains_key(id) || active.contains(id);
+                    if !keep && !matches!(e.phase, Phase::Committed { .. }) {
+                        info!(task = %id.short(), "task no longer assigned here; released");
+                    }
+                    keep
+                })
+            });
+            for (id, task) in assigned {
+                if active.contains(&id) {
+                    continue;
+                }
+                ctx.active.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                let c = ctx.clone();
+                tokio::spawn(async move {
+                    process(&c, task).await;
+                    c.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                });
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot list assigned tasks; running work continues"),
+    }
+    bid(ctx).await;
+}
+
+async fn bid(ctx: &Ctx) {
+    let Ok(v) = ctx.client.get::<TasksView>("/api/tasks?state=open").await else { return };
+    for t in v.tasks {
+        if ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).contains(&t.id)
+            || t.excluded.contains(&ctx.me)
+        {
+            continue;
+        }
+        let Some(spec) = spec_of(ctx, &t.job).await else { continue };
+        let Some(posted) = serves(&ctx.cfg, spec.kind) else { continue };
+        let info = info_from(&ctx.cfg);
+        let fits = spec.constraints.regions.is_empty() || spec.constraints.regions.contains(&info.region);
+        let attrs = spec.constraints.attributes.iter().all(|(k, v)| info.attributes.get(k) == Some(v));
+        let room = spec.resources.cpu_millis <= info.capacity.cpu_millis
+            && spec.resources.memory_mb <= info.capacity.memory_mb
+            && spec.resources.gpus == 0;
+        ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id);
+        if !(fits && attrs && room) {
+            continue;
+        }
+        let Some(price) = ctx.pricing.price(&spec, posted) else { continue };
+        match ctx.sender.submit(TxBody::Bid(Bid { task: t.id, price })).await {
+            Ok(_) => info!(task = %t.id.short(), %price, "bid"),
+            Err(e) => warn!(task = %t.id.short(), error = %e, "bid not accepted"),
+        }
+    }
+}
+
+/// Fetch a blob from the job's hints and the node, verified.
+async fn fetch(ctx: &Ctx, spec: &JobSpec, id: &ContentId, size: Option<u64>) -> Result<std::path::PathBuf> {
+    let mut sources = spec.hints.clone();
+    sources.push(ctx.cfg.node.clone());
+    Ok(ctx.fetcher.fetch(&ctx.blobs, id, size, MAX_BLOB, &sources).await?)
+}
+
+async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec) -> Result<(ContentId, u64, u64)> {
+    let workload = fetch(ctx, spec, &spec.workload, None).await?;
+    let mut inputs = Vec::new();
+    for i in &spec.inputs {
+        inputs.push((i.name.clone(), fetch(ctx, spec, &i.id, Some(i.size)).await?));
+    }
+    if let Some(i) = spec.task_inputs.get(task.index as usize) {
+        inputs.push((i.name.clone(), fetch(ctx, spec, &i.id, Some(i.size)).await?));
+    }
+    ctx.ledger(|l| {
+        if let Some(e) = l.tasks.get_mut(&task.id) {
+            e.started_ms = Some(now_ms());
+        }
+    });
+    let run = TaskRun {
+        workload: spec.workload,
+        inputs,
+        args: spec.args.clone(),
+        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        task_index: task.index,
+        tasks: spec.tasks,
+        limits: spec.limits.clone(),
+        memory_mb: spec.resources.memory_mb,
+        seed: task.id.0,
+    };
+    let exec = ctx.exec.clone();
+    let id = spec.workload;
+    let outcome = tokio::task::spawn_blocking(move || {
+        if !exec.is_prepared(&id) {
+            let bytes = std::fs::read(&workload)?;
+            exec.prepare(&id, &bytes)?;
+        }
+        Ok::<_, Error>(exec.run(&run)?)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("executor thread: {e}")))??;
+    let bytes = outcome.bundle.encode();
+    let output = ctx.blobs.put_bytes(&bytes)?;
+    info!(task = %task.id.short(), output = %output.short(), fuel = outcome.units, ms = outcome.wall_ms, exit = outcome.bundle.exit().unwrap_or("?"), "task ran");
+    Ok((output, outcome.units, bytes.len() as u64))
+}
+
+async fn process(ctx: &Arc<Ctx>, task: Task) {
+    let TaskState::Assigned { deadline, .. } = task.state else { return };
+    let existing = ctx.ledger.lock().unwrap_or_else(|p| p.into_inner()).tasks.get(&task.id).cloned();
+    let done = match existing {
+        Some(Entry { attempt, phase: Phase::Done { output, units, output_bytes }, .. })
+            if attempt == task.attempt && ctx.blobs.has(&output) =>
+        {
+            Some((output, units, output_bytes))
+        }
+        _ => None,
+    };
+    let (output, units, output_bytes) = match done {
+        Some(d) => d,
+        None => {
+            ctx.ledger(|l| {
+                l.tasks.insert(
+                    task.id,
+                    Entry {
+                        job: task.job,
+                        index: task.index,
+                        attempt: task.attempt,
+                        phase: Phase::Running,
+                        seen_ms: now_ms(),
+                        started_ms: None,
+                    },
+                )
+            });
+            let Ok(_permit) = ctx.slots.acquire().await else { return };
+            let Some(spec) = spec_of(ctx, &task.job).await else {
+                warn!(task = %task.id.short(), "cannot read the job spec; will retry");
+                ctx.ledger(|l| l.tasks.remove(&task.id));
+                return;
+            };
+            match execute(ctx, &task, &spec).await {
+                Ok(r) => {
+                    ctx.ledger(|l| {
+                        if let Some(e) = l.tasks.get_mut(&task.id) {
+                            e.phase = Phase::Done { output: r.0, units: r.1, output_bytes: r.2 };
+                        }
+                    });
+                    r
+                }
+                Err(e) => {
+                    // Not a committable result (wall-clock cap, output too large, inputs
+                    // unavailable): release; the chain re-auctions after the deadline.
+                    warn!(task = %task.id.short(), error = %e, "task failed here; releasing it");
+                    ctx.ledger(|l| l.tasks.remove(&task.id));
+                    return;
+                }
+            }
+        }
+    };
+    let commit = TxBody::CommitResult(CommitResult {
+        task: task.id,
+        output,
+        metering: Metering { units, output_bytes },
+    });
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ctx.sender.submit_and_wait(commit.clone(), Duration::from_secs(30)).await {
+            Ok(TxStatus::Ok) => {
+                info!(task = %task.id.short(), output = %output.short(), "committed");
+                ctx.ledger(|l| {
+                    if let Some(e) = l.tasks.get_mut(&task.id) {
+                        e.phase = Phase::Committed { output };
+                    }
+                });
+                return;
+            }
+            Ok(TxStatus::Failed(code) | TxStatus::Rejected(code))
+                if matches!(
+                    code,
+                    ErrorCode::DeadlinePassed | ErrorCode::NotAssignedProvider | ErrorCode::TaskNotAssigned
+                ) =>
+            {
+                warn!(task = %task.id.short(), %code, "too late to commit; releasing");
+                ctx.ledger(|l| l.tasks.remove(&task.id));
+                return;
+            }
+            Ok(other) => warn!(task = %task.id.short(), ?other, "commit refused; retrying"),
+            Err(e) => warn!(task = %task.id.short(), error = %e, "node unavailable for the commit; retrying"),
+        }
+        if let Ok(s) = ctx.client.status().await
+            && s.height > deadline
+        {
+            warn!(task = %task.id.short(), "deadline passed before the commit landed; releasing");
+            ctx.ledger(|l| l.tasks.remove(&task.id));
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
