@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -14,6 +15,18 @@ use clap::{Args, Subcommand};
 pub(crate) enum BenchCommand {
     /// Throughput and finality latency of the chain.
     Chain(ChainArgs),
+    /// Submit-to-running and submit-to-settled latency of jobs on a devnet.
+    Jobs(JobsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobsArgs {
+    /// Jobs to submit.
+    #[arg(long, default_value_t = 40)]
+    jobs: usize,
+    /// Where the network lives while measured.
+    #[arg(long, default_value = ".cairn/bench-jobs")]
+    home: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -39,7 +52,10 @@ pub(crate) struct ChainArgs {
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Chain(a) = cmd;
+    let a = match cmd {
+        BenchCommand::Chain(a) => a,
+        BenchCommand::Jobs(j) => return crate::runtime()?.block_on(jobs(j)),
+    };
     let rt = crate::runtime()?;
     let mut rows = Vec::new();
     for &n in &a.validators {
@@ -191,3 +207,119 @@ async fn measure(a: &ChainArgs, n: usize) -> Result<Row> {
     let _ = std::fs::remove_dir_all(&root);
     Ok(Row { committed: wanted.len(), tps, p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99) })
 }
+
+/// Milliseconds since the Unix epoch (providers report task starts on the same clock).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn jobs(a: JobsArgs) -> Result<()> {
+    let layout = crate::devnet::Layout {
+        validators: 1,
+        providers: 3,
+        p2p_port: 27_400,
+        api_port: 27_410,
+        provider_port: 27_420,
+    };
+    let mut net = crate::devnet::start(&a.home, &layout, true, &[])?;
+    crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
+    crate::devnet::start_providers(&mut net, 3, Duration::from_secs(60)).await?;
+    let client = Client::new(&net.apis[0]);
+    let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
+    let dir = net.root.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("sieve.wasm"), include_bytes!("../../../testdata/wasm/sieve.wasm"))?;
+    let manifest = "kind: wasm\nworkload: sieve.wasm\nargs: [\"100000\"]\nmax_price_per_task: 0.2 CRN\nverification: none\n";
+    let resolved = crate::manifest::resolve(manifest, &dir, client.base()).await?;
+    // A watcher records, as they happen, when providers start tasks and when jobs settle.
+    let submitted: Arc<Mutex<Vec<(cairn_types::JobId, u64)>>> = Arc::default();
+    let started: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let settled: Arc<Mutex<HashMap<JobIdHex, u64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (submitted, started, settled, stop) =
+            (submitted.clone(), started.clone(), settled.clone(), stop.clone());
+        let (providers, client) = (net.providers.clone(), client.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for p in &providers {
+                    let v: serde_json::Value =
+                        Client::new(p).get("/provider/status").await.unwrap_or_default();
+                    if let Some(tasks) = v["tasks"].as_object() {
+                        for (id, e) in tasks {
+                            if let Some(ms) = e["started_ms"].as_u64() {
+                                started
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .entry(id.clone())
+                                    .or_insert(ms);
+                            }
+                        }
+                    }
+                }
+                let jobs = submitted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for (job, _) in jobs {
+                    if settled.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&job.to_hex()) {
+                        continue;
+                    }
+                    if let Ok(v) = crate::job::job_view(&client, &job).await
+                        && crate::job::finished(&v)
+                    {
+                        settled.lock().unwrap_or_else(|p| p.into_inner()).insert(job.to_hex(), now_ms());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    for i in 0..a.jobs {
+        let mut spec = resolved.spec.clone();
+        spec.env.insert("RUN".into(), i.to_string());
+        let t0 = now_ms();
+        let job = crate::job::submit(&client, &faucet, spec).await?;
+        submitted.lock().unwrap_or_else(|p| p.into_inner()).push((job, t0));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while settled.lock().unwrap_or_else(|p| p.into_inner()).len() < a.jobs && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.await;
+    let submitted = submitted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let started = started.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let settled = settled.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut to_running = Vec::new();
+    let mut to_settled = Vec::new();
+    for (job, t0) in &submitted {
+        let task = cairn_types::TaskId::derive(job, 0).to_hex();
+        if let Some(s) = started.get(&task) {
+            to_running.push(s.saturating_sub(*t0) as f64);
+        }
+        if let Some(s) = settled.get(&job.to_hex()) {
+            to_settled.push(s.saturating_sub(*t0) as f64);
+        }
+    }
+    to_running.sort_by(f64::total_cmp);
+    to_settled.sort_by(f64::total_cmp);
+    drop(net);
+    println!(
+        "| jobs | measured | submit → running p50 (ms) | p99 (ms) | submit → settled p50 (ms) | p99 (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        submitted.len(),
+        to_running.len(),
+        percentile(&to_running, 0.5),
+        percentile(&to_running, 0.99),
+        percentile(&to_settled, 0.5),
+        percentile(&to_settled, 0.99)
+    );
+    Ok(())
+}
+
+type JobIdHex = String;
