@@ -277,3 +277,95 @@ fn cairn_node_key(path: &std::path::Path) -> SecretKey {
     hex::decode_to_slice(text.trim(), &mut seed).unwrap();
     SecretKey::from_seed(seed)
 }
+
+#[test]
+fn a_node_outage_does_not_stop_running_work_and_the_commit_lands_after_it() {
+    let dir = TempDir::new("node-outage");
+    let base = create_network(&dir.0, 1, 1);
+    let mut node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let provider = ProviderProc::start(&dir.0.join("provider-0"));
+    let client_key = SecretKey::from_seed([43; 32]);
+    std::fs::write(dir.0.join("me.key"), hex::encode(client_key.seed())).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let c = node.client();
+        c.wait_for_height(2, READY).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while c.get::<serde_json::Value>("/api/providers").await.unwrap()["providers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the provider did not register:\n{}",
+                provider.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    fund(&node.api, &dir.0, &client_key, "100 CRN");
+    std::fs::copy(testdata("wasm/mandelbrot.wasm"), dir.0.join("mandelbrot.wasm")).unwrap();
+    let spec = dir.0.join("frame.yaml");
+    std::fs::write(
+        &spec,
+        "kind: render\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 600\nlimits:\n  fuel: 200000000000\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cairn(
+        &[
+            "job",
+            "submit",
+            spec.to_str().unwrap(),
+            "--no-watch",
+            "--json",
+            "--key-file",
+            dir.0.join("me.key").to_str().unwrap(),
+            "--api",
+            &node.api,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let job: cairn_types::JobId =
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap();
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = provider.status().await;
+            if s["tasks"].as_object().is_some_and(|t| t.values().any(|e| !e["started_ms"].is_null())) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the task never started:\n{}", provider.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // The node goes away while the task runs, and stays away past the task's run time.
+    node.kill9();
+    std::thread::sleep(Duration::from_secs(5));
+    let s = rt.block_on(provider.status());
+    assert!(
+        s["tasks"].as_object().is_some_and(|t| !t.is_empty()),
+        "the provider dropped its task during the outage: {s}"
+    );
+    node.spawn();
+    rt.block_on(async {
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(v) = c.get::<serde_json::Value>(&format!("/api/jobs/{job}")).await {
+                let task: cairn_state::model::Task = serde_json::from_value(v["tasks"][0].clone()).unwrap();
+                if matches!(task.state, TaskState::Settled { .. }) {
+                    assert_eq!(task.attempt, 1, "the same provider finished it; nothing was re-auctioned");
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the task never settled after the outage:\n{}",
+                provider.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}

@@ -69,29 +69,27 @@ pub(crate) fn create_network(root: &Path, n: usize, providers: usize) -> u16 {
     base
 }
 
-/// One node process.
-pub(crate) struct NodeProc {
+/// A `cairn` child process (a node or a provider) with its log in its home directory.
+pub(crate) struct Proc {
     pub(crate) home: PathBuf,
     pub(crate) child: Option<Child>,
-    pub(crate) api: String,
+    args: [&'static str; 2],
+    log: &'static str,
 }
 
-impl NodeProc {
-    pub(crate) fn start(home: &Path, api_port: u16) -> Self {
-        let mut n =
-            NodeProc { home: home.to_path_buf(), child: None, api: format!("http://127.0.0.1:{api_port}") };
-        n.spawn();
-        n
+impl Proc {
+    fn new(home: &Path, args: [&'static str; 2], log: &'static str) -> Self {
+        let mut p = Proc { home: home.to_path_buf(), child: None, args, log };
+        p.spawn();
+        p
     }
 
     pub(crate) fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.home.join("test-node.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.home.join(self.log)).unwrap();
         let child = Command::new(BIN)
-            .args(["node", "run", "--home"])
+            .args(self.args)
+            .arg("--home")
             .arg(&self.home)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -109,18 +107,45 @@ impl NodeProc {
         }
     }
 
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join(self.log)).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One node process.
+pub(crate) struct NodeProc {
+    pub(crate) proc_: Proc,
+    pub(crate) api: String,
+}
+
+impl NodeProc {
+    pub(crate) fn start(home: &Path, api_port: u16) -> Self {
+        NodeProc {
+            proc_: Proc::new(home, ["node", "run"], "test-node.log"),
+            api: format!("http://127.0.0.1:{api_port}"),
+        }
+    }
+
+    pub(crate) fn spawn(&mut self) {
+        self.proc_.spawn();
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        self.proc_.kill9();
+    }
+
     pub(crate) fn client(&self) -> Client {
         Client::new(&self.api)
     }
 
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("test-node.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        self.kill9();
+        self.proc_.log()
     }
 }
 
@@ -139,8 +164,7 @@ pub(crate) const READY: Duration = Duration::from_secs(60);
 
 /// One provider process.
 pub(crate) struct ProviderProc {
-    pub(crate) home: PathBuf,
-    pub(crate) child: Option<Child>,
+    pub(crate) proc_: Proc,
     pub(crate) endpoint: String,
 }
 
@@ -149,33 +173,15 @@ impl ProviderProc {
         let text = std::fs::read_to_string(home.join("provider.toml")).unwrap();
         let cfg: toml::Value = toml::from_str(&text).unwrap();
         let endpoint = cfg["endpoint"].as_str().unwrap().to_string();
-        let mut p = ProviderProc { home: home.to_path_buf(), child: None, endpoint };
-        p.spawn();
-        p
+        ProviderProc { proc_: Proc::new(home, ["provider", "run"], "test-provider.log"), endpoint }
     }
 
     pub(crate) fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.home.join("test-provider.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["provider", "run", "--home"])
-            .arg(&self.home)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.proc_.spawn();
     }
 
     pub(crate) fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
+        self.proc_.kill9();
     }
 
     pub(crate) async fn status(&self) -> serde_json::Value {
@@ -183,13 +189,7 @@ impl ProviderProc {
     }
 
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("test-provider.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for ProviderProc {
-    fn drop(&mut self) {
-        self.kill9();
+        self.proc_.log()
     }
 }
 
