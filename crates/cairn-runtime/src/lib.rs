@@ -17,12 +17,14 @@
 //! println!("{} fuel, output {}", out.units, out.bundle.id());
 //! ```
 
+pub mod inference;
 mod wasm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cairn_types::{ContentId, Limits, OutputBundle, WorkloadKind};
 
+pub use inference::{InferenceConfig, InferenceExecutor};
 pub use wasm::{WasmConfig, WasmExecutor};
 
 /// Why a task could not produce a result to commit. Deterministic failures of the workload
@@ -137,6 +139,16 @@ pub trait Executor: Send + Sync {
     /// # Errors
     /// [`RunError::WorkloadMismatch`] or [`RunError::InvalidWorkload`].
     fn prepare(&self, id: &ContentId, bytes: &[u8]) -> Result<()>;
+
+    /// [`prepare`](Self::prepare) from a file (large workloads such as models override this
+    /// to read in place).
+    ///
+    /// # Errors
+    /// As [`prepare`](Self::prepare), or [`RunError::Io`] when the file cannot be read.
+    fn prepare_file(&self, id: &ContentId, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
+        self.prepare(id, &bytes)
+    }
 
     /// True if the workload is prepared.
     fn is_prepared(&self, id: &ContentId) -> bool;

