@@ -17,6 +17,8 @@ pub(crate) enum BenchCommand {
     Chain(ChainArgs),
     /// Submit-to-running and submit-to-settled latency of jobs on a devnet.
     Jobs(JobsArgs),
+    /// Inference: in-process candle vs the provider's executor vs a market job; model loads.
+    Inference(InferenceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +57,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
     let a = match cmd {
         BenchCommand::Chain(a) => a,
         BenchCommand::Jobs(j) => return crate::runtime()?.block_on(jobs(j)),
+        BenchCommand::Inference(i) => return crate::runtime()?.block_on(inference(i)),
     };
     let rt = crate::runtime()?;
     let mut rows = Vec::new();
@@ -130,6 +133,7 @@ async fn measure(a: &ChainArgs, n: usize) -> Result<Row> {
         p2p_port: base,
         api_port: base.saturating_add(10),
         provider_port: base.saturating_add(15),
+        models: Vec::new(),
     };
     let mut net = crate::devnet::start(&root, &layout, true, &funded)?;
     crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
@@ -223,6 +227,7 @@ async fn jobs(a: JobsArgs) -> Result<()> {
         p2p_port: 27_400,
         api_port: 27_410,
         provider_port: 27_420,
+        models: Vec::new(),
     };
     let mut net = crate::devnet::start(&a.home, &layout, true, &[])?;
     crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
@@ -323,3 +328,183 @@ async fn jobs(a: JobsArgs) -> Result<()> {
 }
 
 type JobIdHex = String;
+
+/// `cairn bench inference`.
+#[derive(Debug, Args)]
+pub(crate) struct InferenceArgs {
+    /// Sentences embedded per measurement.
+    #[arg(long, default_value_t = 64)]
+    embeddings: usize,
+    /// Tokens generated per measurement.
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    /// Skip the market measurement (in-process and executor only).
+    #[arg(long)]
+    no_market: bool,
+    /// Where the network lives while measured.
+    #[arg(long, default_value = ".cairn/bench-inference")]
+    home: PathBuf,
+}
+
+const BENCH_PROMPT: &str = "Write a long story about a hiker who builds cairns along a mountain trail.";
+
+fn bench_sentence(i: usize) -> String {
+    format!("Sentence number {i} describes stones, trails and the weather on day {}.", i * 7 % 31)
+}
+
+fn requests_file(dir: &std::path::Path, lines: &[serde_json::Value]) -> Result<PathBuf> {
+    let path = dir.join("requests.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Submit `lines` as a one-task inference job and time it from submission to a committed result.
+async fn market_job(
+    client: &Client,
+    key: &SecretKey,
+    dir: &std::path::Path,
+    model: &crate::catalog::ServedModel,
+    lines: &[serde_json::Value],
+) -> Result<f64> {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("batch.jsonl"), &text)?;
+    let manifest = format!(
+        "kind: inference\nworkload: {}\nrequests: batch.jsonl\nrequests_per_task: {}\nmax_price_per_task: 1 CRN\nverification: none\ndeadline_blocks: 600\nlimits:\n  wall_ms: 600000\n",
+        model.id,
+        lines.len()
+    );
+    let resolved = crate::manifest::resolve(&manifest, dir, client.base()).await?;
+    let t0 = Instant::now();
+    let job = crate::job::submit(client, key, resolved.spec).await?;
+    loop {
+        let v = crate::job::job_view(client, &job).await?;
+        if v.tasks.iter().all(|t| crate::job::output_of(t).is_some()) {
+            return Ok(t0.elapsed().as_secs_f64());
+        }
+        if crate::job::finished(&v) {
+            bail!("the benchmark job ended without output");
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            bail!("the benchmark job did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn inference(a: InferenceArgs) -> Result<()> {
+    use cairn_runtime::inference::import::{GEMMA, MINILM};
+    use cairn_runtime::inference::{Engine, ModelPackage};
+    use cairn_runtime::{Executor as _, InferenceConfig, InferenceExecutor, TaskRun};
+    let store = crate::model::ModelStore::open_default()?;
+    let models = store.install_demo(false)?;
+    let find = |n: &str| models.iter().find(|m| m.header.name == n).cloned().context("demo model missing");
+    let (minilm, gemma) = (find(MINILM)?, find(GEMMA)?);
+    let dir = a.home.join("work");
+    std::fs::create_dir_all(&dir)?;
+    let device = cairn_runtime::inference::Device::Cpu;
+    let embed_lines: Vec<serde_json::Value> =
+        (0..a.embeddings).map(|i| serde_json::json!({ "input": bench_sentence(i) })).collect();
+    let chat_line = serde_json::json!({
+        "messages": [{ "role": "user", "content": BENCH_PROMPT }], "max_tokens": a.tokens, "temperature": 0,
+    });
+
+    // In process, straight on candle.
+    let t = Instant::now();
+    let e = Engine::load(&ModelPackage::open(&minilm.path)?, &device)?;
+    let minilm_load = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..a.embeddings {
+        e.embed(&bench_sentence(i))?;
+    }
+    let direct_embed = t.elapsed().as_secs_f64();
+    drop(e);
+    let t = Instant::now();
+    let g = Engine::load(&ModelPackage::open(&gemma.path)?, &device)?;
+    let gemma_load = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let (_, generated) = g.chat(BENCH_PROMPT, a.tokens)?;
+    let direct_gen = t.elapsed().as_secs_f64();
+    drop(g);
+
+    // The provider's executor: task files in, JSON results and commitments out.
+    let exec = InferenceExecutor::new(InferenceConfig::cpu(dir.join("exec")));
+    let mut exec_time = Vec::new();
+    let mut exec_cold = Vec::new();
+    for (m, lines) in [(&minilm, embed_lines.clone()), (&gemma, vec![chat_line.clone()])] {
+        let t = Instant::now();
+        exec.prepare_file(&m.id, &m.path)?;
+        exec.preload(&m.id)?;
+        exec_cold.push(t.elapsed().as_secs_f64());
+        let req = requests_file(&dir, &lines)?;
+        let mut task = TaskRun::new(m.id, cairn_types::Limits { wall_ms: 600_000, ..Default::default() });
+        task.inputs.push(("requests.jsonl".into(), req));
+        let t = Instant::now();
+        exec.run(&task)?;
+        exec_time.push(t.elapsed().as_secs_f64());
+    }
+    drop(exec);
+
+    // The market: a devnet with one provider serving both models.
+    let mut market = None;
+    if !a.no_market {
+        let layout = crate::devnet::Layout {
+            validators: 1,
+            providers: 1,
+            p2p_port: 27_500,
+            api_port: 27_510,
+            provider_port: 27_520,
+            models: vec![(minilm.id, minilm.path.clone()), (gemma.id, gemma.path.clone())],
+        };
+        let mut net = crate::devnet::start(&a.home.join("net"), &layout, true, &[])?;
+        crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
+        crate::devnet::start_providers(&mut net, 1, Duration::from_secs(120)).await?;
+        let client = Client::new(&net.apis[0]);
+        let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
+        let served = crate::catalog::served_models(&client).await?;
+        let (sm, sg) =
+            (crate::catalog::find(&served, MINILM)?.clone(), crate::catalog::find(&served, GEMMA)?.clone());
+        let embed_cold = market_job(&client, &faucet, &dir, &sm, &embed_lines).await?;
+        let embed_warm = market_job(&client, &faucet, &dir, &sm, &embed_lines).await?;
+        let gen_cold = market_job(&client, &faucet, &dir, &sg, std::slice::from_ref(&chat_line)).await?;
+        let gen_warm = market_job(&client, &faucet, &dir, &sg, std::slice::from_ref(&chat_line)).await?;
+        market = Some((embed_cold, embed_warm, gen_cold, gen_warm));
+        drop(net);
+    }
+
+    let n = a.embeddings as f64;
+    let k = generated as f64;
+    println!(
+        "| model | measure | in-process (candle) | provider executor | ratio | market job, warm | budget (1.05× + 200 ms) | market job, cold |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let row = |name: &str, what: &str, direct: f64, exec: f64, units: f64, m: Option<(f64, f64)>| {
+        let (warm, cold) = m.map_or(("–".to_string(), "–".to_string()), |(c, w)| {
+            (format!("{:.0} ms", w * 1e3), format!("{:.0} ms", c * 1e3))
+        });
+        println!(
+            "| {name} | {what} | {:.1}/s ({:.0} ms) | {:.1}/s ({:.0} ms) | {:.2}× | {warm} | {:.0} ms | {cold} |",
+            units / direct,
+            direct * 1e3,
+            units / exec,
+            exec * 1e3,
+            exec / direct,
+            (direct * 1.05 + 0.2) * 1e3,
+        );
+    };
+    row(
+        MINILM,
+        &format!("{} embeddings", a.embeddings),
+        direct_embed,
+        exec_time[0],
+        n,
+        market.map(|m| (m.0, m.1)),
+    );
+    row(GEMMA, &format!("{generated} tokens"), direct_gen, exec_time[1], k, market.map(|m| (m.2, m.3)));
+    println!();
+    println!("| model | cold load in-process | executor cold start (hash check + load) |");
+    println!("|---|---:|---:|");
+    println!("| {MINILM} | {:.0} ms | {:.0} ms |", minilm_load * 1e3, exec_cold[0] * 1e3);
+    println!("| {GEMMA} | {:.0} ms | {:.0} ms |", gemma_load * 1e3, exec_cold[1] * 1e3);
+    Ok(())
+}

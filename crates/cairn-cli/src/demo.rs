@@ -51,8 +51,27 @@ fn features_csv() -> String {
     s
 }
 
+/// The embedding batch: sentences to embed, four requests per task.
+fn embedding_requests() -> String {
+    [
+        "Cairn pays providers only for verified work.",
+        "A cairn is a pile of stones that marks a trail.",
+        "Providers bond stake and sell GPU time.",
+        "Auditors re-run sampled tasks deterministically.",
+        "The market matches each job to the cheapest eligible provider.",
+        "Mountains are cold at the top.",
+        "Escrowed deposits end paid or refunded.",
+        "Sentence embeddings map text to vectors.",
+    ]
+    .iter()
+    .map(|s| format!("{}\n", json!({ "input": s })))
+    .collect()
+}
+
+const EMBEDDINGS_JOB: &str = "kind: inference\nworkload: all-MiniLM-L6-v2\nrequests: embeddings.jsonl\nrequests_per_task: 4\nresources:\n  cpu_millis: 2000\nmax_price_per_task: 0.1 CRN\ndeadline_blocks: 300\n";
+
 /// The demo jobs as (name, manifest YAML). Files are written next to the manifests.
-fn jobs(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
+fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String)>> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("sieve.wasm"), SIEVE)?;
     std::fs::write(dir.join("mandelbrot.wasm"), MANDELBROT)?;
@@ -60,7 +79,8 @@ fn jobs(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
     std::fs::write(dir.join("resvg.wasm"), RESVG)?;
     std::fs::write(dir.join("scene.svg"), SCENE)?;
     std::fs::write(dir.join("features.csv"), features_csv())?;
-    Ok(vec![
+    std::fs::write(dir.join("embeddings.jsonl"), embedding_requests())?;
+    let mut list = vec![
         (
             "primes",
             "kind: wasm\nworkload: sieve.wasm\nargs: [\"20000000\"]\ntasks: 4\nmax_price_per_task: 0.2 CRN\ndeadline_blocks: 300\n".into(),
@@ -77,7 +97,37 @@ fn jobs(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
             "svg-render",
             "kind: render\nworkload: resvg.wasm\nargs: [\"/in/scene.svg\", \"/out/scene.png\"]\ninputs:\n  - name: scene.svg\n    path: scene.svg\nmax_price_per_task: 0.3 CRN\ndeadline_blocks: 300\n".into(),
         ),
-    ])
+    ];
+    if models {
+        list.push(("embeddings", EMBEDDINGS_JOB.into()));
+    }
+    Ok(list)
+}
+
+/// A short chat completion through the gateway; returns the reply and the job it ran as.
+async fn chat_via_gateway(gateway: &str, json_out: bool) -> Result<(String, JobId, Value)> {
+    let body = json!({
+        "model": cairn_runtime::inference::import::GEMMA,
+        "messages": [{ "role": "user", "content": "Write one short sentence about mountains." }],
+        "max_tokens": 32,
+        "temperature": 0,
+    });
+    say(json_out, &format!("[chat] POST {gateway}/chat/completions (model {})", body["model"]));
+    let resp = reqwest::Client::new()
+        .post(format!("{gateway}/chat/completions"))
+        .json(&body)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .context("calling the gateway")?;
+    let status = resp.status();
+    let v: Value = resp.json().await.context("reading the gateway's answer")?;
+    if !status.is_success() {
+        anyhow::bail!("the gateway answered {status}: {v}");
+    }
+    let reply = v["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string();
+    let job: JobId = serde_json::from_value(v["cairn"]["job"].clone()).context("the answer names no job")?;
+    Ok((reply, job, v))
 }
 
 fn short(a: &Address) -> String {
@@ -141,7 +191,7 @@ async fn started_tasks(endpoints: &[String]) -> BTreeSet<String> {
 }
 
 /// Run the demo against a started network.
-pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
+pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Result<Summary> {
     let client = Client::new(&net.apis[0]);
     let (_, _, params) = crate::job::fee_and_chain(&client).await?;
     let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
@@ -166,7 +216,7 @@ pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
 
     let dir = net.root.join("demo");
     let mut submitted: Vec<(&str, JobId)> = Vec::new();
-    for (name, manifest) in jobs(&dir)? {
+    for (name, manifest) in jobs(&dir, gateway.is_some())? {
         let resolved = crate::manifest::resolve(&manifest, &dir, client.base())
             .await
             .with_context(|| format!("demo job {name}"))?;
@@ -177,6 +227,17 @@ pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
             .with_context(|| format!("submitting demo job {name}"))?;
         say(json, &format!("[{name}] submitted job {} ({kind}, {tasks} task(s))", id.short()));
         submitted.push((name, id));
+    }
+
+    let mut chat = Value::Null;
+    if let Some(g) = gateway {
+        let (reply, job, answer) = chat_via_gateway(g, json).await?;
+        say(
+            json,
+            &format!("[chat] job {}: {:?} ({} tokens)", job.short(), reply, answer["usage"]["total_tokens"]),
+        );
+        chat = json!({ "reply": reply, "job": job, "usage": answer["usage"], "provider": answer["cairn"]["provider"] });
+        submitted.push(("chat", job));
     }
 
     let mut last: BTreeMap<(JobId, u32), String> = BTreeMap::new();
@@ -225,6 +286,7 @@ pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
         let settled = v.tasks.iter().all(|t| matches!(t.state, TaskState::Settled { .. }));
         all_settled &= settled;
         let mut tasks_json = Vec::new();
+        let mut bundles = Vec::new();
         let mut paid = Amount::ZERO;
         for t in &v.tasks {
             let (provider, price) = match &t.state {
@@ -240,11 +302,18 @@ pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
                 let bundle = fetch_output(&client, &store, &p, &o).await?;
                 let out_dir = net.root.join("results").join(name).join(format!("task-{}", t.index));
                 files = write_bundle(&out_dir, &bundle)?;
+                bundles.push((t.index, bundle));
             }
             tasks_json.push(json!({
                 "index": t.index, "state": t.state.name(), "provider": provider, "price": price,
                 "output": output, "files": files,
             }));
+        }
+        let mut combined = Value::Null;
+        if v.job.kind == cairn_types::WorkloadKind::Inference && bundles.len() == v.tasks.len() {
+            let path = net.root.join("results").join(name).join(cairn_runtime::inference::RESULTS_FILE);
+            let n = crate::job::write_results(&path, &mut bundles)?;
+            combined = json!({ "file": path, "results": n });
         }
         let first = tasks_json.first().cloned().unwrap_or_default();
         say(
@@ -264,6 +333,7 @@ pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
             "price_paid": paid,
             "output": first["output"],
             "tasks": tasks_json,
+            "results": combined,
         }));
     }
     let client_key: &SecretKey = &key;
@@ -274,6 +344,8 @@ pub(crate) async fn run(net: &Network, json: bool) -> Result<Summary> {
             "chain_id": crate::devnet::CHAIN_ID,
             "client": client_key.address(),
             "results": net.root.join("results"),
+            "gateway": gateway,
+            "chat": chat,
             "jobs": jobs_json,
         }),
     })

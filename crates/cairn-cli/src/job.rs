@@ -279,6 +279,30 @@ pub(crate) fn write_bundle(dir: &Path, bundle: &OutputBundle) -> Result<Vec<Path
     Ok(written)
 }
 
+/// Reassemble an inference job's per-task `results.jsonl` in request order (task by task,
+/// renumbering `index` across the job); returns the number of results.
+pub(crate) fn write_results(path: &Path, bundles: &mut [(u32, OutputBundle)]) -> Result<usize> {
+    bundles.sort_by_key(|(i, _)| *i);
+    let mut out = String::new();
+    let mut offset = 0u64;
+    for (i, b) in bundles.iter() {
+        let bytes = b
+            .files
+            .get(cairn_runtime::inference::RESULTS_FILE)
+            .with_context(|| format!("task {i} has no results.jsonl"))?;
+        let lines = cairn_runtime::inference::parse_results(&String::from_utf8_lossy(bytes))
+            .map_err(|e| anyhow::anyhow!("task {i}: {}", e.message))?;
+        for mut r in lines {
+            r.index = offset;
+            out.push_str(&serde_json::to_string(&r)?);
+            out.push('\n');
+            offset = offset.checked_add(1).context("index overflow")?;
+        }
+    }
+    std::fs::write(path, out)?;
+    Ok(usize::try_from(offset).unwrap_or(usize::MAX))
+}
+
 pub(crate) fn run(cmd: JobCommand) -> Result<()> {
     let rt = crate::runtime()?;
     match cmd {
@@ -294,6 +318,18 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                 let tmp = std::env::temp_dir().join(format!("cairn-validate-{}", std::process::id()));
                 let exec = cairn_runtime::WasmExecutor::new(cairn_runtime::WasmConfig { work_dir: tmp, cache_dir: None })?;
                 exec.validate(bytes).context("the workload is not a valid WebAssembly module")?;
+            }
+            if let Some((m, n)) = &resolved.model
+                && !a.api.json
+            {
+                println!(
+                    "model {} ({}): {n} request(s) in {} task(s); {} provider(s) serve it, from {}",
+                    m.name,
+                    m.id.short(),
+                    resolved.spec.tasks,
+                    m.providers.len(),
+                    m.cheapest().map(|p| p.to_string()).unwrap_or_default()
+                );
             }
             let job = submit(&client, &key, resolved.spec).await?;
             if a.api.json && a.no_watch {
@@ -357,18 +393,33 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             let v = job_view(&client, &a.job).await?;
             let store = cache()?;
             let mut report = Vec::new();
+            let mut bundles = Vec::new();
             for t in &v.tasks {
                 let Some((provider, output)) = output_of(t) else { continue };
                 let b = fetch_output(&client, &store, &provider, &output).await?;
                 let dir = a.out.join(format!("task-{}", t.index));
                 let files = write_bundle(&dir, &b)?;
+                bundles.push((t.index, b.clone()));
                 report.push(serde_json::json!({ "task": t.index, "output": output, "exit": b.exit(), "files": files }));
                 if !a.api.json {
                     println!("task {}: output {output} verified, {} file(s) in {}", t.index, files.len(), dir.display());
                 }
             }
+            let mut combined = None;
+            if v.job.kind == cairn_types::WorkloadKind::Inference && !bundles.is_empty() {
+                if bundles.len() == v.tasks.len() {
+                    let path = a.out.join(cairn_runtime::inference::RESULTS_FILE);
+                    let n = write_results(&path, &mut bundles)?;
+                    if !a.api.json {
+                        println!("{n} results in request order in {}", path.display());
+                    }
+                    combined = Some(path);
+                } else if !a.api.json {
+                    println!("results.jsonl is written once every task has an output");
+                }
+            }
             if a.api.json {
-                println!("{}", serde_json::json!({ "job": a.job, "results": report }));
+                println!("{}", serde_json::json!({ "job": a.job, "results": report, "combined": combined }));
             }
             if report.is_empty() {
                 bail!("no task of job {} has an output yet", a.job);

@@ -7,11 +7,14 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod catalog;
 mod demo;
 mod devnet;
+mod gateway;
 mod job;
 mod keys;
 mod manifest;
+mod model;
 mod node;
 mod provider;
 mod wallet;
@@ -40,6 +43,11 @@ enum Command {
     /// Run a provider: sell this machine's compute.
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
+    /// Model packages: import weights, list, install the demo models, run locally.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Serve an OpenAI-compatible API whose requests run as paid jobs on the network.
+    Gateway(gateway::GatewayArgs),
     /// Measure the network.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -104,6 +112,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Wallet(w) => wallet::run(w),
         Command::Job(j) => job::run(j),
         Command::Provider(p) => provider::run(p),
+        Command::Model(m) => model::run(m),
+        Command::Gateway(g) => gateway::run(g),
     }
 }
 

@@ -15,6 +15,83 @@ pub(crate) struct Resolved {
     pub(crate) spec: JobSpec,
     /// The workload's bytes, when it was a local file (for validation before paying).
     pub(crate) workload: Option<Vec<u8>>,
+    /// For inference jobs: the model and the number of requests.
+    pub(crate) model: Option<(crate::catalog::ServedModel, usize)>,
+}
+
+/// Requests per task when a manifest does not say.
+const DEFAULT_REQUESTS_PER_TASK: u64 = 32;
+
+/// Check every line of a request file for `task` (`embeddings` or `chat`) and cut it into
+/// chunks of `per_task` lines. A bad line refuses the whole job before anything is paid.
+pub(crate) fn split_requests(text: &str, task: &str, per_task: usize) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = cairn_runtime::inference::RequestLine::parse(line)
+            .and_then(|l| if task == "chat" { l.chat().map(|_| ()) } else { l.embedding().map(|_| ()) });
+        if let Err(e) = parsed {
+            bail!("request line {}: {}", i + 1, e.message);
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        bail!("the request file has no requests");
+    }
+    Ok(lines.chunks(per_task.max(1)).map(|c| format!("{}\n", c.join("\n"))).collect())
+}
+
+/// `kind: inference`: resolve the model against what the network serves, and cut `requests`
+/// (a JSONL file) into one `requests.jsonl` task input per `requests_per_task` lines.
+async fn resolve_inference(
+    fetcher: &Fetcher,
+    node: &str,
+    dir: &Path,
+    m: &mut Mapping,
+) -> Result<(crate::catalog::ServedModel, usize)> {
+    let client = cairn_client::Client::new(node);
+    let models = crate::catalog::served_models(&client).await?;
+    let wl = m
+        .get("workload")
+        .and_then(Value::as_str)
+        .context("the job spec needs a workload: a model name or content id")?;
+    let model = crate::catalog::find(&models, wl)?.clone();
+    m.insert("workload".into(), model.id.to_hex().into());
+    let per_task = match m.remove("requests_per_task") {
+        None => DEFAULT_REQUESTS_PER_TASK,
+        Some(v) => v.as_u64().filter(|n| *n > 0).context("requests_per_task must be a positive integer")?,
+    };
+    let mut count = 0;
+    if let Some(req) = m.remove("requests") {
+        let rel = req.as_str().context("requests must be a path to a JSONL file")?;
+        if m.contains_key("task_inputs") || m.contains_key("tasks") {
+            bail!("with `requests`, tasks and task_inputs are derived; leave them out");
+        }
+        let path = dir.join(rel);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let chunks = split_requests(&text, &model.task, usize::try_from(per_task).unwrap_or(usize::MAX))?;
+        count = text.lines().filter(|l| !l.trim().is_empty()).count();
+        let mut inputs = Vec::new();
+        for c in &chunks {
+            let id = fetcher.upload(node, c.clone().into_bytes()).await.context("uploading requests")?;
+            let mut e = Mapping::new();
+            e.insert("name".into(), cairn_runtime::inference::REQUESTS_FILE.into());
+            e.insert("id".into(), id.to_hex().into());
+            e.insert("size".into(), (c.len() as u64).into());
+            inputs.push(Value::Mapping(e));
+        }
+        m.insert("tasks".into(), (chunks.len() as u64).into());
+        m.insert("task_inputs".into(), Value::Sequence(inputs));
+    }
+    let constraints = m.entry("constraints".into()).or_insert_with(|| Value::Mapping(Mapping::new()));
+    let Some(c) = constraints.as_mapping_mut() else { bail!("constraints must be a mapping") };
+    let attrs = c.entry("attributes".into()).or_insert_with(|| Value::Mapping(Mapping::new()));
+    let Some(a) = attrs.as_mapping_mut() else { bail!("constraints.attributes must be a mapping") };
+    let (k, v) = model.attribute();
+    a.insert(k.into(), v.into());
+    Ok((model, count))
 }
 
 fn is_id(s: &str) -> bool {
@@ -76,8 +153,11 @@ pub(crate) async fn resolve(text: &str, dir: &Path, node: &str) -> Result<Resolv
     let mut v: Value = serde_yaml_ng::from_str(text).context("the job spec is not valid YAML")?;
     let Some(m) = v.as_mapping_mut() else { bail!("the job spec must be a YAML mapping") };
     let mut workload = None;
+    let mut model = None;
     let wl = m.get("workload").and_then(Value::as_str).map(str::to_string);
+    let inference = m.get("kind").and_then(Value::as_str) == Some("inference");
     match wl {
+        _ if inference => model = Some(resolve_inference(&fetcher, node, dir, m).await?),
         Some(w) if is_id(&w) => {}
         Some(w) => {
             let (id, _, bytes) = upload_path(&fetcher, node, dir, &w).await?;
@@ -100,5 +180,5 @@ pub(crate) async fn resolve(text: &str, dir: &Path, node: &str) -> Result<Resolv
     let spec: JobSpec = serde_yaml_ng::from_value(Value::Mapping(std::mem::take(m) as Mapping))
         .context("invalid job spec")?;
     spec.validate()?;
-    Ok(Resolved { spec, workload })
+    Ok(Resolved { spec, workload, model })
 }

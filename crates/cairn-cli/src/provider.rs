@@ -47,6 +47,13 @@ pub(crate) struct InitArgs {
     /// Bid pricing: posted, or undercut:<bps of max>.
     #[arg(long, default_value = "posted")]
     pricing: String,
+    /// Serve a model from the local store for inference jobs (name or content id; repeat).
+    /// Give an `inference=` price too.
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Run inference on the GPU (a build with the `cuda` feature).
+    #[arg(long)]
+    gpu: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,18 +81,36 @@ pub(crate) fn run(cmd: ProviderCommand) -> Result<()> {
     match cmd {
         ProviderCommand::Init(a) => {
             let listen = crate::parse_addr(&a.listen)?;
+            let prices = parse_prices(&a.prices)?;
+            let mut models = Vec::new();
+            if !a.models.is_empty() {
+                if !prices.contains_key(&WorkloadKind::Inference) {
+                    bail!("--model needs an inference price too, e.g. --price inference=0.02CRN");
+                }
+                let store = crate::model::ModelStore::open_default()?;
+                let blobs = cairn_blobs::BlobStore::open(a.home.home.join("blobs"))?;
+                for m in &a.models {
+                    let m = store.resolve(m)?;
+                    if !blobs.has(&m.id) {
+                        blobs.put_file(&m.path)?;
+                    }
+                    models.push(m.id);
+                }
+            }
             let cfg = ProviderConfig {
                 node: a.node,
                 listen,
                 endpoint: format!("http://{listen}"),
                 region: a.region,
                 stake: a.stake,
-                prices: parse_prices(&a.prices)?,
+                prices,
                 attributes: BTreeMap::new(),
                 capacity: None,
                 pricing: a.pricing,
                 max_parallel: 2,
                 heartbeat_secs: 30,
+                models,
+                gpu: a.gpu,
             };
             let key = SecretKey::generate()?;
             ProviderHome(a.home.home.clone()).init(&cfg, &key)?;

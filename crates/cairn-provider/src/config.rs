@@ -7,6 +7,10 @@
 //! <home>/blobs/          inputs, workloads and outputs (outputs are served from here)
 //! <home>/runtime/        executor scratch space and compiled-module cache
 //! ```
+//!
+//! ```toml
+//! models = ["<model package id>"]   # served for inference jobs
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +62,14 @@ pub struct ProviderConfig {
     /// Seconds between heartbeats.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// Model packages served for `inference` jobs (content ids). Each is taken from `blobs/`,
+    /// or fetched from the node (verified) at start, and advertised as the attribute
+    /// `model:<id>` = `<task>:<name>`.
+    #[serde(default)]
+    pub models: Vec<cairn_types::ContentId>,
+    /// Run inference on GPU 0 (a `cuda` build); otherwise, or when no GPU opens, on the CPU.
+    #[serde(default)]
+    pub gpu: bool,
 }
 
 impl ProviderConfig {

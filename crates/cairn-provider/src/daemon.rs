@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cairn_blobs::{BlobStore, Fetcher};
 use cairn_client::Client;
-use cairn_runtime::{Executor as _, TaskRun, WasmConfig, WasmExecutor};
+use cairn_runtime::{Executor, InferenceConfig, InferenceExecutor, TaskRun, WasmConfig, WasmExecutor};
 use cairn_state::model::{Provider, Stake, Task, TaskState};
 use cairn_types::{
     Address, Amount, Bid, Bond, Canonical, CommitResult, ContentId, ErrorCode, Heartbeat, JobId, JobSpec,
@@ -37,6 +37,9 @@ struct Ctx {
     blobs: Arc<BlobStore>,
     fetcher: Fetcher,
     exec: Arc<WasmExecutor>,
+    infer: Arc<InferenceExecutor>,
+    /// `model:<id>` = `<task>:<name>` for each model served.
+    model_attrs: BTreeMap<String, String>,
     ledger: Mutex<Ledger>,
     active: Mutex<BTreeSet<TaskId>>,
     bid_on: Mutex<BTreeSet<TaskId>>,
@@ -102,13 +105,19 @@ pub async fn run(home: &Path) -> Result<()> {
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .ok_or_else(|| Error::Config("the node did not report min_tx_fee".into()))?;
     let pricing = policy(&cfg.pricing).map_err(Error::Config)?;
+    let blobs = Arc::new(BlobStore::open(home.blobs())?);
+    let fetcher = Fetcher::new();
+    let infer = Arc::new(InferenceExecutor::new(inference_config(&cfg, &home)));
+    let model_attrs = prepare_models(&cfg, &blobs, &fetcher, &infer).await?;
     let ctx = Arc::new(Ctx {
         me: key.address(),
         client: client.clone(),
         sender: Sender::new(client.clone(), key.clone(), status.chain_id.clone(), fee),
-        blobs: Arc::new(BlobStore::open(home.blobs())?),
-        fetcher: Fetcher::new(),
+        blobs,
+        fetcher,
         exec: Arc::new(WasmExecutor::new(WasmConfig::in_dir(home.runtime()))?),
+        infer,
+        model_attrs,
         ledger: Mutex::new(Ledger::load(&home.ledger())?),
         active: Mutex::new(BTreeSet::new()),
         bid_on: Mutex::new(BTreeSet::new()),
@@ -162,11 +171,65 @@ async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
     Ok(())
 }
 
-fn info_from(cfg: &ProviderConfig) -> ProviderInfo {
+fn inference_config(cfg: &ProviderConfig, home: &ProviderHome) -> InferenceConfig {
+    let dir = home.runtime().join("inference");
+    if cfg.gpu {
+        #[cfg(feature = "cuda")]
+        match InferenceConfig::cuda(&dir, 0) {
+            Ok(c) => return c,
+            Err(e) => warn!(error = %e, "no usable GPU; inference runs on the CPU"),
+        }
+        #[cfg(not(feature = "cuda"))]
+        warn!("gpu = true, but this build has no `cuda` feature; inference runs on the CPU");
+    }
+    InferenceConfig::cpu(dir)
+}
+
+/// Bring each configured model into the blob store (from the node if absent), verify it, and
+/// return the attributes that advertise it.
+async fn prepare_models(
+    cfg: &ProviderConfig,
+    blobs: &BlobStore,
+    fetcher: &Fetcher,
+    infer: &Arc<InferenceExecutor>,
+) -> Result<BTreeMap<String, String>> {
+    let mut attrs = BTreeMap::new();
+    for id in &cfg.models {
+        if !blobs.has(id) {
+            info!(model = %id.short(), "fetching a model package from the node");
+        }
+        let path = fetcher
+            .fetch(blobs, id, None, MAX_BLOB, std::slice::from_ref(&cfg.node))
+            .await
+            .map_err(|e| Error::Config(format!("model {id}: {e}")))?;
+        let exec = infer.clone();
+        let model = *id;
+        let header = tokio::task::spawn_blocking(move || {
+            exec.prepare_file(&model, &path)?;
+            Ok::<_, Error>(exec.header(&model))
+        })
+        .await
+        .map_err(|e| Error::Config(format!("model check: {e}")))??
+        .ok_or_else(|| Error::Config(format!("model {id} did not prepare")))?;
+        info!(model = %header.name, id = %id.short(), family = ?header.family, "serving model");
+        attrs.insert(model_attribute(id), format!("{}:{}", header.family.task(), header.name));
+    }
+    Ok(attrs)
+}
+
+/// The provider attribute that says a model is served here.
+pub fn model_attribute(id: &ContentId) -> String {
+    format!("model:{id}")
+}
+
+fn info_from(ctx: &Ctx) -> ProviderInfo {
+    let cfg = &ctx.cfg;
+    let mut attributes = cfg.attributes.clone();
+    attributes.extend(ctx.model_attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
     ProviderInfo {
         endpoint: cfg.endpoint.clone(),
         region: cfg.region,
-        attributes: cfg.attributes.clone(),
+        attributes,
         capacity: cfg.capacity.clone().unwrap_or_else(inventory::detect),
         prices: cfg.price_sheet(),
     }
@@ -189,7 +252,7 @@ async fn register(ctx: &Ctx, key: &SecretKey) -> Result<()> {
             }
         }
     }
-    let info = info_from(&ctx.cfg);
+    let info = info_from(ctx);
     let body = match ctx.client.get::<ProviderView>(&format!("/api/providers/{me}")).await {
         Ok(v) if v.provider.info == info => return Ok(()),
         Ok(_) => TxBody::UpdateProvider(UpdateProvider { info }),
@@ -233,12 +296,15 @@ async fn spec_of(ctx: &Ctx, job: &JobId) -> Option<JobSpec> {
     Some(spec)
 }
 
-fn serves(cfg: &ProviderConfig, kind: WorkloadKind) -> Option<Amount> {
-    // The WASM executor runs `wasm` and WASM-based `render` workloads.
-    if !matches!(kind, WorkloadKind::Wasm | WorkloadKind::Render) {
-        return None;
+fn serves(ctx: &Ctx, spec: &JobSpec) -> Option<Amount> {
+    match spec.kind {
+        // The WASM executor runs `wasm` and WASM-based `render` workloads.
+        WorkloadKind::Wasm | WorkloadKind::Render => {}
+        // Inference only on the models this provider holds.
+        WorkloadKind::Inference if ctx.infer.is_prepared(&spec.workload) => {}
+        _ => return None,
     }
-    cfg.prices.get(&kind).copied()
+    ctx.cfg.prices.get(&spec.kind).copied()
 }
 
 async fn reconcile(ctx: &Arc<Ctx>) {
@@ -284,8 +350,8 @@ async fn bid(ctx: &Ctx) {
             continue;
         }
         let Some(spec) = spec_of(ctx, &t.job).await else { continue };
-        let Some(posted) = serves(&ctx.cfg, spec.kind) else { continue };
-        let info = info_from(&ctx.cfg);
+        let Some(posted) = serves(ctx, &spec) else { continue };
+        let info = info_from(ctx);
         let fits = spec.constraints.regions.is_empty() || spec.constraints.regions.contains(&info.region);
         let attrs = spec.constraints.attributes.iter().all(|(k, v)| info.attributes.get(k) == Some(v));
         let room = spec.resources.cpu_millis <= info.capacity.cpu_millis
@@ -335,12 +401,14 @@ async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec) -> Result<(ContentId, u
         memory_mb: spec.resources.memory_mb,
         seed: task.id.0,
     };
-    let exec = ctx.exec.clone();
+    let exec: Arc<dyn Executor> = match spec.kind {
+        WorkloadKind::Inference => ctx.infer.clone(),
+        _ => ctx.exec.clone(),
+    };
     let id = spec.workload;
     let outcome = tokio::task::spawn_blocking(move || {
         if !exec.is_prepared(&id) {
-            let bytes = std::fs::read(&workload)?;
-            exec.prepare(&id, &bytes)?;
+            exec.prepare_file(&id, &workload)?;
         }
         Ok::<_, Error>(exec.run(&run)?)
     })
@@ -348,7 +416,7 @@ async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec) -> Result<(ContentId, u
     .map_err(|e| Error::Config(format!("executor thread: {e}")))??;
     let bytes = outcome.bundle.encode();
     let output = ctx.blobs.put_bytes(&bytes)?;
-    info!(task = %task.id.short(), output = %output.short(), fuel = outcome.units, ms = outcome.wall_ms, exit = outcome.bundle.exit().unwrap_or("?"), "task ran");
+    info!(task = %task.id.short(), output = %output.short(), units = outcome.units, ms = outcome.wall_ms, exit = outcome.bundle.exit().unwrap_or("?"), "task ran");
     Ok((output, outcome.units, bytes.len() as u64))
 }
 

@@ -25,6 +25,8 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
             &(base + 100).to_string(),
             "--provider-port",
             &(base + 200).to_string(),
+            "--gateway-port",
+            &(base + 300).to_string(),
         ],
         &[],
     );
@@ -32,7 +34,19 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert!(v["api"].as_str().unwrap().starts_with("http://127.0.0.1:"));
     let jobs = v["jobs"].as_array().unwrap();
-    assert_eq!(jobs.len(), 4);
+    let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["primes", "mandelbrot", "classifier", "svg-render", "embeddings", "chat"]);
+    assert!(v["gateway"].as_str().unwrap().ends_with("/v1"));
+    assert!(!v["chat"]["reply"].as_str().unwrap().trim().is_empty(), "{}", v["chat"]);
+    let embeddings = std::fs::read_to_string(dir.0.join("results/embeddings/results.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> =
+        embeddings.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 8);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i as u64);
+        assert_eq!(l["embeddings"][0].as_array().unwrap().len(), 384);
+    }
+    assert!(stderr.contains("curl http://127.0.0.1:"), "a curl example is shown: {stderr}");
     for j in jobs {
         assert_eq!(j["state"], "settled", "{j}");
         assert_eq!(j["id"].as_str().unwrap().len(), 64);

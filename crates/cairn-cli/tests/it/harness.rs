@@ -56,9 +56,19 @@ pub(crate) fn create_devnet(root: &Path, n: usize) -> u16 {
 
 /// Like [`create_devnet`] with `providers` providers too (endpoints at base + 200).
 pub(crate) fn create_network(root: &Path, n: usize, providers: usize) -> u16 {
+    create_network_with(root, n, providers, &["--no-models"])
+}
+
+/// Like [`create_network`], with every provider serving the demo models.
+pub(crate) fn create_network_with_models(root: &Path, n: usize, providers: usize) -> u16 {
+    create_network_with(root, n, providers, &[])
+}
+
+fn create_network_with(root: &Path, n: usize, providers: usize, extra: &[&str]) -> u16 {
     let base = free_base(n.max(providers) as u16);
     let out = Command::new(BIN)
         .args(["devnet", "--validators", &n.to_string(), "--providers", &providers.to_string()])
+        .args(extra)
         .args(["--no-demo", "--exit-when-done", "--fresh", "--home"])
         .arg(root)
         .args(["--p2p-port", &base.to_string(), "--api-port", &(base + 100).to_string()])

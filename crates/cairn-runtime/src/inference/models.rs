@@ -144,8 +144,11 @@ impl GemmaTokenizer {
         let id = |k: &str| -> Result<u32> { get(k)?.to_u32().map_err(tok_err) };
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
-        let index: HashMap<&str, u32> =
-            tokens.iter().enumerate().filter_map(|(i, t)| Some((t.as_str(), u32::try_from(i).ok()?))).collect();
+        let index: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((t.as_str(), u32::try_from(i).ok()?)))
+            .collect();
         let find = |s: &str| index.get(s).copied().ok_or_else(|| tok_err(format!("no {s} token")));
         let start_turn = find("<start_of_turn>")?;
         let end_turn = find("<end_of_turn>")?;
@@ -171,9 +174,15 @@ impl GemmaTokenizer {
             }
         }
         ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-        let merges: Vec<(String, String)> =
-            ranked.iter().map(|&(_, a, b, _)| (tokens[a as usize].clone(), tokens[b as usize].clone())).collect();
-        let vocab: Vocab = tokens.iter().enumerate().filter_map(|(i, t)| Some((t.clone(), u32::try_from(i).ok()?))).collect();
+        let merges: Vec<(String, String)> = ranked
+            .iter()
+            .map(|&(_, a, b, _)| (tokens[a as usize].clone(), tokens[b as usize].clone()))
+            .collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((t.clone(), u32::try_from(i).ok()?)))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .byte_fallback(true)
@@ -187,7 +196,9 @@ impl GemmaTokenizer {
             tokenizers::decoders::DecoderWrapper::Replace(
                 tokenizers::normalizers::Replace::new("\u{2581}", " ").map_err(tok_err)?,
             ),
-            tokenizers::decoders::DecoderWrapper::ByteFallback(tokenizers::decoders::byte_fallback::ByteFallback::new()),
+            tokenizers::decoders::DecoderWrapper::ByteFallback(
+                tokenizers::decoders::byte_fallback::ByteFallback::new(),
+            ),
             tokenizers::decoders::DecoderWrapper::Fuse(tokenizers::decoders::fuse::Fuse::new()),
         ])));
         let user: Vec<tokenizers::AddedToken> = tokens
@@ -312,22 +323,35 @@ impl Loaded {
                 let cfg: BertConfig = serde_json::from_slice(&pkg.read("config.json")?)
                     .map_err(|e| RunError::InvalidWorkload(format!("config.json: {e}")))?;
                 let tokenizer = bert_tokenizer(&pkg.read("tokenizer.json")?)?;
-                let vb = VarBuilder::from_buffered_safetensors(pkg.read("model.safetensors")?, DType::F32, device)
-                    .map_err(|e| RunError::InvalidWorkload(format!("model.safetensors: {e}")))?;
-                let model = BertModel::load(vb, &cfg).map_err(|e| RunError::InvalidWorkload(format!("BERT: {e}")))?;
-                Ok(Loaded::Bert { model: Box::new(model), tokenizer: Box::new(tokenizer), device: device.clone() })
+                let vb =
+                    VarBuilder::from_buffered_safetensors(pkg.read("model.safetensors")?, DType::F32, device)
+                        .map_err(|e| RunError::InvalidWorkload(format!("model.safetensors: {e}")))?;
+                let model =
+                    BertModel::load(vb, &cfg).map_err(|e| RunError::InvalidWorkload(format!("BERT: {e}")))?;
+                Ok(Loaded::Bert {
+                    model: Box::new(model),
+                    tokenizer: Box::new(tokenizer),
+                    device: device.clone(),
+                })
             }
             Family::Gemma3 => {
                 let mut r = pkg.reader("model.gguf")?;
-                let ct = gguf_file::Content::read(&mut r).map_err(|e| RunError::InvalidWorkload(format!("GGUF: {e}")))?;
+                let ct = gguf_file::Content::read(&mut r)
+                    .map_err(|e| RunError::InvalidWorkload(format!("GGUF: {e}")))?;
                 let arch = ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok());
                 if arch.map(String::as_str) != Some("gemma3") {
-                    return Err(RunError::InvalidWorkload(format!("GGUF architecture {arch:?} is not gemma3")));
+                    return Err(RunError::InvalidWorkload(format!(
+                        "GGUF architecture {arch:?} is not gemma3"
+                    )));
                 }
                 let tokenizer = GemmaTokenizer::from_gguf(&ct)?;
                 let weights = ModelWeights::from_gguf(ct, &mut r, device)
                     .map_err(|e| RunError::InvalidWorkload(format!("Gemma 3 weights: {e}")))?;
-                Ok(Loaded::Gemma { weights: Box::new(weights), tokenizer: Box::new(tokenizer), device: device.clone() })
+                Ok(Loaded::Gemma {
+                    weights: Box::new(weights),
+                    tokenizer: Box::new(tokenizer),
+                    device: device.clone(),
+                })
             }
         }
     }

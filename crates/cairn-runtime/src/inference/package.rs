@@ -110,7 +110,12 @@ fn check_header(h: &PackageHeader) -> Result<()> {
 /// # Errors
 /// [`RunError::InvalidWorkload`] for a header that breaks the rules, [`RunError::Io`] when a
 /// file cannot be read or the package cannot be written.
-pub fn write_package(family: Family, name: &str, files: &[(String, PathBuf)], out: &Path) -> Result<ContentId> {
+pub fn write_package(
+    family: Family,
+    name: &str,
+    files: &[(String, PathBuf)],
+    out: &Path,
+) -> Result<ContentId> {
     let mut list = Vec::new();
     for (n, p) in files {
         let size = std::fs::metadata(p).map_err(|e| RunError::Io(format!("{}: {e}", p.display())))?.len();
@@ -187,8 +192,7 @@ impl ModelPackage {
         }
         let mut json = vec![0u8; len as usize];
         f.read_exact(&mut json).map_err(|_| bad("truncated header"))?;
-        let header: PackageHeader =
-            serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
+        let header: PackageHeader = serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
         check_header(&header)?;
         let mut offsets = Vec::with_capacity(header.files.len());
         let mut at = 12u64.checked_add(u64::from(len)).ok_or_else(|| bad("size overflow"))?;
@@ -235,8 +239,14 @@ impl ModelPackage {
     /// As [`read`](Self::read).
     pub fn reader(&self, name: &str) -> Result<FileWindow> {
         let i = self.index(name)?;
-        let f = std::fs::File::open(&self.path).map_err(|e| RunError::Io(format!("{}: {e}", self.path.display())))?;
-        let mut w = FileWindow { file: std::io::BufReader::with_capacity(1 << 16, f), start: self.offsets[i], len: self.header.files[i].size, pos: 0 };
+        let f = std::fs::File::open(&self.path)
+            .map_err(|e| RunError::Io(format!("{}: {e}", self.path.display())))?;
+        let mut w = FileWindow {
+            file: std::io::BufReader::with_capacity(1 << 16, f),
+            start: self.offsets[i],
+            len: self.header.files[i].size,
+            pos: 0,
+        };
         w.seek(SeekFrom::Start(0)).map_err(|e| RunError::Io(e.to_string()))?;
         Ok(w)
     }

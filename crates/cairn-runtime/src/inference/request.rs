@@ -35,7 +35,9 @@ impl ReqError {
         ReqError {
             param: Some(param.into()),
             code: Some("unsupported_parameter".into()),
-            ..Self::invalid(format!("Unsupported parameter: '{param}' is not supported by this model on Cairn."))
+            ..Self::invalid(format!(
+                "Unsupported parameter: '{param}' is not supported by this model on Cairn."
+            ))
         }
     }
     /// Input longer than the model's context.
@@ -84,7 +86,11 @@ fn content_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             for p in parts {
                 match (p.kind.as_str(), p.text) {
                     ("text", Some(t)) => out.push_str(&t),
-                    (k, _) => return Err(serde::de::Error::custom(format!("content part type {k:?} is not supported"))),
+                    (k, _) => {
+                        return Err(serde::de::Error::custom(format!(
+                            "content part type {k:?} is not supported"
+                        )));
+                    }
                 }
             }
             Ok(out)
@@ -143,7 +149,10 @@ impl EmbeddingRequest {
     pub fn check(&self) -> Result<(), ReqError> {
         let inputs = self.input.to_vec();
         if inputs.is_empty() || inputs.len() > MAX_EMBEDDING_INPUTS {
-            return Err(ReqError::param("input", format!("input must hold 1..={MAX_EMBEDDING_INPUTS} strings")));
+            return Err(ReqError::param(
+                "input",
+                format!("input must hold 1..={MAX_EMBEDDING_INPUTS} strings"),
+            ));
         }
         if inputs.iter().any(String::is_empty) {
             return Err(ReqError::param("input", "input strings must not be empty"));
@@ -153,7 +162,10 @@ impl EmbeddingRequest {
         }
         match self.encoding_format.as_deref() {
             None | Some("float" | "base64") => Ok(()),
-            Some(other) => Err(ReqError::param("encoding_format", format!("encoding_format {other:?} must be float or base64"))),
+            Some(other) => Err(ReqError::param(
+                "encoding_format",
+                format!("encoding_format {other:?} must be float or base64"),
+            )),
         }
     }
 }
@@ -257,10 +269,13 @@ impl ChatRequest {
         {
             return Err(ReqError::unsupported("n"));
         }
-        if self.stop.as_ref().is_some_and(|s| s.to_vec().len() > 4 || s.to_vec().iter().any(String::is_empty)) {
+        if self.stop.as_ref().is_some_and(|s| s.to_vec().len() > 4 || s.to_vec().iter().any(String::is_empty))
+        {
             return Err(ReqError::param("stop", "stop takes up to 4 non-empty sequences"));
         }
-        for (name, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
+        for (name, v) in
+            [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)]
+        {
             if v.is_some_and(|v| v != 0.0) {
                 return Err(ReqError::unsupported(name));
             }
@@ -306,7 +321,9 @@ impl RequestLine {
         }
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| ReqError::invalid(format!("not JSON: {e}")))?;
-        let Some(obj) = v.as_object() else { return Err(ReqError::invalid("a request must be a JSON object")) };
+        let Some(obj) = v.as_object() else {
+            return Err(ReqError::invalid("a request must be a JSON object"));
+        };
         if let Some(body) = obj.get("body") {
             let custom_id = match obj.get("custom_id") {
                 None => None,
@@ -445,6 +462,8 @@ pub fn parse_results(text: &str) -> Result<Vec<ResultLine>, ReqError> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| ReqError::invalid(format!("result line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| ReqError::invalid(format!("result line {}: {e}", i + 1)))
+        })
         .collect()
 }

