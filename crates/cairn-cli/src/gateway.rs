@@ -495,7 +495,7 @@ async fn chat_inner(g: &Gateway, body: &[u8]) -> Result<Response, ApiError> {
     let mut piece = String::new();
     for c in text.chars() {
         piece.push(c);
-        if c.is_whitespace() && piece.trim().len() > 0 {
+        if c.is_whitespace() && !piece.trim().is_empty() {
             events.push(chunk(json!({ "content": std::mem::take(&mut piece) }), Value::Null));
         }
     }

@@ -71,8 +71,9 @@ pub fn detect(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
 
 fn gguf(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
     let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let ct = candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| unsupported(format!("{} is not a GGUF file: {e}", path.display())))?;
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| {
+        unsupported(format!("{} is not a GGUF file: {}", path.display(), super::models::one_line(e)))
+    })?;
     let arch =
         ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if arch != "gemma3" {

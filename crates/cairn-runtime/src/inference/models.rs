@@ -22,14 +22,18 @@ pub const GEMMA_CONTEXT: usize = 512;
 /// BERT's position table.
 pub const BERT_CONTEXT: usize = 512;
 
+/// An engine error's first line: candle appends a backtrace when RUST_BACKTRACE is set, which
+/// would put machine-specific text into committed results and error messages.
+pub(crate) fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or("").trim_end().to_string()
+}
+
 fn engine(e: impl std::fmt::Display) -> RunError {
-    // One line: candle appends a backtrace when RUST_BACKTRACE is set, which would put
-    // machine-specific text into committed results.
-    RunError::Runtime(e.to_string().lines().next().unwrap_or("").to_string())
+    RunError::Runtime(one_line(e))
 }
 
 fn tok_err(e: impl std::fmt::Display) -> RunError {
-    RunError::InvalidWorkload(format!("tokenizer: {e}"))
+    RunError::InvalidWorkload(format!("tokenizer: {}", one_line(e)))
 }
 
 /// A model's tokenizer alone (what a gateway needs to count tokens).
@@ -51,7 +55,8 @@ impl ModelTokenizer {
             Family::Bert => Ok(ModelTokenizer::Bert(Box::new(bert_tokenizer(&pkg.read("tokenizer.json")?)?))),
             Family::Gemma3 => {
                 let mut r = pkg.reader("model.gguf")?;
-                let ct = gguf_file::Content::read(&mut r).map_err(|e| tok_err(format!("GGUF: {e}")))?;
+                let ct = gguf_file::Content::read(&mut r)
+                    .map_err(|e| tok_err(format!("GGUF: {}", one_line(e))))?;
                 Ok(ModelTokenizer::Gemma(Box::new(GemmaTokenizer::from_gguf(&ct)?)))
             }
         }
@@ -321,13 +326,15 @@ impl Loaded {
         match pkg.header.family {
             Family::Bert => {
                 let cfg: BertConfig = serde_json::from_slice(&pkg.read("config.json")?)
-                    .map_err(|e| RunError::InvalidWorkload(format!("config.json: {e}")))?;
+                    .map_err(|e| RunError::InvalidWorkload(format!("config.json: {}", one_line(e))))?;
                 let tokenizer = bert_tokenizer(&pkg.read("tokenizer.json")?)?;
                 let vb =
                     VarBuilder::from_buffered_safetensors(pkg.read("model.safetensors")?, DType::F32, device)
-                        .map_err(|e| RunError::InvalidWorkload(format!("model.safetensors: {e}")))?;
-                let model =
-                    BertModel::load(vb, &cfg).map_err(|e| RunError::InvalidWorkload(format!("BERT: {e}")))?;
+                        .map_err(|e| {
+                            RunError::InvalidWorkload(format!("model.safetensors: {}", one_line(e)))
+                        })?;
+                let model = BertModel::load(vb, &cfg)
+                    .map_err(|e| RunError::InvalidWorkload(format!("BERT: {}", one_line(e))))?;
                 Ok(Loaded::Bert {
                     model: Box::new(model),
                     tokenizer: Box::new(tokenizer),
@@ -337,7 +344,7 @@ impl Loaded {
             Family::Gemma3 => {
                 let mut r = pkg.reader("model.gguf")?;
                 let ct = gguf_file::Content::read(&mut r)
-                    .map_err(|e| RunError::InvalidWorkload(format!("GGUF: {e}")))?;
+                    .map_err(|e| RunError::InvalidWorkload(format!("GGUF: {}", one_line(e))))?;
                 let arch = ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok());
                 if arch.map(String::as_str) != Some("gemma3") {
                     return Err(RunError::InvalidWorkload(format!(
@@ -346,7 +353,7 @@ impl Loaded {
                 }
                 let tokenizer = GemmaTokenizer::from_gguf(&ct)?;
                 let weights = ModelWeights::from_gguf(ct, &mut r, device)
-                    .map_err(|e| RunError::InvalidWorkload(format!("Gemma 3 weights: {e}")))?;
+                    .map_err(|e| RunError::InvalidWorkload(format!("Gemma 3 weights: {}", one_line(e))))?;
                 Ok(Loaded::Gemma {
                     weights: Box::new(weights),
                     tokenizer: Box::new(tokenizer),
