@@ -1,7 +1,9 @@
 //! Fetching blobs from other endpoints, verifying as they arrive, resuming partial transfers.
 
+use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_types::ContentId;
@@ -9,10 +11,12 @@ use tracing::{debug, warn};
 
 use crate::{BlobStore, Error, Result, SLICE};
 
-/// Fetches and uploads blobs over HTTP.
+/// Fetches and uploads blobs over HTTP. Clones share one set of in-flight fetches: two
+/// fetches of the same blob wait for each other instead of racing on its partial file.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     http: reqwest::Client,
+    in_flight: Arc<Mutex<BTreeMap<ContentId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Default for Fetcher {
@@ -33,7 +37,7 @@ impl Fetcher {
             .timeout(Duration::from_secs(120))
             .build()
             .unwrap_or_default();
-        Fetcher { http }
+        Fetcher { http, in_flight: Arc::default() }
     }
 
     async fn remote_size(&self, base: &str, id: &ContentId) -> Result<u64> {
@@ -57,6 +61,34 @@ impl Fetcher {
     /// [`Error::NotFound`] if no source has it, [`Error::Corrupt`] if every source that had it
     /// sent bad data, [`Error::TooLarge`] over `max`.
     pub async fn fetch(
+        &self,
+        store: &BlobStore,
+        id: &ContentId,
+        size: Option<u64>,
+        max: u64,
+        sources: &[String],
+    ) -> Result<PathBuf> {
+        if store.has(id) {
+            return Ok(store.path(id));
+        }
+        let gate = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(*id)
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().await;
+        let out = self.fetch_sources(store, id, size, max, sources).await;
+        let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Drop the entry once nobody else holds or waits on it.
+        if Arc::strong_count(&gate) <= 2 {
+            map.remove(id);
+        }
+        out
+    }
+
+    async fn fetch_sources(
         &self,
         store: &BlobStore,
         id: &ContentId,

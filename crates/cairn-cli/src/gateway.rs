@@ -240,9 +240,11 @@ impl Gateway {
             resources: Resources::default(),
             limits: Limits::default(),
             max_price_per_task: self.max_price,
-            deadline_blocks: 100,
+            // Generous: a provider may first load the model or finish other work; the
+            // gateway's own timeout cancels (and refunds) long before this matters.
+            deadline_blocks: 600,
             bid_window: 0,
-            max_attempts: 2,
+            max_attempts: 3,
             constraints: Constraints { regions: Vec::new(), attributes: BTreeMap::from([(k, v)]) },
             verification: VerificationLevel::Standard,
             hints: vec![self.client.base().to_string()],

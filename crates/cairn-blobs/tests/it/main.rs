@@ -166,3 +166,27 @@ async fn size_limits_missing_blobs_and_uploads_are_checked() {
     assert_eq!(a.read(&up).unwrap(), small);
     assert!(f.upload(&url, data(60_000)).await.is_err(), "uploads over the server's limit are refused");
 }
+
+/// Regression: two tasks of one job on one provider fetched the same workload at once and
+/// raced on its partial file (one failed with "does not match" / "No such file").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetches_of_one_blob_all_succeed() {
+    let a = Arc::new(BlobStore::open(dir("conc-src")).unwrap());
+    let bytes = data(4 * 1024 * 1024 + 3);
+    let id = a.put_bytes(&bytes).unwrap();
+    let url = serve(router(a, 1 << 20)).await;
+    let b = Arc::new(BlobStore::open(dir("conc-dst")).unwrap());
+    let fetcher = Fetcher::new();
+    let len = bytes.len() as u64;
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (f, b, url) = (fetcher.clone(), b.clone(), url.clone());
+            tokio::spawn(async move { f.fetch(&b, &id, Some(len), 1 << 30, &[url]).await })
+        })
+        .collect();
+    for r in runs {
+        let path = r.await.unwrap().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), bytes);
+    }
+    b.verify(&id).unwrap();
+}

@@ -289,3 +289,63 @@ impl Seek for FileWindow {
         Ok(target)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cairn-pkg-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_package_round_trips_and_reads_files_in_place() {
+        let d = dir("roundtrip");
+        let gguf = d.join("m.gguf");
+        std::fs::write(&gguf, b"0123456789").unwrap();
+        let out = d.join("pkg");
+        let id = write_package(Family::Gemma3, "tiny", &[("model.gguf".into(), gguf)], &out).unwrap();
+        assert_eq!(id, hash_file(&out).unwrap());
+        let p = ModelPackage::open_verified(&out, &id).unwrap();
+        assert_eq!(p.header.name, "tiny");
+        assert_eq!(p.read("model.gguf").unwrap(), b"0123456789");
+        let mut r = p.reader("model.gguf").unwrap();
+        r.seek(SeekFrom::Start(4)).unwrap();
+        let mut b = [0u8; 3];
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"456");
+        assert!(r.seek(SeekFrom::Current(-10)).is_err());
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"789", "reads stop at the file's end");
+    }
+
+    #[test]
+    fn broken_packages_are_refused_with_a_reason() {
+        let d = dir("broken");
+        let f = d.join("config.json");
+        std::fs::write(&f, b"{}").unwrap();
+        // A BERT package needs its weights and tokenizer.
+        let e =
+            write_package(Family::Bert, "x", &[("config.json".into(), f.clone())], &d.join("p")).unwrap_err();
+        assert!(e.to_string().contains("model.safetensors"), "{e}");
+        let gguf = d.join("m.gguf");
+        std::fs::write(&gguf, b"abc").unwrap();
+        let out = d.join("ok");
+        write_package(Family::Gemma3, "x", &[("model.gguf".into(), gguf)], &out).unwrap();
+        let mut bytes = std::fs::read(&out).unwrap();
+        bytes.pop();
+        let cut = d.join("cut");
+        std::fs::write(&cut, &bytes).unwrap();
+        assert!(ModelPackage::open(&cut).unwrap_err().to_string().contains("add up"));
+        std::fs::write(&cut, b"NOTAPKG").unwrap();
+        assert!(ModelPackage::open(&cut).is_err());
+        let e = write_package(Family::Gemma3, "", &[("model.gguf".into(), out.clone())], &d.join("q"))
+            .unwrap_err();
+        assert!(e.to_string().contains("name"), "{e}");
+    }
+}

@@ -467,3 +467,58 @@ pub fn parse_results(text: &str) -> Result<Vec<ResultLine>, ReqError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn chat(body: &str) -> Result<ChatRequest, ReqError> {
+        RequestLine::parse(body)?.chat()
+    }
+
+    #[test]
+    fn chat_requests_accept_openai_shapes() {
+        let r = chat(r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_completion_tokens":5,"stop":"x","stream":true,"stream_options":{"include_usage":true},"response_format":{"type":"text"}}"#).unwrap();
+        assert_eq!(r.messages[1].content, "ab");
+        assert_eq!(r.max_new_tokens(), Some(5));
+    }
+
+    #[test]
+    fn bad_chat_parameters_name_the_parameter() {
+        let code = |b: &str| chat(b).unwrap_err();
+        let e = code(r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = code(r#"{"messages":[{"role":"user","content":"x"}],"tools":[]}"#);
+        assert_eq!(e.code.as_deref(), Some("unsupported_parameter"));
+        let e = code(r#"{"messages":[{"role":"user","content":"x"}],"colour":1}"#);
+        assert_eq!((e.code.as_deref(), e.param.as_deref()), (Some("unknown_parameter"), Some("colour")));
+        let e = code(r#"{"messages":[{"role":"tool","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = code(r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#);
+        assert!(e.message.contains("not supported"), "{e:?}");
+        let e = code(r#"{"model":"m"}"#);
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert!(code("[1]").message.contains("JSON object"));
+    }
+
+    #[test]
+    fn embedding_requests_take_one_or_many_inputs() {
+        let one = RequestLine::parse(r#"{"input":"a"}"#).unwrap().embedding().unwrap();
+        assert_eq!(one.input.to_vec(), ["a"]);
+        let wrapped = RequestLine::parse(r#"{"custom_id":"c","body":{"input":["a","b"]}}"#).unwrap();
+        assert_eq!(wrapped.custom_id.as_deref(), Some("c"));
+        assert_eq!(wrapped.embedding().unwrap().input.to_vec().len(), 2);
+        assert!(RequestLine::parse(r#"{"input":[]}"#).unwrap().embedding().is_err());
+        assert!(RequestLine::parse(r#"{"input":"a","encoding_format":"hex"}"#).unwrap().embedding().is_err());
+        assert!(RequestLine::parse(r#"{"custom_id":7,"body":{"input":"a"}}"#).is_err());
+    }
+
+    #[test]
+    fn commitments_change_with_any_bit() {
+        let a = commit_embeddings(&[vec![0.5, -0.25]]);
+        assert_eq!(a, commit_embeddings(&[vec![0.5, -0.25]]));
+        assert_ne!(a, commit_embeddings(&[vec![0.5, -0.250_000_03]]));
+        assert_ne!(commit_tokens(&[1, 2]), commit_tokens(&[2, 1]));
+    }
+}
