@@ -229,21 +229,33 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
         submitted.push((name, id));
     }
 
+    // The chat request runs alongside the jobs above; its job joins the list once answered.
     let mut chat = Value::Null;
-    if let Some(g) = gateway {
-        let (reply, job, answer) = chat_via_gateway(g, json).await?;
-        say(
-            json,
-            &format!("[chat] job {}: {:?} ({} tokens)", job.short(), reply, answer["usage"]["total_tokens"]),
-        );
-        chat = json!({ "reply": reply, "job": job, "usage": answer["usage"], "provider": answer["cairn"]["provider"] });
-        submitted.push(("chat", job));
-    }
+    let mut chat_call = gateway.map(|g| {
+        let g = g.to_string();
+        tokio::spawn(async move { chat_via_gateway(&g, json).await })
+    });
 
     let mut last: BTreeMap<(JobId, u32), String> = BTreeMap::new();
     let mut running: BTreeSet<(JobId, u32)> = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let views: Vec<(String, JobView)> = loop {
+        if chat_call.as_ref().is_some_and(tokio::task::JoinHandle::is_finished)
+            && let Some(call) = chat_call.take()
+        {
+            let (reply, job, answer) = call.await.context("the chat request")??;
+            say(
+                json,
+                &format!(
+                    "[chat] job {}: {:?} ({} tokens)",
+                    job.short(),
+                    reply,
+                    answer["usage"]["total_tokens"]
+                ),
+            );
+            chat = json!({ "reply": reply, "job": job, "usage": answer["usage"], "provider": answer["cairn"]["provider"] });
+            submitted.push(("chat", job));
+        }
         let mut views = Vec::new();
         let started = started_tasks(&net.providers).await;
         for (name, id) in &submitted {
@@ -269,7 +281,7 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             }
             views.push((name.to_string(), v));
         }
-        if views.iter().all(|(_, v)| crate::job::finished(v)) {
+        if chat_call.is_none() && views.iter().all(|(_, v)| crate::job::finished(v)) {
             break views;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -280,7 +292,8 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
 
     // Fetch and verify every output.
     let store = BlobStore::open(net.root.join("client-blobs"))?;
-    let mut all_settled = true;
+    // A chat request still unanswered at the deadline counts as unsettled.
+    let mut all_settled = chat_call.is_none();
     let mut jobs_json = Vec::new();
     for (name, v) in &views {
         let settled = v.tasks.iter().all(|t| matches!(t.state, TaskState::Settled { .. }));

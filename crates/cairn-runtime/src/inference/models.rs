@@ -122,27 +122,15 @@ impl GemmaTokenizer {
     /// [`RunError::InvalidWorkload`] when the metadata is missing or inconsistent.
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
         let get = |k: &str| ct.metadata.get(k).ok_or_else(|| tok_err(format!("GGUF has no {k}")));
-        let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
-            .to_vec()
-            .map_err(tok_err)?
-            .iter()
-            .map(|v| v.to_string().cloned())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(tok_err)?;
-        let scores: Vec<f32> = get("tokenizer.ggml.scores")?
-            .to_vec()
-            .map_err(tok_err)?
-            .iter()
-            .map(gguf_file::Value::to_f32)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(tok_err)?;
-        let types: Vec<i32> = get("tokenizer.ggml.token_type")?
-            .to_vec()
-            .map_err(tok_err)?
-            .iter()
-            .map(gguf_file::Value::to_i32)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(tok_err)?;
+        fn array<T>(
+            v: &gguf_file::Value,
+            f: impl Fn(&gguf_file::Value) -> candle_core::Result<T>,
+        ) -> Result<Vec<T>> {
+            v.to_vec().map_err(tok_err)?.iter().map(f).collect::<std::result::Result<_, _>>().map_err(tok_err)
+        }
+        let tokens = array(get("tokenizer.ggml.tokens")?, |v| v.to_string().cloned())?;
+        let scores = array(get("tokenizer.ggml.scores")?, gguf_file::Value::to_f32)?;
+        let types = array(get("tokenizer.ggml.token_type")?, gguf_file::Value::to_i32)?;
         if tokens.len() != scores.len() || tokens.len() != types.len() || tokens.is_empty() {
             return Err(tok_err("vocabulary, scores and types differ in length"));
         }
