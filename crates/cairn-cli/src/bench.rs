@@ -341,6 +341,9 @@ pub(crate) struct InferenceArgs {
     /// Skip the market measurement (in-process and executor only).
     #[arg(long)]
     no_market: bool,
+    /// Repetitions of each warm measurement (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
     /// Where the network lives while measured.
     #[arg(long, default_value = ".cairn/bench-inference")]
     home: PathBuf,
@@ -366,7 +369,7 @@ async fn market_job(
     dir: &std::path::Path,
     model: &crate::catalog::ServedModel,
     lines: &[serde_json::Value],
-) -> Result<f64> {
+) -> Result<(f64, cairn_types::JobId)> {
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("batch.jsonl"), &text)?;
     let manifest = format!(
@@ -380,7 +383,7 @@ async fn market_job(
     loop {
         let v = crate::job::job_view(client, &job).await?;
         if v.tasks.iter().all(|t| crate::job::output_of(t).is_some()) {
-            return Ok(t0.elapsed().as_secs_f64());
+            return Ok((t0.elapsed().as_secs_f64(), job));
         }
         if crate::job::finished(&v) {
             bail!("the benchmark job ended without output");
@@ -409,44 +412,50 @@ async fn inference(a: InferenceArgs) -> Result<()> {
         "messages": [{ "role": "user", "content": BENCH_PROMPT }], "max_tokens": a.tokens, "temperature": 0,
     });
 
-    // In process, straight on candle.
-    let t = Instant::now();
-    let e = Engine::load(&ModelPackage::open(&minilm.path)?, &device)?;
-    let minilm_load = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for i in 0..a.embeddings {
-        e.embed(&bench_sentence(i))?;
-    }
-    let direct_embed = t.elapsed().as_secs_f64();
-    drop(e);
-    let t = Instant::now();
-    let g = Engine::load(&ModelPackage::open(&gemma.path)?, &device)?;
-    let gemma_load = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (_, generated) = g.chat(BENCH_PROMPT, a.tokens)?;
-    let direct_gen = t.elapsed().as_secs_f64();
-    drop(g);
-
-    // The provider's executor: task files in, JSON results and commitments out.
+    // In process, straight on candle (`Engine`), against the provider's executor (task files
+    // in; JSON results, commitments and the bundle out), interleaved rep by rep so both see the
+    // same machine state; medians reported.
     let exec = InferenceExecutor::new(InferenceConfig::cpu(dir.join("exec")));
-    let mut exec_time = Vec::new();
-    let mut exec_cold = Vec::new();
+    let mut loads = Vec::new();
+    let mut timings: Vec<(f64, f64)> = Vec::new();
+    let mut generated = 0;
     for (m, lines) in [(&minilm, embed_lines.clone()), (&gemma, vec![chat_line.clone()])] {
+        let t = Instant::now();
+        let engine = Engine::load(&ModelPackage::open(&m.path)?, &device)?;
+        let direct_load = t.elapsed().as_secs_f64();
         let t = Instant::now();
         exec.prepare_file(&m.id, &m.path)?;
         exec.preload(&m.id)?;
-        exec_cold.push(t.elapsed().as_secs_f64());
+        let exec_load = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        cairn_runtime::inference::ModelTokenizer::load(&ModelPackage::open(&m.path)?)?;
+        let tokenizer_load = t.elapsed().as_secs_f64();
+        loads.push((direct_load, exec_load, tokenizer_load));
         let req = requests_file(&dir, &lines)?;
         let mut task = TaskRun::new(m.id, cairn_types::Limits { wall_ms: 600_000, ..Default::default() });
         task.inputs.push(("requests.jsonl".into(), req));
-        let t = Instant::now();
-        exec.run(&task)?;
-        exec_time.push(t.elapsed().as_secs_f64());
+        let (mut direct, mut executor) = (Vec::new(), Vec::new());
+        for _ in 0..a.reps.max(1) {
+            let t = Instant::now();
+            if m.header.name == MINILM {
+                for i in 0..a.embeddings {
+                    engine.embed(&bench_sentence(i))?;
+                }
+            } else {
+                generated = engine.chat(BENCH_PROMPT, a.tokens)?.1;
+            }
+            direct.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            exec.run(&task)?;
+            executor.push(t.elapsed().as_secs_f64());
+        }
+        timings.push((median(&mut direct), median(&mut executor)));
     }
     drop(exec);
 
     // The market: a devnet with one provider serving both models.
     let mut market = None;
+    let mut market_added = None;
     if !a.no_market {
         let layout = crate::devnet::Layout {
             validators: 1,
@@ -464,26 +473,43 @@ async fn inference(a: InferenceArgs) -> Result<()> {
         let served = crate::catalog::served_models(&client).await?;
         let (sm, sg) =
             (crate::catalog::find(&served, MINILM)?.clone(), crate::catalog::find(&served, GEMMA)?.clone());
-        let embed_cold = market_job(&client, &faucet, &dir, &sm, &embed_lines).await?;
-        let embed_warm = market_job(&client, &faucet, &dir, &sm, &embed_lines).await?;
-        let gen_cold = market_job(&client, &faucet, &dir, &sg, std::slice::from_ref(&chat_line)).await?;
-        let gen_warm = market_job(&client, &faucet, &dir, &sg, std::slice::from_ref(&chat_line)).await?;
+        // Each warm job's time minus the provider's own run time (from its log) is what the
+        // market adds: transactions, blocks, fetching inputs, committing.
+        let log = net.root.join("provider-0").join("provider.log");
+        let mut runs = Vec::new();
+        for (m, lines) in [(&sm, embed_lines.as_slice()), (&sg, std::slice::from_ref(&chat_line))] {
+            let cold = market_job(&client, &faucet, &dir, m, lines).await?.0;
+            let mut warm = Vec::new();
+            let mut added = Vec::new();
+            for _ in 0..a.reps.max(1) {
+                let (secs, job) = market_job(&client, &faucet, &dir, m, lines).await?;
+                warm.push(secs);
+                if let Some(ran) = provider_run_secs(&log, &cairn_types::TaskId::derive(&job, 0)) {
+                    added.push(secs - ran);
+                }
+            }
+            runs.push((cold, median(&mut warm), median(&mut added)));
+        }
+        let ((embed_cold, embed_warm, embed_added), (gen_cold, gen_warm, gen_added)) = (runs[0], runs[1]);
+        market_added = Some((embed_added, gen_added));
         market = Some((embed_cold, embed_warm, gen_cold, gen_warm));
         drop(net);
     }
 
     let n = a.embeddings as f64;
     let k = generated as f64;
+    println!("Medians of {} rep(s).", a.reps.max(1));
+    println!();
     println!(
-        "| model | measure | in-process (candle) | provider executor | ratio | market job, warm | budget (1.05× + 200 ms) | market job, cold |"
+        "| model | measure | in-process (candle) | provider executor | ratio | market job, warm | market adds (job − provider's run) | budget (1.05× + 200 ms) | market job, cold |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    let row = |name: &str, what: &str, direct: f64, exec: f64, units: f64, m: Option<(f64, f64)>| {
-        let (warm, cold) = m.map_or(("–".to_string(), "–".to_string()), |(c, w)| {
-            (format!("{:.0} ms", w * 1e3), format!("{:.0} ms", c * 1e3))
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let row = |name: &str, what: &str, direct: f64, exec: f64, units: f64, m: Option<(f64, f64, f64)>| {
+        let (warm, over, cold) = m.map_or(("–".into(), "–".into(), "–".into()), |(c, w, added)| {
+            (format!("{:.0} ms", w * 1e3), format!("{:.0} ms", added * 1e3), format!("{:.0} ms", c * 1e3))
         });
         println!(
-            "| {name} | {what} | {:.1}/s ({:.0} ms) | {:.1}/s ({:.0} ms) | {:.2}× | {warm} | {:.0} ms | {cold} |",
+            "| {name} | {what} | {:.1}/s ({:.0} ms) | {:.1}/s ({:.0} ms) | {:.2}× | {warm} | {over} | {:.0} ms | {cold} |",
             units / direct,
             direct * 1e3,
             units / exec,
@@ -495,16 +521,40 @@ async fn inference(a: InferenceArgs) -> Result<()> {
     row(
         MINILM,
         &format!("{} embeddings", a.embeddings),
-        direct_embed,
-        exec_time[0],
+        timings[0].0,
+        timings[0].1,
         n,
-        market.map(|m| (m.0, m.1)),
+        market.zip(market_added).map(|(m, x)| (m.0, m.1, x.0)),
     );
-    row(GEMMA, &format!("{generated} tokens"), direct_gen, exec_time[1], k, market.map(|m| (m.2, m.3)));
+    row(
+        GEMMA,
+        &format!("{generated} tokens"),
+        timings[1].0,
+        timings[1].1,
+        k,
+        market.zip(market_added).map(|(m, x)| (m.2, m.3, x.1)),
+    );
     println!();
-    println!("| model | cold load in-process | executor cold start (hash check + load) |");
-    println!("|---|---:|---:|");
-    println!("| {MINILM} | {:.0} ms | {:.0} ms |", minilm_load * 1e3, exec_cold[0] * 1e3);
-    println!("| {GEMMA} | {:.0} ms | {:.0} ms |", gemma_load * 1e3, exec_cold[1] * 1e3);
+    println!(
+        "| model | cold load in-process | executor cold start (hash check + load) | tokenizer only (gateway) |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (name, (d, e, t)) in [MINILM, GEMMA].iter().zip(&loads) {
+        println!("| {name} | {:.0} ms | {:.0} ms | {:.0} ms |", d * 1e3, e * 1e3, t * 1e3);
+    }
     Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// How long the provider says it ran `task` (its `task ran … ms=` log line).
+fn provider_run_secs(log: &std::path::Path, task: &cairn_types::TaskId) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let key = format!("task ran task={}", task.short());
+    let line = text.lines().find(|l| l.contains(&key))?;
+    let ms: f64 = line.split(" ms=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    Some(ms / 1e3)
 }

@@ -261,7 +261,14 @@ impl Gateway {
                 unavailable(&e)
             }
         })?;
-        let (_, receipt) = self.client.wait_for(&hash, self.timeout).await.map_err(|e| unavailable(&e))?;
+        let deadline = Instant::now() + self.timeout;
+        // Inclusion is waited for on its own clock: a job that lands must be seen, so that it
+        // can be cancelled if its result is late.
+        let (_, receipt) = self
+            .client
+            .wait_for(&hash, self.timeout.max(Duration::from_secs(60)))
+            .await
+            .map_err(|e| unavailable(&e))?;
         let job = match receipt {
             Receipt::Tx { status: TxStatus::Ok, events, .. } => events
                 .iter()
@@ -279,7 +286,6 @@ impl Gateway {
             }
             Receipt::EndBlock { .. } => return Err(unavailable(&"unexpected receipt")),
         };
-        let deadline = Instant::now() + self.timeout;
         loop {
             let v =
                 crate::job::job_view(&self.client, &job).await.map_err(|e| unavailable(&format!("{e:#}")))?;
@@ -326,7 +332,7 @@ impl Gateway {
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
                     format!(
-                        "No result within {} s; the job was cancelled and refunded.",
+                        "No result within {} s; job {job} was cancelled and its escrow refunded.",
                         self.timeout.as_secs()
                     ),
                 ));

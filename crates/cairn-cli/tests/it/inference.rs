@@ -48,14 +48,18 @@ impl Drop for Gateway {
 }
 
 fn start_gateway(root: &Path, api: &str, port: u16) -> Gateway {
-    let log = root.join("gateway.log");
+    start_gateway_with(root, api, port, &["--timeout-secs", "120"])
+}
+
+fn start_gateway_with(root: &Path, api: &str, port: u16, extra: &[&str]) -> Gateway {
+    let log = root.join(format!("gateway-{port}.log"));
     let f = std::fs::File::create(&log).unwrap();
     let child = Command::new(BIN)
         .args(["gateway", "--api", api, "--listen", &format!("127.0.0.1:{port}"), "--key-file"])
         .arg(root.join("gateway.key"))
         .arg("--cache")
         .arg(root.join("gateway-cache"))
-        .args(["--timeout-secs", "120"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(f.try_clone().unwrap())
         .stderr(f)
@@ -279,6 +283,40 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
         .unwrap();
     assert!(again.success());
     assert_eq!(nonce(&gateway_addr), before);
+
+    // A request that outlives the gateway's timeout is cancelled: the job is refunded and
+    // nothing stays in escrow.
+    let slow = start_gateway_with(root, &api, base + 301, &["--timeout-secs", "1"]);
+    let (status, body) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/chat/completions", slow.url))
+            .json(&serde_json::json!({
+                "model": "gemma-3-270m", "max_tokens": 400, "temperature": 0,
+                "messages": [{ "role": "user", "content": "Tell a very long story about stones." }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    });
+    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("timeout")), "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    let job = msg.split("job ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    let c = node.client();
+    let view = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+            if v["tasks"].as_array().unwrap().iter().all(|t| t["state"]["state"] == "refunded") {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the cancelled job was not refunded: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let escrow: Amount = serde_json::from_value(view["escrow"].clone()).unwrap();
+    assert_eq!(escrow, Amount::ZERO, "{view}");
+    drop(slow);
 
     // Prometheus metrics count what happened.
     let metrics = rt.block_on(async {

@@ -65,6 +65,12 @@ pub fn isa_class() -> String {
         if std::arch::is_x86_feature_detected!("avx512f") {
             f.push("avx512f");
         }
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            f.push("avx512bw");
+        }
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            f.push("avx512vnni");
+        }
         f.join("+")
     }
     #[cfg(target_arch = "aarch64")]
