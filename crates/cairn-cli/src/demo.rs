@@ -138,10 +138,13 @@ fn short(a: &Address) -> String {
 /// One line describing a task's state, for printing when it changes.
 fn describe(
     t: &Task,
+    job: &cairn_state::model::Job,
     names: &BTreeMap<Address, String>,
     params: &cairn_state::Params,
-    reserve: Amount,
 ) -> String {
+    let reserve = job.reserve_per_task;
+    // What the metered units are: fuel for WASM, tokens for inference.
+    let unit = if job.kind == cairn_types::WorkloadKind::Inference { "tokens" } else { "fuel" };
     let who = |p: &Address| names.get(p).cloned().unwrap_or_else(|| short(p));
     match &t.state {
         TaskState::Open { auction_end, bids } if bids.is_empty() => {
@@ -157,7 +160,7 @@ fn describe(
         }
         TaskState::Committed { provider, output, settle_at, metering, .. } => {
             format!(
-                "committed by {}: output {}, {} fuel; settles at block {settle_at}",
+                "committed by {}: output {}, {} {unit}; settles at block {settle_at}",
                 who(provider),
                 output.short(),
                 metering.units
@@ -261,7 +264,7 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
         for (name, id) in &submitted {
             let v = job_view(&client, id).await?;
             for t in &v.tasks {
-                let line = describe(t, &names, &params, v.job.reserve_per_task);
+                let line = describe(t, &v.job, &names, &params);
                 if last.get(&(*id, t.index)) != Some(&line) {
                     say(json, &format!("[{name}] task {}: {line}", t.index));
                     last.insert((*id, t.index), line);
