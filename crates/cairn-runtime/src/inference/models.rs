@@ -117,6 +117,7 @@ pub struct GemmaTokenizer {
 impl GemmaTokenizer {
     /// Rebuild the tokenizer from GGUF metadata: merges ranked by the merged piece's score
     /// (SentencePiece's BPE rule), byte fallback, spaces as `▁`, user-defined pieces atomic.
+    /// `tests/it/inference.rs` checks it against Google's SentencePiece on the same vocabulary.
     ///
     /// # Errors
     /// [`RunError::InvalidWorkload`] when the metadata is missing or inconsistent.
@@ -197,7 +198,9 @@ impl GemmaTokenizer {
         let user: Vec<tokenizers::AddedToken> = tokens
             .iter()
             .zip(&types)
-            .filter(|(_, t)| **t == USER)
+            // SentencePiece matches user-defined pieces after spaces became `▁`, so the GGUF's
+            // space-run pieces ("  ", "   "…) never match text; only the others are atomic.
+            .filter(|(s, t)| **t == USER && !s.contains(' '))
             .map(|(s, _)| tokenizers::AddedToken::from(s.clone(), false).normalized(false))
             .collect();
         tok.add_tokens(user).map_err(tok_err)?;

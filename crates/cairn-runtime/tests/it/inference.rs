@@ -149,6 +149,22 @@ fn gemma_tokenizer_round_trips_and_never_makes_control_tokens_from_text() {
     assert_eq!(t.encode(" the").unwrap().len(), 1);
 }
 
+/// Reference ids from Google's SentencePiece on the same vocabulary
+/// (`scripts/gemma-reference-tokens.py` wrote `testdata/gemma-tokens.json`).
+#[test]
+fn gemma_tokenizer_matches_sentencepiece() {
+    let pkg = ModelPackage::open(&model(GEMMA).path).unwrap();
+    let ModelTokenizer::Gemma(t) = ModelTokenizer::load(&pkg).unwrap() else { panic!("not gemma") };
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(crate::testdata("gemma-tokens.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 12);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        assert_eq!(t.encode(text).unwrap(), want, "{text:?}");
+    }
+}
+
 #[test]
 fn a_package_that_fails_its_hash_is_refused() {
     let m = model(MINILM);
