@@ -9,6 +9,7 @@ use crate::harness::*;
 
 #[test]
 fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
+    let _heavy = heavy();
     let dir = TempDir::new("demo");
     let base = free_base(3);
     let (ok, stdout, stderr) = cairn(

@@ -172,6 +172,13 @@ pub(crate) fn rt() -> tokio::runtime::Runtime {
 
 pub(crate) const READY: Duration = Duration::from_secs(60);
 
+/// Held by the tests that load both CPU cores for long (model inference, a validator set under
+/// load), so they do not starve each other's timing on a two-core machine.
+pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One provider process.
 pub(crate) struct ProviderProc {
     pub(crate) proc_: Proc,

@@ -98,6 +98,7 @@ fn address_of(key_file: &Path) -> Address {
 
 #[test]
 fn inference_batches_and_the_openai_gateway_run_on_the_market() {
+    let _heavy = heavy();
     let py = python_with_openai();
     let dir = TempDir::new("inference");
     let root = &dir.0;

@@ -168,6 +168,7 @@ fn bad_requests_get_typed_json_errors_and_the_node_keeps_finalizing() {
 
 #[test]
 fn a_validator_killed_with_sigkill_under_load_restarts_to_the_same_root() {
+    let _heavy = heavy();
     let dir = TempDir::new("kill");
     let n = 4;
     let base = create_devnet(&dir.0, n);
