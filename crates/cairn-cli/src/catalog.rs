@@ -23,7 +23,7 @@ pub(crate) struct ServedModel {
 impl ServedModel {
     /// The constraint a job puts on providers to reach this model.
     pub(crate) fn attribute(&self) -> (String, String) {
-        (format!("model:{}", self.id), format!("{}:{}", self.task, self.name))
+        (cairn_provider::daemon::model_attribute(&self.id), format!("{}:{}", self.task, self.name))
     }
 
     /// The cheapest posted price.
