@@ -134,6 +134,7 @@ async fn measure(a: &ChainArgs, n: usize) -> Result<Row> {
         api_port: base.saturating_add(10),
         provider_port: base.saturating_add(15),
         models: Vec::new(),
+        params: Vec::new(),
     };
     let mut net = crate::devnet::start(&root, &layout, true, &funded)?;
     crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
@@ -228,6 +229,7 @@ async fn jobs(a: JobsArgs) -> Result<()> {
         api_port: 27_410,
         provider_port: 27_420,
         models: Vec::new(),
+        params: Vec::new(),
     };
     let mut net = crate::devnet::start(&a.home, &layout, true, &[])?;
     crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
@@ -464,6 +466,7 @@ async fn inference(a: InferenceArgs) -> Result<()> {
             api_port: 27_510,
             provider_port: 27_520,
             models: vec![(minilm.id, minilm.path.clone()), (gemma.id, gemma.path.clone())],
+            params: Vec::new(),
         };
         let mut net = crate::devnet::start(&a.home.join("net"), &layout, true, &[])?;
         crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;

@@ -169,8 +169,12 @@ fn describe(
         TaskState::Settled { provider, price, .. } => {
             let fee = price.checked_bps(params.protocol_fee_bps).unwrap_or_default();
             let paid = price.checked_sub(fee).unwrap_or_default();
-            let refund = reserve.checked_sub(*price).unwrap_or_default();
-            format!("settled: {} paid {paid}, protocol fee {fee}, {refund} back to the client", who(provider))
+            let vfee = reserve.checked_sub(job.max_price).unwrap_or_default();
+            let refund = reserve.checked_sub(*price).and_then(|r| r.checked_sub(vfee)).unwrap_or_default();
+            format!(
+                "settled: {} paid {paid}, protocol fee {fee}, verification fee {vfee} to the audit pool, {refund} back to the client",
+                who(provider)
+            )
         }
         TaskState::Refunded { reason, .. } => format!("refunded to the client ({reason:?})"),
     }

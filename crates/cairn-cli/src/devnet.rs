@@ -58,6 +58,29 @@ pub(crate) struct DevnetArgs {
     /// The OpenAI-compatible gateway's port.
     #[arg(long, default_value_t = 8090)]
     gateway_port: u16,
+    /// Override a chain parameter of a new devnet, e.g. `--param canary_rate_bps=500`
+    /// (repeatable; names as in the genesis file's `[params]`).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+}
+
+/// Apply `NAME=VALUE` overrides to `params`; values are numbers or amounts ("5 CRN").
+pub(crate) fn override_params(params: Params, overrides: &[String]) -> Result<Params> {
+    let mut v = serde_json::to_value(&params)?;
+    for o in overrides {
+        let Some((name, value)) = o.split_once('=') else {
+            bail!("--param {o:?}: expected NAME=VALUE");
+        };
+        let (name, value) = (name.trim(), value.trim());
+        let slot = v.get_mut(name).with_context(|| format!("--param: no chain parameter named {name:?}"))?;
+        *slot = match value.parse::<u64>() {
+            Ok(n) if slot.is_number() => serde_json::json!(n),
+            _ => serde_json::json!(value),
+        };
+    }
+    let out: Params = serde_json::from_value(v).context("--param: a value has the wrong type")?;
+    out.validate().map_err(|e| anyhow::anyhow!("--param: {e}"))?;
+    Ok(out)
 }
 
 pub(crate) const CHAIN_ID: &str = "cairn-devnet";
@@ -75,6 +98,8 @@ fn provider_home(root: &Path, i: usize) -> PathBuf {
 pub(crate) fn devnet_params() -> Params {
     Params {
         challenge_window: 5,
+        // About a minute at devnet block rates: time for a re-run of the demo's inference.
+        audit_window: 240,
         unbonding_blocks: 60,
         reward_epoch_blocks: 60,
         heartbeat_timeout: 600,
@@ -119,7 +144,7 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
     funded.push((gateway.address(), crn(100_000)));
     funded.extend_from_slice(extra);
     let validators: Vec<_> = keys.iter().map(SecretKey::address).collect();
-    let genesis = local_genesis(CHAIN_ID, &validators, &funded, devnet_params());
+    let genesis = local_genesis(CHAIN_ID, &validators, &funded, override_params(devnet_params(), &a.params)?);
     for (i, k) in keys.iter().enumerate() {
         let config = NodeConfig {
             moniker: format!("validator-{i}"),
@@ -176,6 +201,7 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
             heartbeat_secs: 20,
             models: a.models.iter().map(|m| m.0).collect(),
             gpu: false,
+            behaviour: Default::default(),
         };
         ProviderHome(provider_home(root, i)).init(&cfg, k)?;
     }
@@ -192,6 +218,8 @@ pub(crate) struct Layout {
     pub(crate) provider_port: u16,
     /// Model packages every provider serves (id, package file).
     pub(crate) models: Vec<(cairn_types::ContentId, PathBuf)>,
+    /// Chain parameter overrides (`NAME=VALUE`).
+    pub(crate) params: Vec<String>,
 }
 
 /// The running processes; killed when dropped.
@@ -393,7 +421,10 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
         api_port: a.api_port,
         provider_port: a.provider_port,
         models,
+        params: a.params.clone(),
     };
+    // Bad overrides fail before anything is written.
+    override_params(devnet_params(), &layout.params)?;
     let mut net = start(&a.home, &layout, a.fresh, &[])?;
     let code = rt.block_on(async {
         wait_ready(&mut net, 1, Duration::from_secs(60)).await?;

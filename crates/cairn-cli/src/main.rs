@@ -17,6 +17,7 @@ mod manifest;
 mod model;
 mod node;
 mod provider;
+mod sim;
 mod wallet;
 
 /// Cairn: verified AI compute on a decentralized network.
@@ -51,6 +52,9 @@ enum Command {
     /// Measure the network.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulate verification economics at scale on the real state machine: cheaters,
+    /// colluders and lazy auditors against random audits, disputes and canaries.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Provider(p) => provider::run(p),
         Command::Model(m) => model::run(m),
         Command::Gateway(g) => gateway::run(g),
+        Command::Sim(s) => sim::run(s),
     }
 }
 

@@ -111,6 +111,7 @@ pub(crate) fn run(cmd: ProviderCommand) -> Result<()> {
                 heartbeat_secs: 30,
                 models,
                 gpu: a.gpu,
+                behaviour: Default::default(),
             };
             let key = SecretKey::generate()?;
             ProviderHome(a.home.home.clone()).init(&cfg, &key)?;

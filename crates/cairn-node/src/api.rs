@@ -123,6 +123,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/providers", get(providers))
         .route("/api/providers/{address}", get(provider))
         .route("/api/providers/{address}/tasks", get(provider_tasks))
+        .route("/api/providers/{address}/audits", get(provider_audits))
         .route("/api/tasks", get(open_tasks))
         .route("/api/jobs/{id}", get(job))
         .route("/api/tasks/{id}", get(task))
@@ -351,6 +352,30 @@ async fn provider_tasks(
     Ok(Json(json!({ "tasks": tasks })))
 }
 
+/// Audit assignments a provider has not answered: the task to re-run, the output it is checked
+/// against, and the last height a verdict is taken. Canaries look like any other assignment.
+async fn provider_audits(
+    State(st): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path(a) = path?;
+    let address: Address =
+        a.parse().map_err(|e: cairn_types::Error| ApiError::bad("bad_address", e.to_string()))?;
+    ready(&st)?;
+    let pending = st.shared.audits_where(
+        |r| r.auditors.iter().zip(&r.verdicts).any(|(x, v)| *x == address && v.is_none()),
+        10_000,
+    );
+    let mut out = Vec::with_capacity(pending.len());
+    for r in pending {
+        let task = st.shared.read(|s| s.task(&r.task)).map_err(ApiError::internal)?;
+        if let Some(task) = task {
+            out.push(json!({ "task": task, "claimed": r.claimed, "due": r.due }));
+        }
+    }
+    Ok(Json(json!({ "audits": out })))
+}
+
 /// Query of `GET /api/tasks`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -405,7 +430,11 @@ async fn task(
         .read(|s| s.task(&id))
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found("task"))?;
-    Ok(Json(json!({ "task": task })))
+    // A random audit or dispute in progress (canaries are not shown).
+    let audit = st.shared.read(|s| s.audit(&id)).map_err(ApiError::internal)?.map(|a| {
+        json!({ "kind": a.kind, "auditors": a.auditors, "answered": a.verdicts.iter().filter(|v| v.is_some()).count(), "due": a.due, "challenger": a.challenger.map(|c| c.0) })
+    });
+    Ok(Json(json!({ "task": task, "audit": audit })))
 }
 
 fn block_json(b: &CairnBlock, digest: [u8; 32]) -> Value {

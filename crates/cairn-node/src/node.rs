@@ -299,6 +299,27 @@ impl NodeShared {
             .collect()
     }
 
+    /// Every committed audit, dispute and canary (in that order, each in key order) passing `keep`.
+    pub fn audits_where(
+        &self,
+        keep: impl Fn(&cairn_state::model::Audit) -> bool,
+        limit: usize,
+    ) -> Vec<cairn_state::model::Audit> {
+        let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        [cairn_state::keys::AUDIT, cairn_state::keys::CANARY]
+            .into_iter()
+            .flat_map(|prefix| {
+                mirror
+                    .committed
+                    .range(vec![prefix]..)
+                    .take_while(move |(k, _)| k.first() == Some(&prefix))
+                    .filter_map(|(_, v)| borsh::from_slice::<cairn_state::model::Audit>(v).ok())
+            })
+            .filter(|a| keep(a))
+            .take(limit)
+            .collect()
+    }
+
     /// The committed account view the mempool checks against.
     pub fn account_view(&self, who: &cairn_types::Address) -> AccountView {
         self.read(|s| {

@@ -70,6 +70,14 @@ pub struct ProviderConfig {
     /// Run inference on GPU 0 (a `cuda` build); otherwise, or when no GPU opens, on the CPU.
     #[serde(default)]
     pub gpu: bool,
+    /// How this provider behaves: honest (the default), or an adversary for tests and drills
+    /// (`[behaviour] kind = "wrong_always"`…) — see [`cairn_types::Behaviour`].
+    #[serde(default, skip_serializing_if = "is_honest")]
+    pub behaviour: cairn_types::Behaviour,
+}
+
+fn is_honest(b: &cairn_types::Behaviour) -> bool {
+    *b == cairn_types::Behaviour::Honest
 }
 
 impl ProviderConfig {

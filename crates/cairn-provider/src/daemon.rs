@@ -11,8 +11,8 @@ use cairn_runtime::{Executor, InferenceConfig, InferenceExecutor, TaskRun, WasmC
 use cairn_state::model::{Provider, Stake, Task, TaskState};
 use cairn_types::{
     Address, Amount, Bid, Bond, Canonical, CommitResult, ContentId, ErrorCode, Heartbeat, JobId, JobSpec,
-    Metering, ProviderInfo, RegisterProvider, SecretKey, TaskId, TxBody, TxStatus, UpdateProvider,
-    WorkloadKind,
+    Metering, ProviderInfo, RegisterProvider, SecretKey, SubmitAudit, TaskId, TxBody, TxStatus,
+    UpdateProvider, WorkloadKind,
 };
 use futures::StreamExt as _;
 use serde::Deserialize;
@@ -43,6 +43,8 @@ struct Ctx {
     ledger: Mutex<Ledger>,
     active: Mutex<BTreeSet<TaskId>>,
     bid_on: Mutex<BTreeSet<TaskId>>,
+    /// Audit assignments being answered, by task and verdict deadline.
+    auditing: Mutex<BTreeSet<(TaskId, u64)>>,
     specs: Mutex<BTreeMap<JobId, JobSpec>>,
     pricing: Box<dyn PricingPolicy>,
     slots: Semaphore,
@@ -63,6 +65,18 @@ impl Ctx {
 #[derive(Deserialize)]
 struct TasksView {
     tasks: Vec<Task>,
+}
+
+#[derive(Deserialize)]
+struct AuditsView {
+    audits: Vec<AuditView>,
+}
+
+#[derive(Deserialize)]
+struct AuditView {
+    task: Task,
+    claimed: ContentId,
+    due: u64,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +135,7 @@ pub async fn run(home: &Path) -> Result<()> {
         ledger: Mutex::new(Ledger::load(&home.ledger())?),
         active: Mutex::new(BTreeSet::new()),
         bid_on: Mutex::new(BTreeSet::new()),
+        auditing: Mutex::new(BTreeSet::new()),
         specs: Mutex::new(BTreeMap::new()),
         pricing,
         slots: Semaphore::new(cfg.max_parallel),
@@ -130,6 +145,9 @@ pub async fn run(home: &Path) -> Result<()> {
     serve(&ctx).await?;
     register(&ctx, &key).await?;
     info!(provider = %ctx.me, endpoint = %ctx.cfg.endpoint, "provider ready");
+    if ctx.cfg.behaviour != cairn_types::Behaviour::Honest {
+        warn!(behaviour = ctx.cfg.behaviour.name(), "this provider runs an adversary behaviour");
+    }
 
     let hb = ctx.clone();
     tokio::spawn(async move {
@@ -273,7 +291,7 @@ async fn watch_events(ctx: Arc<Ctx>) {
                 let mut stream = Box::pin(stream);
                 while let Some(ev) = stream.next().await {
                     let kind = ev.pointer("/event/event").and_then(|k| k.as_str()).unwrap_or("");
-                    if matches!(kind, "task_opened" | "task_assigned" | "job_submitted")
+                    if matches!(kind, "task_opened" | "task_assigned" | "job_submitted" | "audit_assigned")
                         || ev["type"] == "block"
                     {
                         ctx.wake.notify_one();
@@ -338,7 +356,61 @@ async fn reconcile(ctx: &Arc<Ctx>) {
         }
         Err(e) => warn!(error = %e, "cannot list assigned tasks; running work continues"),
     }
+    if ctx.cfg.behaviour.answers_audits() {
+        audits(ctx).await;
+    }
     bid(ctx).await;
+}
+
+/// Answer the chain's audit assignments: re-run each task in the same deterministic runtime
+/// and submit the output root before the verdict deadline.
+async fn audits(ctx: &Arc<Ctx>) {
+    let me = ctx.me;
+    let Ok(v) = ctx.client.get::<AuditsView>(&format!("/api/providers/{me}/audits")).await else { return };
+    for a in v.audits {
+        let key = (a.task.id, a.due);
+        if !ctx.auditing.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+            continue;
+        }
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            audit(&c, a).await;
+            c.auditing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+    }
+}
+
+async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
+    let task = a.task;
+    let worker = match &task.state {
+        TaskState::Committed { provider, .. } | TaskState::Settled { provider, .. } => Some(*provider),
+        _ => None,
+    };
+    let (output, metering) = if ctx.cfg.behaviour.reruns_audit(worker.as_ref()) {
+        let Ok(_permit) = ctx.slots.acquire().await else { return };
+        let Some(spec) = spec_of(ctx, &task.job).await else {
+            warn!(task = %task.id.short(), "cannot read the audited job's spec");
+            return;
+        };
+        match execute(ctx, &task, &spec, false).await {
+            Ok((output, units, output_bytes)) => (output, Metering { units, output_bytes }),
+            Err(e) => {
+                warn!(task = %task.id.short(), error = %e, "cannot re-run the audited task");
+                return;
+            }
+        }
+    } else {
+        (a.claimed, Metering::default())
+    };
+    let body = TxBody::SubmitAudit(SubmitAudit { task: task.id, output, metering });
+    match ctx.sender.submit_and_wait(body, Duration::from_secs(60)).await {
+        Ok(TxStatus::Ok) => {
+            let verdict = if output == a.claimed { "match" } else { "mismatch" };
+            info!(task = %task.id.short(), output = %output.short(), verdict, "audit submitted");
+        }
+        Ok(other) => warn!(task = %task.id.short(), ?other, "audit verdict refused"),
+        Err(e) => warn!(task = %task.id.short(), error = %e, "audit verdict not accepted"),
+    }
 }
 
 async fn bid(ctx: &Ctx) {
@@ -376,7 +448,18 @@ async fn fetch(ctx: &Ctx, spec: &JobSpec, id: &ContentId, size: Option<u64>) -> 
     Ok(ctx.fetcher.fetch(&ctx.blobs, id, size, MAX_BLOB, &sources).await?)
 }
 
-async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec) -> Result<(ContentId, u64, u64)> {
+/// Run a task and store its output bundle. With `forge`, the output is then falsified
+/// (adversary behaviours only).
+async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec, forge: bool) -> Result<(ContentId, u64, u64)> {
+    if forge && !ctx.cfg.behaviour.runs_work() {
+        // A plausible result without the work: a clean exit and nothing written.
+        let mut bundle = cairn_types::OutputBundle::default();
+        bundle.files.insert(cairn_types::OutputBundle::EXIT.into(), b"ok".to_vec());
+        let bytes = bundle.encode();
+        let output = ctx.blobs.put_bytes(&bytes)?;
+        warn!(task = %task.id.short(), behaviour = ctx.cfg.behaviour.name(), "skipped the work");
+        return Ok((output, 1, bytes.len() as u64));
+    }
     let workload = fetch(ctx, spec, &spec.workload, None).await?;
     let mut inputs = Vec::new();
     for i in &spec.inputs {
@@ -414,9 +497,16 @@ async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec) -> Result<(ContentId, u
     })
     .await
     .map_err(|e| Error::Config(format!("executor thread: {e}")))??;
-    let bytes = outcome.bundle.encode();
+    let mut bundle = outcome.bundle;
+    if forge {
+        let mut out = bundle.files.get(cairn_types::OutputBundle::STDOUT).cloned().unwrap_or_default();
+        out.extend_from_slice(b"\n(forged)");
+        bundle.files.insert(cairn_types::OutputBundle::STDOUT.into(), out);
+        warn!(task = %task.id.short(), behaviour = ctx.cfg.behaviour.name(), "forged the output");
+    }
+    let bytes = bundle.encode();
     let output = ctx.blobs.put_bytes(&bytes)?;
-    info!(task = %task.id.short(), output = %output.short(), units = outcome.units, ms = outcome.wall_ms, exit = outcome.bundle.exit().unwrap_or("?"), "task ran");
+    info!(task = %task.id.short(), output = %output.short(), units = outcome.units, ms = outcome.wall_ms, exit = bundle.exit().unwrap_or("?"), "task ran");
     Ok((output, outcome.units, bytes.len() as u64))
 }
 
@@ -453,7 +543,8 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
                 ctx.ledger(|l| l.tasks.remove(&task.id));
                 return;
             };
-            match execute(ctx, &task, &spec).await {
+            let forge = ctx.cfg.behaviour.cheats_on(&task.id);
+            match execute(ctx, &task, &spec, forge).await {
                 Ok(r) => {
                     ctx.ledger(|l| {
                         if let Some(e) = l.tasks.get_mut(&task.id) {
@@ -487,6 +578,10 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
                         e.phase = Phase::Committed { output };
                     }
                 });
+                if ctx.cfg.behaviour == cairn_types::Behaviour::CommitThenVanish {
+                    warn!(task = %task.id.short(), "committed; vanishing (adversary behaviour)");
+                    std::process::exit(0);
+                }
                 return;
             }
             Ok(TxStatus::Failed(code) | TxStatus::Rejected(code))

@@ -49,13 +49,24 @@ pub(crate) struct Payout {
 }
 
 /// Pay a settled task: the provider its price less the protocol fee, the fee to validators,
-/// the rest of the task's reserve back to the client.
-pub(crate) fn pay_task(ctx: &mut Ctx<'_>, job: &Job, provider: &Address, price: Amount) -> Exec<Payout> {
+/// `kept` (the verification fee, which the caller moves to the audit pool) stays out, and the
+/// rest of the task's reserve goes back to the client.
+pub(crate) fn pay_task(
+    ctx: &mut Ctx<'_>,
+    job: &Job,
+    provider: &Address,
+    price: Amount,
+    kept: Amount,
+) -> Exec<Payout> {
     take(ctx, &job.id, job.reserve_per_task)?;
     let protocol_fee =
         price.checked_bps(ctx.params.protocol_fee_bps).ok_or_else(|| invariant("fee overflow"))?;
     let paid = price.checked_sub(protocol_fee).ok_or_else(|| invariant("fee above price"))?;
-    let refunded = job.reserve_per_task.checked_sub(price).ok_or_else(|| invariant("price above reserve"))?;
+    let refunded = job
+        .reserve_per_task
+        .checked_sub(price)
+        .and_then(|r| r.checked_sub(kept))
+        .ok_or_else(|| invariant("price and fee above reserve"))?;
     bank::credit(ctx, provider, paid)?;
     bank::add_fees(ctx, protocol_fee)?;
     bank::credit(ctx, &job.client, refunded)?;

@@ -169,6 +169,8 @@ fn end_block(ctx: &mut Ctx<'_>) -> Exec<()> {
         match item {
             Due::AuctionClose { task, attempt } => market::on_auction_close(ctx, &task, attempt)?,
             Due::Deadline { task, attempt } => market::on_deadline(ctx, &task, attempt)?,
+            Due::AuditDraw { task } => verify::on_audit_draw(ctx, &task)?,
+            Due::AuditDue { task, canary, round } => verify::on_audit_due(ctx, &task, canary, round)?,
             Due::Settle { task } => verify::on_settle(ctx, &task)?,
             Due::Unbond { who } => staking::release(ctx, &who)?,
             Due::LeaseEnd { lease } => escrow::on_lease_end(ctx, &lease)?,

@@ -33,6 +33,13 @@ pub const TASK: u8 = b't';
 pub const LEASE: u8 = b'l';
 /// Prefix of storage deals.
 pub const DEAL: u8 = b'g';
+/// Prefix of audits and disputes in progress.
+pub const AUDIT: u8 = b'u';
+/// Prefix of canaries in progress.
+pub const CANARY: u8 = b'c';
+/// Verified results kept as canaries' known answers.
+pub const KNOWN_ANSWERS: &[u8] = b"Mknown";
+
 /// Prefix of the per-height count of scheduled work.
 pub const DUE_COUNT: u8 = b'D';
 /// Prefix of scheduled work items.
@@ -72,6 +79,14 @@ pub fn escrow(id: &JobId) -> Vec<u8> {
 /// Key of a task.
 pub fn task(id: &TaskId) -> Vec<u8> {
     with(TASK, &id.0)
+}
+/// Key of a task's audit or dispute.
+pub fn audit(id: &TaskId) -> Vec<u8> {
+    with(AUDIT, &id.0)
+}
+/// Key of a canary handed out on a task with a known answer.
+pub fn canary(id: &TaskId) -> Vec<u8> {
+    with(CANARY, &id.0)
 }
 /// Key of a lease.
 pub fn lease(id: &LeaseId) -> Vec<u8> {

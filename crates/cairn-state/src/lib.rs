@@ -61,8 +61,9 @@ pub use exec::{Execution, execute, simulate};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator};
 pub use params::Params;
 pub use store::{AuthenticatedKv, MemProof, MemStore, StateView, StoreError, WriteSet, commit_writes};
+pub use verify::audit_probability_bps;
 
-use model::{Account, Deal, Job, Lease, Meta, Provider, Stake, Task, Totals};
+use model::{Account, Audit, Deal, Job, KnownAnswer, Lease, Meta, Provider, Stake, Task, Totals};
 
 pub use store::Layered;
 
@@ -290,6 +291,30 @@ impl<S: StateView> State<S> {
     /// [`Error::Store`] if the store fails.
     pub fn tasks(&self, job: &Job) -> Result<Vec<Task>> {
         (0..job.tasks).filter_map(|i| self.task(&TaskId::derive(&job.id, i)).transpose()).collect()
+    }
+
+    /// A task's audit or dispute in progress.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store fails.
+    pub fn audit(&self, id: &TaskId) -> Result<Option<Audit>> {
+        read(&self.store, &keys::audit(id))
+    }
+
+    /// A canary in progress on a task with a known answer.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store fails.
+    pub fn canary(&self, id: &TaskId) -> Result<Option<Audit>> {
+        read(&self.store, &keys::canary(id))
+    }
+
+    /// Verified results kept as canaries' known answers, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store fails.
+    pub fn known_answers(&self) -> Result<Vec<KnownAnswer>> {
+        Ok(read(&self.store, keys::KNOWN_ANSWERS)?.unwrap_or_default())
     }
 
     /// A lease.

@@ -265,7 +265,7 @@ pub(crate) fn bid(ctx: &mut Ctx<'_>, provider: &Address, b: &Bid) -> Exec<()> {
 }
 
 /// Another attempt after a missed deadline if the job allows one, else refund.
-fn retry_or_refund(ctx: &mut Ctx<'_>, t: &mut Task, j: &Job, spec: &JobSpec) -> Exec<()> {
+pub(crate) fn retry_or_refund(ctx: &mut Ctx<'_>, t: &mut Task, j: &Job, spec: &JobSpec) -> Exec<()> {
     if t.attempt < spec.max_attempts {
         t.attempt = t.attempt.checked_add(1).ok_or_else(|| invariant("attempt overflow"))?;
         start_attempt(ctx, t, j, spec)

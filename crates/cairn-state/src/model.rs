@@ -2,8 +2,8 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use cairn_types::{
-    Address, Amount, ContentId, DealId, JobId, LeaseId, Metering, ProviderInfo, RefundReason, TaskId,
-    WorkloadKind,
+    Address, Amount, AuditKind, ContentId, DealId, JobId, LeaseId, Metering, ProviderInfo, RefundReason,
+    TaskId, WorkloadKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,8 @@ pub struct Totals {
     pub provider_pool: Amount,
     /// Verified work (settled task value) in the current reward epoch.
     pub epoch_work: Amount,
+    /// Verification fees of settled tasks, waiting to pay auditors.
+    pub audit_pool: Amount,
 }
 
 /// An account.
@@ -242,6 +244,50 @@ pub struct Task {
     pub state: TaskState,
 }
 
+/// An audit in progress: a random audit, a dispute, or a canary.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Audit {
+    /// The task re-run.
+    pub task: TaskId,
+    /// Random audit, dispute or canary.
+    pub kind: AuditKind,
+    /// The output verdicts are checked against: the worker's, or a canary's wrong one.
+    pub claimed: ContentId,
+    /// A canary's known answer.
+    pub answer: Option<ContentId>,
+    /// After a random audit found a mismatch: that auditor and the output it reported.
+    pub first: Option<(Address, ContentId)>,
+    /// A client's dispute: the client and its bond (held here until the dispute ends).
+    pub challenger: Option<(Address, Amount)>,
+    /// Auditors assigned now.
+    pub auditors: Vec<Address>,
+    /// Their verdicts, in the same order.
+    pub verdicts: Vec<Option<ContentId>>,
+    /// Last height a verdict is taken.
+    pub due: u64,
+    /// Assignment round; the scheduled deadline carries it.
+    pub round: u32,
+    /// Auditors drawn for this task so far (never drawn twice).
+    pub tried: Vec<Address>,
+    /// The task's price: the basis of fees and slashes.
+    pub price: Amount,
+}
+
+/// A verified result, kept as a canary's known answer.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct KnownAnswer {
+    /// The task.
+    pub task: TaskId,
+    /// Its job.
+    pub job: JobId,
+    /// Who ran it (never drawn to audit its own canary).
+    pub worker: Address,
+    /// Its verified output.
+    pub output: ContentId,
+    /// Its price.
+    pub price: Amount,
+}
+
 /// A lease on a provider for a long-running service.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Lease {
@@ -310,6 +356,21 @@ pub enum Due {
         task: TaskId,
         /// The attempt.
         attempt: u32,
+    },
+    /// Decide, from this block's beacon, whether a task committed in the block before is
+    /// audited (and whether a canary is handed out).
+    AuditDraw {
+        /// The task.
+        task: TaskId,
+    },
+    /// An audit's verdict window ended (if it is still in this round).
+    AuditDue {
+        /// The task.
+        task: TaskId,
+        /// Canary (true) or audit/dispute record.
+        canary: bool,
+        /// The round.
+        round: u32,
     },
     /// Settle a committed task whose challenge window ended.
     Settle {

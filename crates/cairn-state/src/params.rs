@@ -47,8 +47,23 @@ pub struct Params {
     pub audit_p_min_bps: u32,
     /// Extra auditors in a dispute, `k`.
     pub dispute_auditors: u32,
-    /// Canary rate, `φ`.
+    /// Canary rate, `φ`: the chance, per committed result, that an auditor is also handed a
+    /// task with a known answer and a wrong claimed output.
     pub canary_rate_bps: u32,
+    /// Blocks an assigned auditor has to submit its verdict.
+    pub audit_window: u64,
+    /// A provider's first results are all audited.
+    pub audit_first_results: u64,
+    /// Auditors drawn in turn for one random audit when the drawn one gives no verdict.
+    pub audit_max_draws: u32,
+    /// Share of a slash paid to the auditors whose verdicts found the fault.
+    pub slash_auditor_bps: u32,
+    /// Share of a slash paid to the wronged client.
+    pub slash_client_bps: u32,
+    /// Least bond a client's dispute puts up, as a share of the task's price.
+    pub dispute_bond_bps: u32,
+    /// Verified results kept as canaries' known answers.
+    pub known_answers: u32,
 }
 
 impl Default for Params {
@@ -74,6 +89,13 @@ impl Default for Params {
             audit_p_min_bps: 500,
             dispute_auditors: 3,
             canary_rate_bps: 100,
+            audit_window: 600,
+            audit_first_results: 10,
+            audit_max_draws: 3,
+            slash_auditor_bps: 3_000,
+            slash_client_bps: 2_000,
+            dispute_bond_bps: 10_000,
+            known_answers: 64,
         }
     }
 }
@@ -90,6 +112,12 @@ impl Params {
             ("verification_fee_bps", self.verification_fee_bps),
             ("audit_p_min_bps", self.audit_p_min_bps),
             ("canary_rate_bps", self.canary_rate_bps),
+            ("slash_auditor_bps", self.slash_auditor_bps),
+            ("slash_client_bps", self.slash_client_bps),
+            (
+                "slash_auditor_bps + slash_client_bps",
+                self.slash_auditor_bps.saturating_add(self.slash_client_bps),
+            ),
         ];
         for (name, v) in bps {
             if v > 10_000 {
@@ -108,6 +136,8 @@ impl Params {
             ("max_unbondings", u64::from(self.max_unbondings)),
             ("max_providers", u64::from(self.max_providers)),
             ("audit_p_min_bps", u64::from(self.audit_p_min_bps)),
+            ("audit_window", self.audit_window),
+            ("audit_max_draws", u64::from(self.audit_max_draws)),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -123,6 +153,11 @@ impl Params {
         }
         if self.max_bids_per_task > 1_024 || self.max_unbondings > 1_024 {
             return Err("max_bids_per_task and max_unbondings must be at most 1024".into());
+        }
+        if self.dispute_auditors > 101 || self.audit_max_draws > 16 || self.known_answers > 1_024 {
+            return Err(
+                "dispute_auditors, audit_max_draws and known_answers must be at most 101, 16 and 1024".into(),
+            );
         }
         if self.min_provider_stake.is_zero() {
             return Err("min_provider_stake must be above zero".into());

@@ -176,6 +176,13 @@ impl TestChain {
         self.scan(keys::JOB)
     }
 
+    /// Every audit, dispute and canary in progress, in key order.
+    pub fn audits(&self) -> Vec<crate::model::Audit> {
+        let mut all: Vec<crate::model::Audit> = self.scan(keys::AUDIT);
+        all.extend(self.scan::<crate::model::Audit>(keys::CANARY));
+        all
+    }
+
     /// Every task, in key order.
     pub fn all_tasks(&self) -> Vec<Task> {
         self.scan(keys::TASK)
@@ -201,8 +208,14 @@ impl TestChain {
         for d in self.scan::<Deal>(keys::DEAL) {
             held += d.escrow.base_units();
         }
+        for a in self.scan::<crate::model::Audit>(keys::AUDIT) {
+            held += a.challenger.map_or(0, |(_, bond)| bond.base_units());
+        }
         let t: Totals = self.state.totals().unwrap();
-        held += t.fee_pool.base_units() + t.provider_pool.base_units() + t.burned.base_units();
+        held += t.fee_pool.base_units()
+            + t.provider_pool.base_units()
+            + t.audit_pool.base_units()
+            + t.burned.base_units();
         let expected = t.genesis_supply.base_units() + t.emitted.base_units();
         if held == expected {
             Ok(())

@@ -1,20 +1,44 @@
-//! Verification: result commitments, the challenge window and settlement.
+//! Verification: result commitments, random audits, disputes, canaries and slashing.
 //!
-//! A provider commits `(task, output root, metering)`; the result then waits out the
-//! challenge window and settles. Random audits, disputes, canaries and slashing hook in at
-//! [`commit`] (the audit decision, from a beacon after the commit) and before [`on_settle`]
-//! pays; until they are active, verdicts and disputes are refused with typed errors.
+//! A provider commits `(task, output root, metering)`. At the end of the *next* block — whose
+//! beacon the worker could not know while computing — the chain decides whether to audit, with
+//! probability `p = max(p_min, 1/(consecutive_valid+1))` (every result for a provider's first
+//! `audit_first_results`, every result of a `strict` job), and draws the auditor by stake among
+//! eligible providers other than the worker and the client. The auditor re-runs the task and
+//! submits its own output root within `audit_window` blocks:
+//!
+//! - the same root: confirmed; the auditor is paid from the audit pool and the result settles
+//!   when its challenge window ends;
+//! - another root: a dispute; `k` more auditors are drawn, and the root a majority of them
+//!   report decides. A worker who loses is slashed (`exposure_multiplier ×` the task's price,
+//!   capped by its stake): a share to the auditors who found the fault, a share to the client,
+//!   the rest burned; its task re-runs on another provider, or is refunded. An auditor whose
+//!   mismatch loses is slashed only by a unanimous panel; panelists on the losing side are not
+//!   paid and take a reputation failure;
+//! - no verdict: the auditor's reputation takes a failure and another auditor is drawn, up to
+//!   `audit_max_draws`; then the result settles unaudited.
+//!
+//! The client of a committed task may also open a dispute itself, with a bond. With rate `φ`
+//! an auditor is handed a canary: a verified task shown with a wrong claimed output. An auditor
+//! that re-runs reports the known answer; one that echoes the claim is slashed.
+
+use std::collections::BTreeMap;
 
 use cairn_types::{
-    Address, CommitResult, ErrorCode, Event, OpenDispute, SubmitAudit, TaskId, VerificationLevel,
+    Address, Amount, AuditKind, AuditOutcome, CommitResult, ContentId, ErrorCode, Event, JobSpec,
+    OpenDispute, SlashReason, SubmitAudit, TaskId, VerificationLevel, hash_domain,
 };
 
 use crate::ctx::{Ctx, Exec, invariant};
 use crate::escrow;
+use crate::keys;
 use crate::market;
-use crate::model::{Due, TaskState};
+use crate::model::{Audit, Due, Job, KnownAnswer, Provider, Task, TaskState};
 use crate::registry;
 use crate::rewards;
+use crate::staking;
+
+const BPS: u64 = 10_000;
 
 pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec<()> {
     let mut t = market::task(ctx, &c.task)?.ok_or(ErrorCode::TaskNotFound)?;
@@ -39,6 +63,7 @@ pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec
         VerificationLevel::None => 1,
         _ => ctx.params.challenge_window,
     };
+    let next = ctx.height.checked_add(1).ok_or_else(|| invariant("height overflow"))?;
     let settle_at = ctx.height.checked_add(window).ok_or_else(|| invariant("height overflow"))?;
     t.state = TaskState::Committed {
         provider,
@@ -49,6 +74,10 @@ pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec
         settle_at,
     };
     market::put_task(ctx, &t)?;
+    if spec.verification != VerificationLevel::None {
+        // Scheduled before the settlement, so it runs first when both fall in one block.
+        ctx.schedule(next, Due::AuditDraw { task: t.id })?;
+    }
     ctx.schedule(settle_at, Due::Settle { task: t.id })?;
     ctx.emit(Event::TaskCommitted { task: t.id, provider, output: c.output, settle_at });
     Ok(())
@@ -59,11 +88,18 @@ pub(crate) fn on_settle(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
     let TaskState::Committed { provider, price, output, settle_at, .. } = t.state.clone() else {
         return Ok(());
     };
-    if settle_at != ctx.height {
+    if settle_at != ctx.height || audit(ctx, id)?.is_some() {
+        // An audit or dispute in progress settles the task itself when it confirms the result.
         return Ok(());
     }
     let mut j = market::job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
-    let payout = escrow::pay_task(ctx, &j, &provider, price)?;
+    let vfee = j.reserve_per_task.checked_sub(j.max_price).ok_or_else(|| invariant("reserve below price"))?;
+    let payout = escrow::pay_task(ctx, &j, &provider, price, vfee)?;
+    if !vfee.is_zero() {
+        let mut totals = ctx.totals()?;
+        totals.audit_pool = totals.audit_pool.checked_add(vfee).ok_or_else(|| invariant("pool overflow"))?;
+        ctx.set_totals(&totals)?;
+    }
     let mut p = registry::get(ctx, &provider)?.ok_or_else(|| invariant("assigned provider missing"))?;
     registry::release_exposure(&mut p, price)?;
     p.reputation.consecutive_valid = p.reputation.consecutive_valid.saturating_add(1);
@@ -83,26 +119,582 @@ pub(crate) fn on_settle(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
     market::finish_task(ctx, &mut j)
 }
 
-/// Verdicts are only taken from auditors the chain assigned; none are assigned while audits
-/// are inactive, so every verdict is refused.
-pub(crate) fn submit_audit(ctx: &mut Ctx<'_>, _who: &Address, a: &SubmitAudit) -> Exec<()> {
-    market::task(ctx, &a.task)?.ok_or(ErrorCode::TaskNotFound)?;
-    Err(ErrorCode::AuditNotAssigned.into())
+fn audit(ctx: &Ctx<'_>, id: &TaskId) -> Exec<Option<Audit>> {
+    ctx.get(&keys::audit(id))
 }
 
-/// Only the client of a committed task, with a bond, inside the window may dispute; the
-/// dispute itself needs auditors, which are not active yet.
+fn canary(ctx: &Ctx<'_>, id: &TaskId) -> Exec<Option<Audit>> {
+    ctx.get(&keys::canary(id))
+}
+
+fn put_record(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
+    let key = if a.kind == AuditKind::Canary { keys::canary(&a.task) } else { keys::audit(&a.task) };
+    ctx.put(key, a)
+}
+
+fn delete_record(ctx: &mut Ctx<'_>, a: &Audit) {
+    let key = if a.kind == AuditKind::Canary { keys::canary(&a.task) } else { keys::audit(&a.task) };
+    ctx.delete(key);
+}
+
+/// A number in `0..n` from this block's beacon (`n > 0`).
+fn draw(ctx: &Ctx<'_>, domain: &'static str, task: &TaskId, round: u32, n: u128) -> u128 {
+    let h = hash_domain(domain, &[&ctx.beacon.0, &task.0, &round.to_le_bytes()]);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    u128::from_le_bytes(b).checked_rem(n).unwrap_or(0)
+}
+
+/// Audit probability in basis points for a result of `worker` at `level`.
+pub fn audit_probability_bps(
+    params: &crate::Params,
+    worker: &crate::model::Reputation,
+    level: VerificationLevel,
+) -> u64 {
+    match level {
+        VerificationLevel::None => 0,
+        VerificationLevel::Strict => BPS,
+        VerificationLevel::Standard => {
+            let results = worker.total_valid.saturating_add(worker.total_failed);
+            if results < params.audit_first_results {
+                return BPS;
+            }
+            let by_streak = BPS.checked_div(worker.consecutive_valid.saturating_add(1)).unwrap_or(BPS);
+            by_streak.max(u64::from(params.audit_p_min_bps)).min(BPS)
+        }
+    }
+}
+
+/// Draw up to `count` auditors by bonded stake, without replacement, among live providers that
+/// could run `spec` for `client`, leaving out `exclude`.
+fn draw_auditors(
+    ctx: &Ctx<'_>,
+    spec: &JobSpec,
+    client: &Address,
+    exclude: &[Address],
+    task: &TaskId,
+    round: u32,
+    count: u32,
+) -> Exec<Vec<Address>> {
+    let mut pool: Vec<(Address, u128)> = Vec::new();
+    for addr in registry::index(ctx)? {
+        if exclude.contains(&addr) {
+            continue;
+        }
+        let p = registry::get(ctx, &addr)?.ok_or_else(|| invariant("indexed provider missing"))?;
+        if !registry::fits(ctx, &p, spec, client) {
+            continue;
+        }
+        let stake = staking::stake(ctx, &addr)?.bonded.base_units();
+        if stake > 0 {
+            pool.push((addr, stake));
+        }
+    }
+    let mut picked = Vec::new();
+    for i in 0..count {
+        let total = pool.iter().try_fold(0u128, |acc, (_, s)| acc.checked_add(*s));
+        let Some(total) = total.filter(|t| *t > 0) else { break };
+        let seed = round.checked_mul(128).and_then(|r| r.checked_add(i)).unwrap_or(u32::MAX);
+        let mut r = draw(ctx, "cairn auditor sortition v1", task, seed, total);
+        let mut at = 0;
+        for (j, (_, s)) in pool.iter().enumerate() {
+            if r < *s {
+                at = j;
+                break;
+            }
+            r = r.saturating_sub(*s);
+        }
+        picked.push(pool.remove(at).0);
+    }
+    Ok(picked)
+}
+
+fn window_end(ctx: &Ctx<'_>) -> Exec<u64> {
+    ctx.height.checked_add(ctx.params.audit_window).ok_or_else(|| invariant("height overflow"))
+}
+
+/// The beacon of the block after a commit decides on an audit and, with rate `φ`, a canary.
+pub(crate) fn on_audit_draw(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
+    let t = market::task(ctx, id)?.ok_or_else(|| invariant("scheduled task missing"))?;
+    let TaskState::Committed { provider, price, output, .. } = t.state.clone() else { return Ok(()) };
+    if audit(ctx, id)?.is_some() {
+        return Ok(());
+    }
+    let j = market::job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
+    let spec = market::spec(ctx, &t.job)?;
+    let worker = registry::get(ctx, &provider)?.ok_or_else(|| invariant("assigned provider missing"))?;
+    let p = audit_probability_bps(&ctx.params, &worker.reputation, spec.verification);
+    if draw(ctx, "cairn audit draw v1", id, 0, u128::from(BPS)) < u128::from(p) {
+        let a = Audit {
+            task: *id,
+            kind: AuditKind::Random,
+            claimed: output,
+            answer: None,
+            first: None,
+            challenger: None,
+            auditors: Vec::new(),
+            verdicts: Vec::new(),
+            due: 0,
+            round: 0,
+            tried: vec![provider],
+            price,
+        };
+        assign_random(ctx, a, &spec, &j)?;
+    }
+    if draw(ctx, "cairn canary draw v1", id, 0, u128::from(BPS)) < u128::from(ctx.params.canary_rate_bps) {
+        hand_out_canary(ctx, id)?;
+    }
+    Ok(())
+}
+
+/// Draw the next auditor for a random audit, or give up: the result then settles unaudited.
+fn assign_random(ctx: &mut Ctx<'_>, mut a: Audit, spec: &JobSpec, j: &Job) -> Exec<()> {
+    let round = a.round.checked_add(1).ok_or_else(|| invariant("round overflow"))?;
+    let drawn = u32::try_from(a.tried.len().saturating_sub(1)).unwrap_or(u32::MAX);
+    let picked = if drawn < ctx.params.audit_max_draws {
+        draw_auditors(ctx, spec, &j.client, &a.tried, &a.task, round, 1)?
+    } else {
+        Vec::new()
+    };
+    let Some(auditor) = picked.first().copied() else {
+        delete_record(ctx, &a);
+        ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::Unanswered });
+        return release_settlement(ctx, &a.task);
+    };
+    a.round = round;
+    a.auditors = vec![auditor];
+    a.verdicts = vec![None];
+    a.tried.push(auditor);
+    a.due = window_end(ctx)?;
+    ctx.schedule(a.due, Due::AuditDue { task: a.task, canary: false, round })?;
+    ctx.emit(Event::AuditAssigned { task: a.task, auditor, claimed: a.claimed, due: a.due });
+    put_record(ctx, &a)
+}
+
+/// Hand a canary to a drawn auditor: a verified task, shown with a wrong claimed output.
+fn hand_out_canary(ctx: &mut Ctx<'_>, seed_task: &TaskId) -> Exec<()> {
+    let known: Vec<KnownAnswer> = ctx.get_or_default(keys::KNOWN_ANSWERS)?;
+    if known.is_empty() {
+        return Ok(());
+    }
+    let n = u128::try_from(known.len()).map_err(|_| invariant("known answers"))?;
+    let pick = usize::try_from(draw(ctx, "cairn canary pick v1", seed_task, 0, n)).unwrap_or(0);
+    let Some(k) = known.get(pick).cloned() else { return Ok(()) };
+    if canary(ctx, &k.task)?.is_some() {
+        return Ok(());
+    }
+    let j = market::job(ctx, &k.job)?.ok_or_else(|| invariant("known answer without job"))?;
+    let spec = market::spec(ctx, &k.job)?;
+    let picked = draw_auditors(ctx, &spec, &j.client, &[k.worker], seed_task, 1_000, 1)?;
+    let Some(auditor) = picked.first().copied() else { return Ok(()) };
+    let claimed = ContentId(hash_domain("cairn canary claim v1", &[&ctx.beacon.0, &k.task.0, &k.output.0]));
+    let due = window_end(ctx)?;
+    let a = Audit {
+        task: k.task,
+        kind: AuditKind::Canary,
+        claimed,
+        answer: Some(k.output),
+        first: None,
+        challenger: None,
+        auditors: vec![auditor],
+        verdicts: vec![None],
+        due,
+        round: 1,
+        tried: vec![auditor],
+        price: k.price,
+    };
+    ctx.schedule(due, Due::AuditDue { task: k.task, canary: true, round: 1 })?;
+    ctx.emit(Event::AuditAssigned { task: k.task, auditor, claimed, due });
+    put_record(ctx, &a)
+}
+
+pub(crate) fn submit_audit(ctx: &mut Ctx<'_>, who: &Address, s: &SubmitAudit) -> Exec<()> {
+    let t = market::task(ctx, &s.task)?.ok_or(ErrorCode::TaskNotFound)?;
+    // The sender's pending assignment: the task's audit or dispute first, then a canary.
+    let mut record = None;
+    for r in [audit(ctx, &s.task)?, canary(ctx, &s.task)?].into_iter().flatten() {
+        if let Some(i) = r.auditors.iter().position(|a| a == who) {
+            let pending = r.verdicts.get(i).is_some_and(Option::is_none);
+            if record.is_none() || pending {
+                record = Some((r, i));
+            }
+        }
+    }
+    let Some((mut a, i)) = record else {
+        // An auditor replaced after its window ended is late, not a stranger.
+        if let Some(r) = audit(ctx, &s.task)?
+            && r.tried.iter().skip(1).any(|x| x == who)
+        {
+            return Err(ErrorCode::AuditLate.into());
+        }
+        return Err(ErrorCode::AuditNotAssigned.into());
+    };
+    if a.verdicts.get(i).is_some_and(Option::is_some) {
+        return Err(ErrorCode::DuplicateVerdict.into());
+    }
+    if ctx.height > a.due {
+        return Err(ErrorCode::AuditLate.into());
+    }
+    let spec = market::spec(ctx, &t.job)?;
+    if s.metering.units > spec.limits.fuel || s.metering.output_bytes > spec.limits.output_bytes {
+        return Err(ErrorCode::InvalidBody.into());
+    }
+    let slot = a.verdicts.get_mut(i).ok_or_else(|| invariant("verdict slot missing"))?;
+    *slot = Some(s.output);
+    ctx.emit(Event::AuditSubmitted { task: s.task, auditor: *who });
+    if a.verdicts.iter().all(Option::is_some) { resolve(ctx, a) } else { put_record(ctx, &a) }
+}
+
+pub(crate) fn on_audit_due(ctx: &mut Ctx<'_>, id: &TaskId, is_canary: bool, round: u32) -> Exec<()> {
+    let a = if is_canary { canary(ctx, id)? } else { audit(ctx, id)? };
+    match a {
+        Some(a) if a.round == round && a.due == ctx.height => resolve(ctx, a),
+        _ => Ok(()),
+    }
+}
+
+/// A client disputes its committed task with a bond; `k` auditors re-run it.
 pub(crate) fn open_dispute(ctx: &mut Ctx<'_>, who: &Address, d: &OpenDispute) -> Exec<()> {
     let t = market::task(ctx, &d.task)?.ok_or(ErrorCode::TaskNotFound)?;
     let j = market::job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
     if j.client != *who {
         return Err(ErrorCode::NotJobClient.into());
     }
-    if !matches!(t.state, TaskState::Committed { .. }) {
+    let TaskState::Committed { provider, price, output, .. } = t.state.clone() else {
         return Err(ErrorCode::DisputeNotAllowed.into());
-    }
+    };
     if d.bond.is_zero() {
         return Err(ErrorCode::ZeroAmount.into());
     }
-    Err(ErrorCode::VerificationNotActive.into())
+    if audit(ctx, &d.task)?.is_some() {
+        return Err(ErrorCode::DisputeExists.into());
+    }
+    let min_bond = price.checked_bps(ctx.params.dispute_bond_bps).ok_or(ErrorCode::Overflow)?;
+    if d.bond < min_bond {
+        return Err(ErrorCode::DisputeBondTooLow.into());
+    }
+    let spec = market::spec(ctx, &t.job)?;
+    let auditors =
+        draw_auditors(ctx, &spec, &j.client, &[provider], &d.task, 1, ctx.params.dispute_auditors)?;
+    if auditors.is_empty() {
+        return Err(ErrorCode::NoAuditors.into());
+    }
+    crate::bank::debit(ctx, who, d.bond)?;
+    let due = window_end(ctx)?;
+    let a = Audit {
+        task: d.task,
+        kind: AuditKind::Dispute,
+        claimed: output,
+        answer: None,
+        first: None,
+        challenger: Some((*who, d.bond)),
+        verdicts: vec![None; auditors.len()],
+        tried: [vec![provider], auditors.clone()].concat(),
+        auditors: auditors.clone(),
+        due,
+        round: 1,
+        price,
+    };
+    ctx.schedule(due, Due::AuditDue { task: d.task, canary: false, round: 1 })?;
+    for auditor in &auditors {
+        ctx.emit(Event::AuditAssigned { task: d.task, auditor: *auditor, claimed: output, due });
+    }
+    ctx.emit(Event::DisputeOpened { task: d.task, by: Some(*who), auditors, due });
+    put_record(ctx, &a)
+}
+
+/// Decide an audit whose verdicts are all in, or whose window ended.
+fn resolve(ctx: &mut Ctx<'_>, mut a: Audit) -> Exec<()> {
+    for (auditor, v) in a.auditors.clone().iter().zip(a.verdicts.clone()) {
+        if v.is_none() {
+            missed(ctx, &a.task, auditor)?;
+        }
+    }
+    match a.kind {
+        AuditKind::Canary => {
+            delete_record(ctx, &a);
+            let (auditor, verdict) = single(&a)?;
+            match verdict {
+                None => Ok(()),
+                Some(v) if Some(v) == a.answer => {
+                    pay_auditor(ctx, &a.task, &auditor, a.price)?;
+                    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::CanaryPassed });
+                    Ok(())
+                }
+                Some(v) if v == a.claimed => {
+                    // The claim is a random root nobody computes: only an auditor that echoes
+                    // claims without re-running reports it.
+                    slash(ctx, &auditor, &a.task, SlashReason::Canary, a.price, &[], None)?;
+                    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::CanaryFailed });
+                    Ok(())
+                }
+                Some(_) => {
+                    // Neither the claim nor the known answer: not paid, not slashed (a known
+                    // answer confirmed by a lazy auditor may itself be wrong).
+                    mark_failed(ctx, &auditor)?;
+                    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::Undecided });
+                    Ok(())
+                }
+            }
+        }
+        AuditKind::Random => {
+            let (auditor, verdict) = single(&a)?;
+            let t = market::task(ctx, &a.task)?.ok_or_else(|| invariant("audited task missing"))?;
+            let j = market::job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
+            let spec = market::spec(ctx, &t.job)?;
+            match verdict {
+                None => assign_random(ctx, a, &spec, &j),
+                Some(v) if v == a.claimed => {
+                    delete_record(ctx, &a);
+                    pay_auditor(ctx, &a.task, &auditor, a.price)?;
+                    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::Confirmed });
+                    confirmed(ctx, &t)
+                }
+                Some(v) => {
+                    // A mismatch: k more auditors decide between the worker and the auditor.
+                    let round = a.round.checked_add(1).ok_or_else(|| invariant("round overflow"))?;
+                    let k = ctx.params.dispute_auditors;
+                    let picked = draw_auditors(ctx, &spec, &j.client, &a.tried, &a.task, round, k)?;
+                    a.first = Some((auditor, v));
+                    if picked.is_empty() {
+                        delete_record(ctx, &a);
+                        return undecided(ctx, &a, t, &j, &spec);
+                    }
+                    a.kind = AuditKind::Dispute;
+                    a.round = round;
+                    a.tried.extend(picked.iter().copied());
+                    a.verdicts = vec![None; picked.len()];
+                    a.auditors = picked.clone();
+                    a.due = window_end(ctx)?;
+                    ctx.schedule(a.due, Due::AuditDue { task: a.task, canary: false, round })?;
+                    for auditor in &picked {
+                        ctx.emit(Event::AuditAssigned {
+                            task: a.task,
+                            auditor: *auditor,
+                            claimed: a.claimed,
+                            due: a.due,
+                        });
+                    }
+                    ctx.emit(Event::DisputeOpened { task: a.task, by: None, auditors: picked, due: a.due });
+                    put_record(ctx, &a)
+                }
+            }
+        }
+        AuditKind::Dispute => {
+            delete_record(ctx, &a);
+            decide_dispute(ctx, a)
+        }
+    }
+}
+
+fn single(a: &Audit) -> Exec<(Address, Option<ContentId>)> {
+    match (a.auditors.first(), a.verdicts.first()) {
+        (Some(x), Some(v)) if a.auditors.len() == 1 => Ok((*x, *v)),
+        _ => Err(invariant("single-auditor record holds several")),
+    }
+}
+
+fn decide_dispute(ctx: &mut Ctx<'_>, a: Audit) -> Exec<()> {
+    let t = market::task(ctx, &a.task)?.ok_or_else(|| invariant("disputed task missing"))?;
+    let j = market::job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
+    let spec = market::spec(ctx, &t.job)?;
+    let TaskState::Committed { provider: worker, .. } = t.state.clone() else {
+        return Err(invariant("disputed task not committed"));
+    };
+    let mut counts: BTreeMap<ContentId, u32> = BTreeMap::new();
+    for v in a.verdicts.iter().flatten() {
+        let c = counts.entry(*v).or_insert(0);
+        *c = c.saturating_add(1);
+    }
+    let majority = ctx.params.dispute_auditors.checked_div(2).unwrap_or(0).saturating_add(1);
+    let winner = counts.iter().find(|(_, c)| **c >= majority).map(|(v, _)| *v);
+    let Some(winner) = winner else { return undecided(ctx, &a, t, &j, &spec) };
+
+    // Verdicts that agree with the majority are paid; the others take a reputation failure.
+    // Only the worker can be slashed by a majority: no strategy gains by reporting a wrong root
+    // against an honest worker, while lazy or colluding panelists can echo a cheater's root.
+    // The auditor whose mismatch opened the dispute is slashed only by a unanimous panel.
+    let mut right: Vec<Address> = Vec::new();
+    for (auditor, v) in a.auditors.iter().zip(&a.verdicts) {
+        match v {
+            Some(v) if *v == winner => right.push(*auditor),
+            Some(_) => mark_failed(ctx, auditor)?,
+            None => {}
+        }
+    }
+    let unanimous = a.verdicts.iter().all(|v| *v == Some(winner));
+    if let Some((first, v)) = a.first
+        && v == winner
+    {
+        right.insert(0, first);
+    }
+    for auditor in &right {
+        pay_auditor(ctx, &a.task, auditor, a.price)?;
+    }
+    if winner == a.claimed {
+        if let Some((first, _)) = a.first {
+            if unanimous {
+                slash(ctx, &first, &a.task, SlashReason::WrongVerdict, a.price, &right, None)?;
+            } else {
+                mark_failed(ctx, &first)?;
+            }
+        }
+        if let Some((_, bond)) = a.challenger {
+            // The client's challenge failed: its bond pays for the re-runs.
+            add_to_pool(ctx, bond)?;
+        }
+        ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::Confirmed });
+        return confirmed(ctx, &t);
+    }
+    if let Some((first, v)) = a.first
+        && v != winner
+    {
+        mark_failed(ctx, &first)?;
+    }
+    slash(ctx, &worker, &a.task, SlashReason::WrongResult, a.price, &right, Some(j.client))?;
+    return_bond(ctx, &a)?;
+    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::WorkerFaulted });
+    abandon(ctx, t, &j, &spec)
+}
+
+fn mark_failed(ctx: &mut Ctx<'_>, who: &Address) -> Exec<()> {
+    if let Some(mut p) = registry::get(ctx, who)? {
+        fail(&mut p);
+        registry::put(ctx, &p)?;
+    }
+    Ok(())
+}
+
+/// No majority: nobody is slashed, the bond goes back, and the unverified result is not paid —
+/// the task re-runs elsewhere or is refunded.
+fn undecided(ctx: &mut Ctx<'_>, a: &Audit, t: Task, j: &Job, spec: &JobSpec) -> Exec<()> {
+    return_bond(ctx, a)?;
+    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::Undecided });
+    abandon(ctx, t, j, spec)
+}
+
+fn return_bond(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
+    match a.challenger {
+        Some((client, bond)) => crate::bank::credit(ctx, &client, bond),
+        None => Ok(()),
+    }
+}
+
+/// Drop a committed result without paying: release the worker's exposure, keep it off the
+/// task, and re-run or refund.
+fn abandon(ctx: &mut Ctx<'_>, mut t: Task, j: &Job, spec: &JobSpec) -> Exec<()> {
+    let TaskState::Committed { provider, price, .. } = t.state.clone() else {
+        return Err(invariant("abandoning a task that is not committed"));
+    };
+    let mut p = registry::get(ctx, &provider)?.ok_or_else(|| invariant("assigned provider missing"))?;
+    registry::release_exposure(&mut p, price)?;
+    registry::put(ctx, &p)?;
+    t.excluded.push(provider);
+    market::retry_or_refund(ctx, &mut t, j, spec)?;
+    market::put_task(ctx, &t)
+}
+
+/// A confirmed result joins the known answers and settles at the end of its challenge window
+/// (or in the next block if that has passed).
+fn confirmed(ctx: &mut Ctx<'_>, t: &Task) -> Exec<()> {
+    if let TaskState::Committed { provider, price, output, .. } = &t.state {
+        let mut known: Vec<KnownAnswer> = ctx.get_or_default(keys::KNOWN_ANSWERS)?;
+        known.push(KnownAnswer { task: t.id, job: t.job, worker: *provider, output: *output, price: *price });
+        let cap = ctx.params.known_answers as usize;
+        if known.len() > cap {
+            let extra = known.len().saturating_sub(cap);
+            known.drain(..extra);
+        }
+        ctx.put(keys::KNOWN_ANSWERS.to_vec(), &known)?;
+    }
+    release_settlement(ctx, &t.id)
+}
+
+fn release_settlement(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
+    let mut t = market::task(ctx, id)?.ok_or_else(|| invariant("task missing"))?;
+    if let TaskState::Committed { settle_at, .. } = &mut t.state
+        && *settle_at <= ctx.height
+    {
+        *settle_at = ctx.height.checked_add(1).ok_or_else(|| invariant("height overflow"))?;
+        let at = *settle_at;
+        market::put_task(ctx, &t)?;
+        ctx.schedule(at, Due::Settle { task: *id })?;
+    }
+    Ok(())
+}
+
+fn missed(ctx: &mut Ctx<'_>, task: &TaskId, auditor: &Address) -> Exec<()> {
+    mark_failed(ctx, auditor)?;
+    ctx.emit(Event::AuditorMissed { task: *task, auditor: *auditor });
+    Ok(())
+}
+
+fn fail(p: &mut Provider) {
+    p.reputation.consecutive_valid = 0;
+    p.reputation.total_failed = p.reputation.total_failed.saturating_add(1);
+}
+
+fn add_to_pool(ctx: &mut Ctx<'_>, amount: Amount) -> Exec<()> {
+    let mut totals = ctx.totals()?;
+    totals.audit_pool = totals.audit_pool.checked_add(amount).ok_or_else(|| invariant("pool overflow"))?;
+    ctx.set_totals(&totals)
+}
+
+/// Pay an auditor whose verdict matched the outcome: the task's price (it did the same work),
+/// as far as the audit pool reaches.
+fn pay_auditor(ctx: &mut Ctx<'_>, task: &TaskId, auditor: &Address, price: Amount) -> Exec<()> {
+    let mut totals = ctx.totals()?;
+    let amount = price.min(totals.audit_pool);
+    totals.audit_pool =
+        totals.audit_pool.checked_sub(amount).ok_or_else(|| invariant("audit pool underflow"))?;
+    ctx.set_totals(&totals)?;
+    crate::bank::credit(ctx, auditor, amount)?;
+    ctx.emit(Event::AuditorPaid { task: *task, auditor: *auditor, amount });
+    Ok(())
+}
+
+/// Slash `exposure_multiplier × price` (capped by the stake, bonded and unbonding): a share
+/// to `finders`, a share to `client`, the rest burned.
+fn slash(
+    ctx: &mut Ctx<'_>,
+    who: &Address,
+    task: &TaskId,
+    reason: SlashReason,
+    price: Amount,
+    finders: &[Address],
+    client: Option<Address>,
+) -> Exec<()> {
+    let want = price.checked_mul(u128::from(ctx.params.exposure_multiplier)).unwrap_or(Amount::MAX);
+    let amount = staking::slash(ctx, who, want)?;
+    let mut to_auditors = Amount::ZERO;
+    if let Ok(n) = u128::try_from(finders.len())
+        && n > 0
+    {
+        let share =
+            amount.checked_bps(ctx.params.slash_auditor_bps).ok_or_else(|| invariant("slash share"))?;
+        let each = share.checked_div(n).unwrap_or(Amount::ZERO);
+        for f in finders {
+            crate::bank::credit(ctx, f, each)?;
+            to_auditors = to_auditors.checked_add(each).ok_or_else(|| invariant("slash overflow"))?;
+        }
+    }
+    let to_client = match client {
+        Some(c) => {
+            let share =
+                amount.checked_bps(ctx.params.slash_client_bps).ok_or_else(|| invariant("slash share"))?;
+            crate::bank::credit(ctx, &c, share)?;
+            share
+        }
+        None => Amount::ZERO,
+    };
+    let burned = amount
+        .checked_sub(to_auditors)
+        .and_then(|a| a.checked_sub(to_client))
+        .ok_or_else(|| invariant("slash split above amount"))?;
+    let mut totals = ctx.totals()?;
+    totals.burned = totals.burned.checked_add(burned).ok_or_else(|| invariant("burn overflow"))?;
+    ctx.set_totals(&totals)?;
+    mark_failed(ctx, who)?;
+    ctx.emit(Event::Slashed { who: *who, task: *task, reason, amount, to_auditors, to_client, burned });
+    Ok(())
 }

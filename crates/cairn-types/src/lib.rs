@@ -48,6 +48,7 @@ pub(crate) use serde_as_text;
 
 mod amount;
 pub mod api;
+mod behaviour;
 mod block;
 mod bundle;
 mod codec;
@@ -60,6 +61,7 @@ mod receipt;
 mod tx;
 
 pub use amount::{Amount, BASE_UNITS_PER_CRN, DECIMALS};
+pub use behaviour::Behaviour;
 pub use block::{Block, MAX_BLOCK_BYTES};
 pub use bundle::OutputBundle;
 pub use codec::{CODEC_VERSION, Canonical};
@@ -70,7 +72,7 @@ pub use hash::{
 pub use job::{Constraints, InputRef, JobSpec, Limits, Resources, VerificationLevel, WorkloadKind, limits};
 pub use keys::{Address, SecretKey, Signature, verify_batch};
 pub use provider::{Capacity, Gpu, PriceSheet, ProviderInfo, Region, provider_limits};
-pub use receipt::{ErrorCode, Event, Receipt, RefundReason, TxStatus};
+pub use receipt::{AuditKind, AuditOutcome, ErrorCode, Event, Receipt, RefundReason, SlashReason, TxStatus};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,
     Metering, OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, SubmitJob, Transfer, Tx,

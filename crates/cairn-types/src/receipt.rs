@@ -132,6 +132,16 @@ error_codes! {
     VerificationNotActive = 61, "verification_not_active", "this verification step is not active on this chain";
     /// The task cannot be disputed now.
     DisputeNotAllowed = 62, "dispute_not_allowed", "task cannot be disputed now";
+    /// The audit's verdict window has closed.
+    AuditLate = 63, "audit_late", "the audit's verdict window has closed";
+    /// This auditor already gave its verdict.
+    DuplicateVerdict = 64, "duplicate_verdict", "this auditor already gave its verdict";
+    /// The task is already under audit or dispute.
+    DisputeExists = 65, "dispute_exists", "the task is already under audit or dispute";
+    /// The dispute bond is below the minimum.
+    DisputeBondTooLow = 66, "dispute_bond_too_low", "dispute bond is below the minimum";
+    /// No eligible auditors exist for this task.
+    NoAuditors = 67, "no_auditors", "no eligible auditors exist for this task";
     /// No such storage deal.
     DealNotFound = 70, "deal_not_found", "no such storage deal";
     /// No such lease.
@@ -210,6 +220,50 @@ pub enum RefundReason {
     Cancelled,
 }
 
+/// How an audit or dispute ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// The re-runs agree with the worker's result: it settles.
+    Confirmed,
+    /// The re-runs agree on another result: the worker is slashed, the task re-runs or is refunded.
+    WorkerFaulted,
+    /// A canary's known answer was given: the auditor re-ran it.
+    CanaryPassed,
+    /// A canary's auditor echoed the wrong claimed output: it is slashed.
+    CanaryFailed,
+    /// No majority, or no verdict: nobody is slashed, the worker is not paid and the task
+    /// re-runs or is refunded.
+    Undecided,
+    /// The assigned auditor gave no verdict in time and no other auditor could be drawn: the
+    /// result settles unaudited.
+    Unanswered,
+}
+
+/// Why stake was slashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlashReason {
+    /// A worker's committed result lost a dispute.
+    WrongResult,
+    /// An auditor's verdict disagreed with the dispute's majority.
+    WrongVerdict,
+    /// An auditor approved a canary's wrong answer (or gave another wrong one).
+    Canary,
+}
+
+/// Why an audit was assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    /// The beacon picked the result for a random audit.
+    Random,
+    /// A dispute: `k` auditors re-run and the majority decides.
+    Dispute,
+    /// A task with a known answer, shown with a wrong claimed output.
+    Canary,
+}
+
 /// Something that happened, for clients, providers and the explorer.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -267,6 +321,29 @@ pub enum Event {
     DealCreated { deal: DealId, client: Address },
     /// A storage deal ended; its unspent escrow went back.
     DealEnded { deal: DealId, refunded: Amount },
+    /// An auditor must re-run `task` and submit its own output root by height `due`.
+    /// `claimed` is the output it is checked against; canaries look the same.
+    AuditAssigned { task: TaskId, auditor: Address, claimed: ContentId, due: u64 },
+    /// A dispute opened: `auditors` re-run the task.
+    DisputeOpened { task: TaskId, by: Option<Address>, auditors: Vec<Address>, due: u64 },
+    /// An assigned auditor gave its verdict.
+    AuditSubmitted { task: TaskId, auditor: Address },
+    /// An assigned auditor gave no verdict in time.
+    AuditorMissed { task: TaskId, auditor: Address },
+    /// An audit or dispute ended.
+    AuditResolved { task: TaskId, outcome: AuditOutcome },
+    /// An auditor was paid for a verdict that matched the outcome.
+    AuditorPaid { task: TaskId, auditor: Address, amount: Amount },
+    /// Stake was slashed and split.
+    Slashed {
+        who: Address,
+        task: TaskId,
+        reason: SlashReason,
+        amount: Amount,
+        to_auditors: Amount,
+        to_client: Amount,
+        burned: Amount,
+    },
     /// Block rewards and fees were paid out.
     RewardsPaid { validators: Amount, providers: Amount },
 }

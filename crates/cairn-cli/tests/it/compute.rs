@@ -155,9 +155,16 @@ fn a_provider_killed_mid_task_is_replaced_after_the_deadline_and_the_client_stil
         providers[victim].kill9();
         let c = node.client();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut respawned = false;
         let view = loop {
             let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
             let task: cairn_state::model::Task = serde_json::from_value(v["tasks"][0].clone()).unwrap();
+            // The killed provider comes back once the task has moved on: it releases what it
+            // no longer holds, and it is the only other provider to audit the new result.
+            if task.attempt == 2 && !respawned {
+                providers[victim].spawn();
+                respawned = true;
+            }
             if task.state.is_final() {
                 break (v, task);
             }
@@ -174,13 +181,18 @@ fn a_provider_killed_mid_task_is_replaced_after_the_deadline_and_the_client_stil
         assert_eq!(v["escrow"], "0 CRN", "escrow balanced: nothing left held");
         let after = c.account(&client_key.address()).await.unwrap().balance;
         let fee = Amount::from_base_units(1_000);
+        let verification_fee = Amount::from_base_units(100_000);
         assert_eq!(
             before.checked_sub(after).unwrap(),
-            price.checked_add(fee).unwrap(),
-            "the client paid the price and one fee, no more"
+            price.checked_add(verification_fee).unwrap().checked_add(fee).unwrap(),
+            "the client paid the price, the verification fee and one tx fee, no more"
         );
-        // The killed provider comes back and releases what it no longer holds.
-        providers[victim].spawn();
+        let audited = v["tasks"][0]["id"].as_str().unwrap().to_string();
+        assert!(
+            providers[victim].log().contains(&format!("audit submitted task={}", &audited[..8])),
+            "the restarted provider audited the new result:\n{}",
+            providers[victim].log()
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let s = providers[victim].status().await;

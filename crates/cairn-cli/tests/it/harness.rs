@@ -64,7 +64,7 @@ pub(crate) fn create_network_with_models(root: &Path, n: usize, providers: usize
     create_network_with(root, n, providers, &[])
 }
 
-fn create_network_with(root: &Path, n: usize, providers: usize, extra: &[&str]) -> u16 {
+pub(crate) fn create_network_with(root: &Path, n: usize, providers: usize, extra: &[&str]) -> u16 {
     let base = free_base(n.max(providers) as u16);
     let out = Command::new(BIN)
         .args(["devnet", "--validators", &n.to_string(), "--providers", &providers.to_string()])

@@ -6,3 +6,4 @@ mod compute;
 mod harness;
 mod inference;
 mod node;
+mod verification;

@@ -14,6 +14,7 @@ pub(crate) fn crn(s: &str) -> Amount {
 pub(crate) fn params() -> Params {
     Params {
         challenge_window: 5,
+        audit_window: 3,
         unbonding_blocks: 10,
         reward_epoch_blocks: 10,
         heartbeat_timeout: 10_000,
@@ -46,13 +47,18 @@ pub(crate) fn info(region: &str, wasm_price: &str) -> ProviderInfo {
 /// A chain with a funded client and `prices.len()` registered providers (each with 1,000 CRN
 /// bonded), provider i at `prices[i]` in region `regions[i % len]`.
 pub(crate) fn market(prices: &[&str]) -> TestChain {
+    market_with(params(), prices)
+}
+
+/// [`market`] with other parameters.
+pub(crate) fn market_with(params: Params, prices: &[&str]) -> TestChain {
     let c = client();
     let provs: Vec<SecretKey> = (0..prices.len() as u64).map(provider_key).collect();
     let mut funded: Vec<(&SecretKey, Amount)> = vec![(&c, crn("100000"))];
     for p in &provs {
         funded.push((p, crn("5000")));
     }
-    let mut chain = TestChain::new(params(), &funded);
+    let mut chain = TestChain::new(params, &funded);
     let regions = ["DE", "US", "SG"];
     for (i, p) in provs.iter().enumerate() {
         chain.send(p, TxBody::Bond(Bond { amount: crn("1000") }));

@@ -53,13 +53,15 @@ fn a_committed_task_settles_after_the_challenge_window_and_pays_provider_fee_and
         Event::TaskSettled { paid, protocol_fee, refunded, .. } => Some((*paid, *protocol_fee, *refunded)),
         _ => None,
     });
-    // price 0.5, protocol fee 2% = 0.01, reserve = 1 + 10% verification fee = 1.1, refund 0.6
-    assert_eq!(settled, Some((crn("0.49"), crn("0.01"), crn("0.6"))));
+    // price 0.5, protocol fee 2% = 0.01, reserve = 1 + 10% verification fee = 1.1; the
+    // verification fee goes to the audit pool, refund 0.5.
+    assert_eq!(settled, Some((crn("0.49"), crn("0.01"), crn("0.5"))));
+    assert_eq!(chain.state.totals().unwrap().audit_pool, crn("0.1"));
     assert!(matches!(chain.task_state(&job, 0), TaskState::Settled { .. }));
     assert!(chain.state.escrow(&job).unwrap().is_zero());
-    // The client paid exactly the price plus its one tx fee.
+    // The client paid exactly the price, the verification fee and its one tx fee.
     let client_after = chain.state.account(&client().address()).unwrap().balance;
-    assert_eq!(client_before.checked_sub(client_after).unwrap(), crn("0.5").checked_add(chain.fee).unwrap());
+    assert_eq!(client_before.checked_sub(client_after).unwrap(), crn("0.6").checked_add(chain.fee).unwrap());
     assert_eq!(chain.state.provider(&p0).unwrap().unwrap().reputation.total_valid, 1);
     checks(&chain);
 }

@@ -7,3 +7,4 @@ mod common;
 mod lifecycle;
 mod properties;
 mod staking_rewards;
+mod verification;

@@ -13,8 +13,8 @@ use cairn_state::testkit::{CHAIN_ID, TestChain, key};
 use cairn_state::{MemStore, Params, State, keys};
 use cairn_types::{
     Amount, Bid, Bond, CancelJob, CloseLease, CommitResult, ContentId, CreateStorageDeal, Event, Heartbeat,
-    JobId, LeaseId, Metering, OpenLease, Receipt, SecretKey, Signature, SubmitJob, TaskId, Transfer, Tx,
-    TxBody, TxStatus, Unbond, VerificationLevel,
+    JobId, LeaseId, Metering, OpenDispute, OpenLease, Receipt, SecretKey, Signature, SubmitAudit, SubmitJob,
+    TaskId, Transfer, Tx, TxBody, TxStatus, Unbond, VerificationLevel,
 };
 use proptest::prelude::*;
 
@@ -43,6 +43,8 @@ enum Action {
     OpenLease { client: u64, provider: u64, blocks: u64 },
     CloseLease { who: u64, lease: usize },
     Deal { client: u64, epochs: u32 },
+    Audit { pick: usize, honest: bool, stranger: Option<u64> },
+    Dispute { pick: usize, bond: u64 },
 }
 
 fn actor(n: u64) -> SecretKey {
@@ -74,12 +76,16 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (c.clone(), p.clone(), 0u64..12).prop_map(|(client, provider, blocks)| Action::OpenLease { client, provider, blocks }),
         1 => (who.clone(), 0usize..4).prop_map(|(who, lease)| Action::CloseLease { who, lease }),
         1 => (c, 0u32..3).prop_map(|(client, epochs)| Action::Deal { client, epochs }),
+        6 => (0usize..8, prop::bool::weighted(0.7), prop::option::weighted(0.2, p.clone()))
+            .prop_map(|(pick, honest, stranger)| Action::Audit { pick, honest, stranger }),
+        1 => (0usize..16, 0u64..60).prop_map(|(pick, bond)| Action::Dispute { pick, bond }),
     ]
 }
 
 fn prop_params() -> Params {
     Params {
         challenge_window: 3,
+        audit_window: 3,
         unbonding_blocks: 4,
         reward_epoch_blocks: 5,
         storage_epoch_blocks: 3,
@@ -255,6 +261,41 @@ impl World {
                     price_per_epoch: crn("0.1"),
                 }),
             ),
+            Action::Audit { pick, honest, stranger } => {
+                let audits = self.chain.audits();
+                if audits.is_empty() {
+                    return None;
+                }
+                let a = &audits[pick % audits.len()];
+                let who = match stranger {
+                    Some(p) => provider_key(p),
+                    None => {
+                        let auditor = a.auditors[pick % a.auditors.len()];
+                        (0..PROVIDERS).map(provider_key).find(|k| k.address() == auditor)?
+                    }
+                };
+                // An honest auditor reports the true root: the worker's (workers here are
+                // honest) or a canary's known answer.
+                let output = match (honest, a.answer) {
+                    (true, Some(answer)) => answer,
+                    (true, None) => a.claimed,
+                    (false, _) => ContentId::of(b"a wrong root"),
+                };
+                let body = TxBody::SubmitAudit(SubmitAudit {
+                    task: a.task,
+                    output,
+                    metering: Metering { units: 5, output_bytes: 5 },
+                });
+                signed(&mut self.chain, &who, body)
+            }
+            Action::Dispute { pick, bond } => {
+                let id = self.pick(pick, |s| matches!(s, TaskState::Committed { .. }) || pick % 5 == 0)?;
+                let task = self.chain.state.task(&id).unwrap()?;
+                let client = self.chain.state.job(&task.job).unwrap()?.client;
+                let who = (0..CLIENTS).map(actor).find(|k| k.address() == client)?;
+                let body = TxBody::OpenDispute(OpenDispute { task: id, bond: crn(&bond.to_string()) });
+                signed(&mut self.chain, &who, body)
+            }
         })
     }
 

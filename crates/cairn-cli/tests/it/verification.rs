@@ -1,0 +1,253 @@
+//! Verified work end to end: adversarial providers on a real devnet are caught by random
+//! audits, disputes and canaries, and honest providers never lose stake.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_client::Client;
+use cairn_state::model::TaskState;
+use cairn_types::{Address, Event, JobId, SecretKey, SlashReason};
+
+use crate::harness::*;
+
+/// Make provider `i` of the network in `root` follow `behaviour` (a TOML table body) and post
+/// `wasm_price` for WASM work.
+fn configure(root: &Path, i: usize, behaviour: Option<&str>, wasm_price: &str) {
+    let path = root.join(format!("provider-{i}/provider.toml"));
+    let mut cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["prices"]["wasm"] = toml::Value::String(wasm_price.into());
+    if let Some(b) = behaviour {
+        cfg.as_table_mut().unwrap().insert("behaviour".into(), toml::from_str(b).unwrap());
+    }
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+}
+
+fn address_of(root: &Path, i: usize) -> Address {
+    let text = std::fs::read_to_string(root.join(format!("provider-{i}/provider.key"))).unwrap();
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).unwrap();
+    SecretKey::from_seed(seed).address()
+}
+
+/// Every event of every block this node run has indexed (blocks from before a restart have no
+/// receipts here).
+async fn all_events(c: &Client) -> Vec<Event> {
+    let tip = c.status().await.unwrap().height;
+    let mut out = Vec::new();
+    for h in 1..=tip {
+        let Ok(v) = c.get::<serde_json::Value>(&format!("/api/blocks/{h}/receipts")).await else { continue };
+        for r in v["receipts"].as_array().unwrap() {
+            for e in r["events"].as_array().unwrap() {
+                out.push(serde_json::from_value(e.clone()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn submit(root: &Path, api: &str, key: &Path, yaml: &str) -> JobId {
+    let spec = root.join("job.yaml");
+    std::fs::copy(testdata("wasm/sieve.wasm"), root.join("sieve.wasm")).unwrap();
+    std::fs::write(&spec, yaml).unwrap();
+    let (ok, out, err) = cairn(
+        &[
+            "job",
+            "submit",
+            spec.to_str().unwrap(),
+            "--no-watch",
+            "--json",
+            "--key-file",
+            key.to_str().unwrap(),
+            "--api",
+            api,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap()
+}
+
+async fn wait_final(
+    c: &Client,
+    job: &JobId,
+    secs: u64,
+    logs: impl Fn() -> String,
+) -> Vec<cairn_state::model::Task> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+        let tasks: Vec<cairn_state::model::Task> = serde_json::from_value(v["tasks"].clone()).unwrap();
+        if tasks.iter().all(|t| t.state.is_final()) {
+            return tasks;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job did not finish: {v}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Start the network's node and providers; fund a client key; wait for `n` providers.
+fn boot(root: &Path, base: u16, n: usize) -> (NodeProc, Vec<ProviderProc>, std::path::PathBuf) {
+    let node = NodeProc::start(&root.join("validator-0"), base + 100);
+    let providers: Vec<ProviderProc> =
+        (0..n).map(|i| ProviderProc::start(&root.join(format!("provider-{i}")))).collect();
+    let client_key = SecretKey::from_seed([77; 32]);
+    let key_file = root.join("me.key");
+    std::fs::write(&key_file, hex::encode(client_key.seed())).unwrap();
+    rt().block_on(async {
+        let c = node.client();
+        c.wait_for_height(2, READY).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let v: serde_json::Value = c.get("/api/providers").await.unwrap();
+            if v["providers"].as_array().unwrap().len() == n {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "providers did not register");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let (ok, _, err) = cairn(
+        &[
+            "wallet",
+            "send",
+            &client_key.address().to_string(),
+            "1000 CRN",
+            "--key-file",
+            root.join("faucet.key").to_str().unwrap(),
+            "--api",
+            &node.api,
+        ],
+        &[],
+    );
+    assert!(ok, "funding failed: {err}");
+    (node, providers, key_file)
+}
+
+#[test]
+fn cheating_workers_are_caught_slashed_and_never_paid_and_their_tasks_rerun_on_honest_providers() {
+    let _heavy = heavy();
+    let dir = TempDir::new("cheaters");
+    let root = &dir.0;
+    let base = create_network(root, 1, 6);
+    // Providers 0-2 are honest; 3 commits wrong outputs, 4 skips the work, 5 commits a wrong
+    // output and vanishes. The cheaters post the lowest prices, so they win the work first.
+    configure(root, 3, Some("kind = \"wrong_always\""), "0.01 CRN");
+    configure(root, 4, Some("kind = \"skip_work\""), "0.01 CRN");
+    configure(root, 5, Some("kind = \"commit_then_vanish\""), "0.01 CRN");
+    let names: BTreeMap<Address, &str> = [
+        (address_of(root, 0), "honest-0"),
+        (address_of(root, 1), "honest-1"),
+        (address_of(root, 2), "honest-2"),
+        (address_of(root, 3), "wrong_always"),
+        (address_of(root, 4), "skip_work"),
+        (address_of(root, 5), "commit_then_vanish"),
+    ]
+    .into();
+    let (node, providers, key) = boot(root, base, 6);
+    let job = submit(
+        root,
+        &node.api,
+        &key,
+        "kind: wasm\nworkload: sieve.wasm\nargs: [\"200000\"]\ntasks: 6\nmax_price_per_task: 0.2 CRN\ndeadline_blocks: 120\nmax_attempts: 6\n",
+    );
+    let logs = || providers.iter().map(ProviderProc::log).collect::<Vec<_>>().join("\n----\n");
+    rt().block_on(async {
+        let c = node.client();
+        let tasks = wait_final(&c, &job, 400, &logs).await;
+        let events = all_events(&c).await;
+        // Every task ends paid to an honest provider, with the honest output.
+        let mut outputs = Vec::new();
+        for t in &tasks {
+            let TaskState::Settled { provider, output, .. } = &t.state else { panic!("not settled: {t:?}") };
+            assert!(names[provider].starts_with("honest"), "a cheater was paid: {t:?}");
+            outputs.push(*output);
+        }
+        let slashed: Vec<(Address, SlashReason)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Slashed { who, reason, .. } => Some((*who, *reason)),
+                _ => None,
+            })
+            .collect();
+        for (who, reason) in &slashed {
+            assert!(!names[who].starts_with("honest"), "an honest provider was slashed: {slashed:?}");
+            assert_eq!(*reason, SlashReason::WrongResult);
+        }
+        // Each cheater that committed a result was caught.
+        let committed: Vec<Address> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::TaskCommitted { provider, .. } => Some(*provider),
+                _ => None,
+            })
+            .collect();
+        for cheater in ["wrong_always", "skip_work", "commit_then_vanish"] {
+            let who = names.iter().find(|(_, n)| **n == cheater).map(|(a, _)| *a).unwrap();
+            if committed.contains(&who) {
+                assert!(
+                    slashed.iter().any(|(w, _)| *w == who),
+                    "{cheater} committed but was not slashed: {slashed:?}\n{}",
+                    logs()
+                );
+            }
+        }
+        assert!(slashed.len() >= 2, "the cheaters won work and were caught: {slashed:?}\n{}", logs());
+        // Honest stake is whole; a slashed cheater's is not.
+        for (who, name) in &names {
+            let a = c.account(who).await.unwrap();
+            let stake: cairn_state::model::Stake = serde_json::from_value(a.stake).unwrap();
+            let whole = stake.bonded == cairn_types::Amount::from_base_units(1_000_000_000);
+            assert_eq!(whole, !slashed.iter().any(|(w, _)| w == who), "{name}: {stake:?}");
+        }
+    });
+}
+
+#[test]
+fn a_lazy_auditor_that_approves_without_rerunning_is_slashed_by_a_canary() {
+    let _heavy = heavy();
+    let dir = TempDir::new("lazy");
+    let root = &dir.0;
+    // Every committed result also hands out a canary, so the lazy auditor meets one soon.
+    let base = create_network_with(root, 1, 4, &["--no-models", "--param", "canary_rate_bps=10000"]);
+    configure(root, 3, Some("kind = \"lazy_auditor\""), "0.05 CRN");
+    let lazy = address_of(root, 3);
+    let (node, providers, key) = boot(root, base, 4);
+    let logs = || providers.iter().map(ProviderProc::log).collect::<Vec<_>>().join("\n----\n");
+    rt().block_on(async {
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        let mut round = 0;
+        loop {
+            let job = submit(
+                root,
+                &node.api,
+                &key,
+                &format!(
+                    "kind: wasm\nworkload: sieve.wasm\nargs: [\"{}\"]\ntasks: 4\nmax_price_per_task: 0.2 CRN\ndeadline_blocks: 120\n",
+                    100_000 + round
+                ),
+            );
+            wait_final(&c, &job, 300, &logs).await;
+            let events = all_events(&c).await;
+            let slashes: Vec<(Address, SlashReason)> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Slashed { who, reason, .. } => Some((*who, *reason)),
+                    _ => None,
+                })
+                .collect();
+            assert!(slashes.iter().all(|(w, _)| *w == lazy), "only the lazy auditor loses stake: {slashes:?}");
+            if slashes.iter().any(|(w, r)| *w == lazy && *r == SlashReason::Canary) {
+                assert!(providers[3].log().contains("audit submitted"), "{}", providers[3].log());
+                break;
+            }
+            round += 1;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no canary caught the lazy auditor after {round} jobs:\n{}",
+                logs()
+            );
+        }
+    });
+}
