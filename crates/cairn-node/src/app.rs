@@ -7,8 +7,13 @@ use std::time::Instant;
 
 use cairn_state::StateView;
 use cairn_types::{Address, TxHash};
-use commonware_consensus::{Heightable as _, marshal::ancestry::Ancestry, simplex, types::Height};
-use commonware_cryptography::{Digestible as _, sha256};
+use commonware_consensus::{
+    Heightable as _,
+    marshal::ancestry::Ancestry,
+    simplex,
+    types::{Height, Round, View},
+};
+use commonware_cryptography::{Digestible as _, certificate::Scheme as _, sha256};
 use commonware_glue::stateful::db::{Merkleized as _, Unmerkleized as _};
 use commonware_glue::stateful::{Application, Finality, Input, Proposed, db::DatabaseSet};
 use commonware_runtime::{Clock, Metrics, Spawner};
@@ -16,9 +21,15 @@ use commonware_utils::non_empty_range;
 use futures::StreamExt as _;
 use tracing::{debug, error, info, warn};
 
-use crate::block::{CairnBlock, Ctx, digest_bytes};
+use crate::block::{CairnBlock, Ctx, ParentCert, digest_bytes};
+use crate::certs::CertCache;
+use crate::engine::Scheme;
 use crate::node::{NodeShared, ProofSource};
 use crate::state::{Dbs, Merk, Overlay, Unmerk, execute_on, execute_via_batch, write_batch};
+
+/// How long a leader waits for its parent's certificate to reach the certificate cache (the
+/// voter may ask for a proposal just before it reports the certificate).
+pub const PARENT_CERT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The application: all its state is shared with the API through [`NodeShared`].
 #[derive(Clone, Debug)]
@@ -27,6 +38,10 @@ pub struct App {
     pub shared: Arc<NodeShared>,
     /// With an empty mempool, how long a leader waits for transactions before proposing.
     pub empty_block_wait: std::time::Duration,
+    /// Recent consensus certificates, fed by the consensus reporter.
+    pub certs: Arc<CertCache>,
+    /// Verifies parent certificates (and names the validator set the beacon indexes).
+    pub verifier: Scheme,
 }
 
 impl App {
@@ -41,13 +56,14 @@ impl App {
         E: Spawner + commonware_storage::Context,
     {
         let genesis = &self.shared.genesis;
+        let participants = self.verifier.participants();
         let fast = {
             let mirror = self.shared.mirror.read().unwrap_or_else(|p| p.into_inner());
-            mirror.with_view(&block.parent, |view| execute_on(view, block, genesis))
+            mirror.with_view(&block.parent, |view| execute_on(view, block, genesis, participants))
         };
         let (writes, receipts) = match fast {
             Some(r) => r?,
-            None => execute_via_batch::<E>(batch, block, genesis).await?,
+            None => execute_via_batch::<E>(batch, block, genesis, participants).await?,
         };
         Ok(Overlay { parent: block.parent, height: block.height.get(), writes, receipts })
     }
@@ -72,11 +88,31 @@ impl App {
         };
         mirror.with_view(parent, read).unwrap_or_else(|| read(&*mirror))
     }
+
+    /// The certificate to embed for the parent named by `ctx`: none for genesis, otherwise
+    /// from the certificate cache, waiting up to [`PARENT_CERT_WAIT`] for it to arrive.
+    async fn parent_cert<E: Clock>(&self, rt: &E, ctx: &Ctx) -> Option<ParentCert> {
+        let (view, digest) = ctx.parent;
+        if view == View::zero() {
+            return (digest == self.shared.genesis_block.digest()).then_some(ParentCert::Genesis);
+        }
+        let round = Round::new(ctx.round.epoch(), view);
+        let deadline = rt.current() + PARENT_CERT_WAIT;
+        loop {
+            if let Some(cert) = self.certs.get(round, &digest) {
+                return Some(cert);
+            }
+            if rt.current() >= deadline {
+                return None;
+            }
+            rt.sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl<E> Application<E> for App
 where
-    E: Spawner + Clock + Metrics + commonware_storage::Context,
+    E: Spawner + Clock + Metrics + commonware_storage::Context + rand_core::CryptoRng,
 {
     type SigningScheme = simplex::scheme::ed25519::Scheme;
     type Context = Ctx;
@@ -103,6 +139,10 @@ where
     ) -> Option<Proposed<Self, E>> {
         let parent = ancestry.next().await?;
         let height = parent.height().get().checked_add(1)?;
+        let Some(parent_cert) = self.parent_cert(&_rt, &ctx).await else {
+            warn!(height, parent_view = ctx.parent.0.get(), "parent certificate not seen: not proposing");
+            return None;
+        };
         // Empty blocks cost every node a database commit: give transactions a moment to
         // arrive, but propose as soon as one does.
         let wait_until = _rt.current() + self.empty_block_wait;
@@ -126,6 +166,7 @@ where
         let mut block = CairnBlock {
             context: ctx,
             parent: parent.digest(),
+            parent_cert,
             height: Height::new(height),
             state_root: sha256::Digest::from([0u8; 32]),
             ops_root: sha256::Digest::from([0u8; 32]),
@@ -158,7 +199,7 @@ where
 
     async fn process(
         &mut self,
-        (_rt, _ctx): (E, Ctx),
+        (mut rt, _ctx): (E, Ctx),
         ancestry: impl Ancestry<CairnBlock>,
         batches: Unmerk<E>,
         finality: Finality,
@@ -166,6 +207,15 @@ where
         let digested = ancestry.peek()?.clone();
         let block = digested.inner();
         let height = block.height.get();
+        // The beacon hashes the embedded certificate, so a candidate's must be the real one.
+        // (A finalized block was checked by the voters that finalized it.)
+        if finality == Finality::Candidate {
+            let genesis = self.shared.genesis_block.digest();
+            if let Err(why) = block.check_parent_cert(&genesis, &self.verifier, &mut rt) {
+                warn!(height, why, "rejecting block with a bad parent certificate");
+                return None;
+            }
+        }
         let started = Instant::now();
         let overlay = match self.execute::<E>(&batches, block).await {
             Ok(o) => o,

@@ -49,6 +49,7 @@ use rand_core::CryptoRng;
 
 use crate::app::App;
 use crate::block::{BlockCfg, CairnBlock};
+use crate::certs::CertCache;
 use crate::node::{Evidence, NodeShared};
 use crate::state::StateDb;
 
@@ -134,11 +135,13 @@ pub struct ValidatorConfig {
     pub timing: Timing,
 }
 
-/// Makes an evidence record out of verified consensus faults.
+/// Makes an evidence record out of verified consensus faults, and keeps recent certificates
+/// for the proposer (see [`CertCache`]).
 #[derive(Clone, Debug)]
 pub struct FaultSink {
     shared: Arc<NodeShared>,
     participants: Set<ed25519::PublicKey>,
+    certs: Arc<CertCache>,
 }
 
 impl FaultSink {
@@ -172,6 +175,8 @@ impl Reporter for FaultSink {
             Activity::NullifyFinalize(c) => {
                 self.record("nullify_finalize", c.signer().get(), c.view().get(), c.encode().to_vec())
             }
+            Activity::Notarization(n) | Activity::Certification(n) => self.certs.notarized(n.clone()),
+            Activity::Finalization(f) => self.certs.finalized(f.clone()),
             _ => {}
         }
         Feedback::Ok
@@ -348,10 +353,16 @@ where
     )
     .await;
 
+    let certs = Arc::new(CertCache::default());
     let (stateful, stateful_mailbox) = Stateful::new(
         context.child("stateful"),
         StatefulConfig {
-            application: App { shared: shared.clone(), empty_block_wait: cfg.timing.empty_block_wait },
+            application: App {
+                shared: shared.clone(),
+                empty_block_wait: cfg.timing.empty_block_wait,
+                certs: certs.clone(),
+                verifier: Scheme::verifier(&cfg.namespace, cfg.participants.clone()),
+            },
             db_config: state_db_cfg(&prefix, page_cache.clone()),
             provider: (),
             marshal: (marshal_mailbox.clone(), floor),
@@ -380,7 +391,7 @@ where
     let faults = AttributableReporter::new(
         context.child("fault_rng"),
         scheme.clone(),
-        FaultSink { shared, participants: cfg.participants.clone() },
+        FaultSink { shared, participants: cfg.participants.clone(), certs },
         Sequential,
         true,
     );

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod app;
 pub mod block;
+pub mod certs;
 pub mod config;
 pub mod engine;
 pub mod gossip;

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use cairn_state::{Genesis, Layered, StateView, StoreError, WriteSet};
 use cairn_types::Receipt;
-use commonware_cryptography::{Sha256, sha256};
+use commonware_cryptography::{Sha256, ed25519, sha256};
 use commonware_glue::stateful::db::{DatabaseSet, Shared};
 use commonware_parallel::Sequential;
 use commonware_storage::{mmr, qmdb::current::ordered::variable, translator::EightCap};
+use commonware_utils::ordered::Set;
 
 use crate::block::CairnBlock;
 
@@ -165,8 +166,9 @@ pub fn execute_on(
     view: &dyn StateView,
     block: &CairnBlock,
     genesis: &Genesis,
+    participants: &Set<ed25519::PublicKey>,
 ) -> Result<(WriteSet, Vec<Receipt>), ExecError> {
-    let sb = block.to_state_block();
+    let sb = block.to_state_block(participants);
     if sb.height == 1 {
         let mut all = genesis.writes()?;
         let exec = cairn_state::execute(&Layered { top: &all, base: view }, &sb)?;
@@ -203,6 +205,7 @@ pub async fn execute_via_batch<E>(
     batch: &Unmerk<E>,
     block: &CairnBlock,
     genesis: &Genesis,
+    participants: &Set<ed25519::PublicKey>,
 ) -> Result<(WriteSet, Vec<Receipt>), ExecError>
 where
     E: commonware_runtime::Spawner + commonware_storage::Context,
@@ -210,7 +213,7 @@ where
     let mut cache: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     loop {
         let view = Prefetched { cache: &cache, misses: RefCell::new(BTreeSet::new()) };
-        let result = execute_on(&view, block, genesis);
+        let result = execute_on(&view, block, genesis, participants);
         let misses = view.misses.into_inner();
         if misses.is_empty() {
             return result;

@@ -356,9 +356,7 @@ async fn reconcile(ctx: &Arc<Ctx>) {
         }
         Err(e) => warn!(error = %e, "cannot list assigned tasks; running work continues"),
     }
-    if ctx.cfg.behaviour.answers_audits() {
-        audits(ctx).await;
-    }
+    audits(ctx).await;
     bid(ctx).await;
 }
 

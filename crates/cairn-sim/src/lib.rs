@@ -246,6 +246,8 @@ struct Sim {
     slashes: BTreeMap<Address, u64>,
     /// Task → (worker, lied) for committed results.
     lies: BTreeMap<TaskId, (Address, bool)>,
+    /// A cheated task → which of its worker's lies it was (1 = the first).
+    lie_seq: BTreeMap<TaskId, u64>,
     submitted_at: BTreeMap<JobId, u64>,
     settle_times: Vec<u64>,
     report: SimReport,
@@ -354,6 +356,7 @@ impl Sim {
             tasks_of: BTreeMap::new(),
             slashes: BTreeMap::new(),
             lies: BTreeMap::new(),
+            lie_seq: BTreeMap::new(),
             submitted_at: BTreeMap::new(),
             settle_times: Vec::new(),
             report: SimReport { invariants_held: true, ..SimReport::default() },
@@ -394,7 +397,9 @@ impl Sim {
         *self.committed.entry(worker).or_default() += 1;
         *self.tasks_of.entry(worker).or_default() += 1;
         if lied {
-            *self.cheated.entry(worker).or_default() += 1;
+            let n = self.cheated.entry(worker).or_default();
+            *n += 1;
+            self.lie_seq.insert(task, *n);
         }
         self.useful_units += UNITS;
         // Established: the provider's streak already puts it at p_min.
@@ -427,9 +432,6 @@ impl Sim {
             return;
         }
         let b = self.behaviour(&auditor);
-        if !b.answers_audits() {
-            return;
-        }
         let worker = match self.chain.state.task(&task).ok().flatten().map(|t| t.state) {
             Some(TaskState::Committed { provider, .. } | TaskState::Settled { provider, .. }) => {
                 Some(provider)
@@ -485,15 +487,17 @@ impl Sim {
                         self.report.cheats_paid += 1;
                     }
                 }
-                Event::Slashed { who, reason, .. } => {
+                Event::Slashed { who, reason, task, .. } => {
                     *self.slashes.entry(*who).or_default() += 1;
                     if self.behaviour(who) == Behaviour::Honest {
                         self.report.false_slashes += 1;
                     }
                     if *reason == SlashReason::WrongResult {
                         self.report.cheats_caught += 1;
-                        let n = self.cheated.get(who).copied().unwrap_or(0);
-                        self.first_caught.entry(*who).or_insert(n);
+                        // Caught within K cheated tasks: K is the caught lie's place among
+                        // the worker's lies.
+                        let k = self.lie_seq.get(task).copied().unwrap_or(0);
+                        self.first_caught.entry(*who).and_modify(|f| *f = (*f).min(k)).or_insert(k);
                     }
                 }
                 _ => {}

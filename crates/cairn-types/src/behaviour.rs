@@ -32,7 +32,7 @@ pub enum Behaviour {
         /// The colluding providers.
         ring: Vec<Address>,
     },
-    /// Commits a wrong output, then stops answering (no audits, no further work).
+    /// Behaves until its first wrong output, then stops (no audits, no further work).
     CommitThenVanish,
 }
 
@@ -64,11 +64,6 @@ impl Behaviour {
             Behaviour::Colluder { ring } => !worker.is_some_and(|w| ring.contains(w)),
             _ => true,
         }
-    }
-
-    /// Whether it answers audits at all.
-    pub fn answers_audits(&self) -> bool {
-        !matches!(self, Behaviour::CommitThenVanish)
     }
 
     /// A short name: `honest`, `wrong_always`…
