@@ -131,6 +131,9 @@ pub struct StrategyRow {
     pub profit_per_provider: i128,
     /// Mean profit per committed task, in base units (signed).
     pub profit_per_task: i128,
+    /// Expected value of cheating: what the strategy earned over the same tasks done honestly
+    /// (at the honest providers' profit per task), per cheated task; `None` without cheats.
+    pub gain_per_cheat: Option<i128>,
 }
 
 /// What a run measured.
@@ -587,7 +590,16 @@ impl Sim {
         for row in rows.values_mut() {
             let total = row.profit_per_provider;
             row.profit_per_provider = total / i128::from(row.providers.max(1));
-            row.profit_per_task = total / i128::from(row.tasks.max(1) as u32).max(1);
+            row.profit_per_task = total / i128::from(row.tasks.max(1));
+            row.gain_per_cheat = Some(total); // the total, until the honest rate is known
+        }
+        let honest_rate = rows.get("honest").map_or(0, |h| h.profit_per_task);
+        for row in rows.values_mut() {
+            let total = row.gain_per_cheat.take().unwrap_or(0);
+            if row.cheated > 0 {
+                let as_honest = honest_rate * i128::from(row.tasks);
+                row.gain_per_cheat = Some((total - as_honest) / i128::from(row.cheated));
+            }
         }
         // Detection of persistent cheaters (every task a lie once they start).
         for (a, b) in &self.behaviour {
@@ -671,22 +683,31 @@ pub fn report_text(r: &SimReport, seed: u64, took: std::time::Duration) -> Strin
     );
     let _ = writeln!(
         out,
-        "{:<20} {:>9} {:>9} {:>8} {:>8} {:>16} {:>14}",
-        "behaviour", "providers", "tasks", "cheated", "slashed", "profit/provider", "profit/task"
+        "{:<20} {:>9} {:>9} {:>8} {:>8} {:>16} {:>12} {:>12}",
+        "behaviour",
+        "providers",
+        "tasks",
+        "cheated",
+        "slashed",
+        "profit/provider",
+        "profit/task",
+        "gain/cheat"
     );
     for s in &r.strategies {
         let _ = writeln!(
             out,
-            "{:<20} {:>9} {:>9} {:>8} {:>8} {:>16} {:>14}",
+            "{:<20} {:>9} {:>9} {:>8} {:>8} {:>16} {:>12} {:>12}",
             s.behaviour,
             s.providers,
             s.tasks,
             s.cheated,
             s.slashed,
             crn(s.profit_per_provider),
-            crn(s.profit_per_task)
+            crn(s.profit_per_task),
+            s.gain_per_cheat.map_or("-".into(), crn)
         );
     }
+    let _ = writeln!(out, "(CRN; gain/cheat: profit over the same tasks done honestly, per cheated task)");
     let _ = writeln!(
         out,
         "verification overhead: {:.1}% of useful compute ({:.1}% once reputations are established)",
@@ -739,12 +760,13 @@ mod tests {
         assert!(r.cheats_caught > 0, "{r:?}");
         let honest = r.strategies.iter().find(|s| s.behaviour == "honest").expect("honest row");
         for s in &r.strategies {
-            if s.behaviour != "honest" && s.behaviour != "lazy_auditor" && s.cheated > 0 {
+            if s.behaviour != "honest" && s.cheated > 0 {
                 assert!(
                     s.profit_per_task < honest.profit_per_task,
                     "{} out-earned honest: {r:?}",
                     s.behaviour
                 );
+                assert!(s.gain_per_cheat.is_some_and(|g| g < 0), "{} gained by cheating: {r:?}", s.behaviour);
             }
         }
     }

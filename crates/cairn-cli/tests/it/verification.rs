@@ -251,3 +251,37 @@ fn a_lazy_auditor_that_approves_without_rerunning_is_slashed_by_a_canary() {
         }
     });
 }
+
+#[test]
+fn cairn_sim_reports_as_json_and_refuses_impossible_mixes() {
+    let (ok, out, err) = cairn(
+        &[
+            "sim",
+            "--providers",
+            "30",
+            "--blocks",
+            "20",
+            "--tasks-per-block",
+            "10",
+            "--tasks-per-job",
+            "5",
+            "--cheat-after",
+            "1",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["false_slashes"], 0);
+    let r = &v["reports"][0];
+    assert_eq!(r["invariants_held"], true);
+    assert_eq!(r["tasks"], 200);
+    assert!(r["strategies"].as_array().unwrap().iter().any(|s| s["behaviour"] == "honest"));
+    let (ok, _, err) = cairn(&["sim", "--wrong-always-bps", "9000", "--lazy-auditor-bps", "9000"], &[]);
+    assert!(!ok);
+    assert!(err.contains("more than 10000 basis points"), "{err}");
+    let (ok, _, err) = cairn(&["sim", "--dispute-k", "2"], &[]);
+    assert!(!ok);
+    assert!(err.contains("dispute_auditors must be odd"), "{err}");
+}
