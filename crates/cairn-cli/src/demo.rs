@@ -357,9 +357,12 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
         }));
     }
     let client_key: &SecretKey = &key;
+    let verification = verification_summary(&client, &names).await;
+    say(json, &verification.0);
     Ok(Summary {
         all_settled,
         json: json!({
+            "verification": verification.1,
             "api": client.base(),
             "chain_id": crate::devnet::CHAIN_ID,
             "client": client_key.address(),
@@ -369,4 +372,57 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             "jobs": jobs_json,
         }),
     })
+}
+
+/// What verification did during the demo, read from the blocks' receipts: audits, their
+/// outcomes, canaries, slashes.
+async fn verification_summary(
+    client: &cairn_client::Client,
+    names: &BTreeMap<Address, String>,
+) -> (String, Value) {
+    use cairn_types::{AuditOutcome, Event};
+    let tip = client.status().await.map(|s| s.height).unwrap_or(0);
+    let (mut assigned, mut confirmed, mut canaries, mut disputes) = (0u64, 0u64, 0u64, 0u64);
+    let mut auditors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut slashed = Vec::new();
+    for h in 1..=tip {
+        let Ok(v) = client.get::<Value>(&format!("/api/blocks/{h}/receipts")).await else { continue };
+        let events = v["receipts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["events"].as_array().into_iter().flatten());
+        for e in events {
+            let Ok(e) = serde_json::from_value::<Event>(e.clone()) else { continue };
+            match e {
+                Event::AuditAssigned { auditor, .. } => {
+                    assigned += 1;
+                    *auditors
+                        .entry(names.get(&auditor).cloned().unwrap_or_else(|| short(&auditor)))
+                        .or_default() += 1;
+                }
+                Event::AuditResolved { outcome: AuditOutcome::Confirmed, .. } => confirmed += 1,
+                Event::AuditResolved {
+                    outcome: AuditOutcome::CanaryPassed | AuditOutcome::CanaryFailed,
+                    ..
+                } => canaries += 1,
+                Event::DisputeOpened { .. } => disputes += 1,
+                Event::Slashed { who, reason, amount, .. } => slashed.push(json!({
+                    "who": who, "reason": reason, "amount": amount,
+                })),
+                _ => {}
+            }
+        }
+    }
+    let by: Vec<String> = auditors.iter().map(|(n, c)| format!("{n} ×{c}")).collect();
+    let line = format!(
+        "verification: {assigned} audit re-runs assigned ({}), {confirmed} results confirmed by an independent re-run, {canaries} canaries, {disputes} disputes, {} slashed",
+        if by.is_empty() { "none".to_string() } else { by.join(", ") },
+        slashed.len()
+    );
+    let json = json!({
+        "audits_assigned": assigned, "confirmed": confirmed, "canaries": canaries,
+        "disputes": disputes, "slashed": slashed,
+    });
+    (line, json)
 }

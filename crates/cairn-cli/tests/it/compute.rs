@@ -65,6 +65,11 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     let svg = dir.0.join("results/svg-render/task-0/scene.png");
     assert_eq!(&std::fs::read(svg).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     assert!(stderr.contains("settled:"), "the path is shown: {stderr}");
+    // Newcomers' results are all audited: other providers re-ran them, and nobody was slashed.
+    let verification = &v["verification"];
+    assert!(verification["confirmed"].as_u64().unwrap() > 0, "{verification}");
+    assert_eq!(verification["slashed"], serde_json::json!([]), "{verification}");
+    assert!(stderr.contains("results confirmed by an independent re-run"), "{stderr}");
     // Providers competed on price: the three posted prices all appear.
     assert!(stderr.contains("at 0.05 CRN") && stderr.contains("at 0.08 CRN"), "{stderr}");
 }

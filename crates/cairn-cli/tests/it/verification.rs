@@ -204,6 +204,76 @@ fn cheating_workers_are_caught_slashed_and_never_paid_and_their_tasks_rerun_on_h
 }
 
 #[test]
+fn colluders_are_paid_only_when_their_partner_audits_and_a_partial_cheater_only_for_honest_results() {
+    let _heavy = heavy();
+    let dir = TempDir::new("colluders");
+    let root = &dir.0;
+    let base = create_network(root, 1, 6);
+    let (c3, c4) = (address_of(root, 3), address_of(root, 4));
+    // 3 and 4 cheat on every task and approve each other's results without re-running; 5 cheats
+    // on half its tasks. They post the lowest prices.
+    let ring = format!("kind = \"colluder\"\nring = [\"{c3}\", \"{c4}\"]");
+    configure(root, 3, Some(&ring), "0.01 CRN");
+    configure(root, 4, Some(&ring), "0.01 CRN");
+    configure(root, 5, Some("kind = \"wrong_sometimes\"\nrate_bps = 5000"), "0.01 CRN");
+    let partial = address_of(root, 5);
+    let honest: Vec<Address> = (0..3).map(|i| address_of(root, i)).collect();
+    let (node, providers, key) = boot(root, base, 6);
+    let job = submit(
+        root,
+        &node.api,
+        &key,
+        "kind: wasm\nworkload: sieve.wasm\nargs: [\"300000\"]\ntasks: 6\nmax_price_per_task: 0.2 CRN\ndeadline_blocks: 120\nmax_attempts: 6\n",
+    );
+    let logs = || providers.iter().map(ProviderProc::log).collect::<Vec<_>>().join("\n----\n");
+    rt().block_on(async {
+        let c = node.client();
+        let tasks = wait_final(&c, &job, 400, &logs).await;
+        let events = all_events(&c).await;
+        // Who audited each task's final result (the last assignment before its settlement).
+        let mut auditor_of: BTreeMap<cairn_types::TaskId, Address> = BTreeMap::new();
+        let mut slashed: Vec<(Address, cairn_types::TaskId)> = Vec::new();
+        for e in &events {
+            match e {
+                Event::AuditAssigned { task, auditor, .. } => {
+                    auditor_of.insert(*task, *auditor);
+                }
+                Event::Slashed { who, task, reason, .. } => {
+                    assert!(!honest.contains(who), "an honest provider was slashed: {e:?}");
+                    assert_eq!(*reason, SlashReason::WrongResult, "{e:?}");
+                    slashed.push((*who, *task));
+                }
+                _ => {}
+            }
+        }
+        let cheats = cairn_types::Behaviour::WrongSometimes { rate_bps: 5_000 };
+        for t in &tasks {
+            let TaskState::Settled { provider, .. } = &t.state else {
+                panic!("not settled: {t:?}\n{}", logs())
+            };
+            if *provider == c3 || *provider == c4 {
+                let partner = if *provider == c3 { c4 } else { c3 };
+                assert_eq!(
+                    auditor_of.get(&t.id),
+                    Some(&partner),
+                    "a colluder was paid without its partner's approval: {t:?}"
+                );
+            }
+            if *provider == partial {
+                assert!(!cheats.cheats_on(&t.id), "a wrong result of the partial cheater was paid: {t:?}");
+            }
+        }
+        // Each ring member's results are all audited at first, mostly by honest providers: the
+        // ring is caught (all of them falling to the partner has odds under 1 in 200).
+        assert!(
+            slashed.iter().any(|(w, _)| *w == c3 || *w == c4),
+            "the ring was never caught: {slashed:?}\n{}",
+            logs()
+        );
+    });
+}
+
+#[test]
 fn a_lazy_auditor_that_approves_without_rerunning_is_slashed_by_a_canary() {
     let _heavy = heavy();
     let dir = TempDir::new("lazy");

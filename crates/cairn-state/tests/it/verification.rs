@@ -373,3 +373,27 @@ fn verdicts_from_strangers_late_or_twice_change_nothing_but_the_fee() {
     assert_eq!(status(&verdict(&mut chain, &a, task2, lie())), TxStatus::Failed(ErrorCode::DuplicateVerdict));
     checks(&chain);
 }
+
+#[test]
+fn a_cheater_cannot_unbond_the_stake_that_backs_its_result_before_the_dispute_ends() {
+    let mut chain = net();
+    let (_, task, w, drawn) = job_committed(&mut chain, lie());
+    let k = key_of(&w);
+    // Everything but the registration minimum leaves; the minimum is locked while the result is open.
+    let unbond = |amount| TxBody::Unbond(cairn_types::Unbond { amount });
+    assert_eq!(status(&chain.run(&k, unbond(crn("1000")))), TxStatus::Failed(ErrorCode::StakeLocked));
+    assert_eq!(status(&chain.run(&k, unbond(crn("900")))), TxStatus::Ok);
+    let (_, first, _) = assignments(&drawn)[0];
+    let r = verdict(&mut chain, &first, task, truth(&task));
+    let mut last = Vec::new();
+    for (_, a, _) in assignments(std::slice::from_ref(&r)) {
+        last = vec![verdict(&mut chain, &a, task, truth(&task))];
+    }
+    assert_eq!(outcomes(&last), vec![AuditOutcome::WorkerFaulted]);
+    let stake = chain.state.stake(&w).unwrap();
+    assert_eq!(stake.bonded, crn("90"), "the slash reached the stake that stayed bonded");
+    assert_eq!(stake.unbonding.iter().map(|u| u.amount).collect::<Vec<_>>(), vec![crn("900")]);
+    // Below the registration minimum now: no new work until it bonds again.
+    assert_eq!(status(&chain.run(&k, unbond(crn("1")))), TxStatus::Failed(ErrorCode::StakeLocked));
+    checks(&chain);
+}
