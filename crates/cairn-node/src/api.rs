@@ -293,9 +293,7 @@ async fn account(
     State(st): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Path(a) = path?;
-    let address: Address =
-        a.parse().map_err(|e: cairn_types::Error| ApiError::bad("bad_address", e.to_string()))?;
+    let address = address_param(path)?;
     ready(&st)?;
     let (acct, stake) = st
         .shared
@@ -322,9 +320,7 @@ async fn provider(
     State(st): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Path(a) = path?;
-    let address: Address =
-        a.parse().map_err(|e: cairn_types::Error| ApiError::bad("bad_address", e.to_string()))?;
+    let address = address_param(path)?;
     ready(&st)?;
     let p = st
         .shared
@@ -341,9 +337,7 @@ async fn provider_tasks(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     use cairn_state::model::TaskState;
-    let Path(a) = path?;
-    let address: Address =
-        a.parse().map_err(|e: cairn_types::Error| ApiError::bad("bad_address", e.to_string()))?;
+    let address = address_param(path)?;
     ready(&st)?;
     let tasks = st.shared.tasks_where(
         |t| matches!(&t.state, TaskState::Assigned { provider, .. } if *provider == address),
@@ -358,9 +352,7 @@ async fn provider_audits(
     State(st): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Path(a) = path?;
-    let address: Address =
-        a.parse().map_err(|e: cairn_types::Error| ApiError::bad("bad_address", e.to_string()))?;
+    let address = address_param(path)?;
     ready(&st)?;
     let pending = st.shared.audits_where(
         |r| r.auditors.iter().zip(&r.verdicts).any(|(x, v)| *x == address && v.is_none()),
@@ -374,6 +366,12 @@ async fn provider_audits(
         }
     }
     Ok(Json(json!({ "audits": out })))
+}
+
+/// The `{address}` of a route.
+fn address_param(path: Result<Path<String>, PathRejection>) -> ApiResult<Address> {
+    let Path(a) = path?;
+    a.parse().map_err(|e: cairn_types::Error| ApiError::bad("bad_address", e.to_string()))
 }
 
 /// Query of `GET /api/tasks`.

@@ -46,6 +46,17 @@ async fn all_events(c: &Client) -> Vec<Event> {
     out
 }
 
+/// Who was slashed, and why, in order.
+fn slashes(events: &[Event]) -> Vec<(Address, SlashReason)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Slashed { who, reason, .. } => Some((*who, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn submit(root: &Path, api: &str, key: &Path, yaml: &str) -> JobId {
     let spec = root.join("job.yaml");
     std::fs::copy(testdata("wasm/sieve.wasm"), root.join("sieve.wasm")).unwrap();
@@ -163,13 +174,7 @@ fn cheating_workers_are_caught_slashed_and_never_paid_and_their_tasks_rerun_on_h
             assert!(names[provider].starts_with("honest"), "a cheater was paid: {t:?}");
             outputs.push(*output);
         }
-        let slashed: Vec<(Address, SlashReason)> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Slashed { who, reason, .. } => Some((*who, *reason)),
-                _ => None,
-            })
-            .collect();
+        let slashed = slashes(&events);
         for (who, reason) in &slashed {
             assert!(!names[who].starts_with("honest"), "an honest provider was slashed: {slashed:?}");
             assert_eq!(*reason, SlashReason::WrongResult);
@@ -300,13 +305,7 @@ fn a_lazy_auditor_that_approves_without_rerunning_is_slashed_by_a_canary() {
             );
             wait_final(&c, &job, 300, &logs).await;
             let events = all_events(&c).await;
-            let slashes: Vec<(Address, SlashReason)> = events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Slashed { who, reason, .. } => Some((*who, *reason)),
-                    _ => None,
-                })
-                .collect();
+            let slashes = slashes(&events);
             assert!(slashes.iter().all(|(w, _)| *w == lazy), "only the lazy auditor loses stake: {slashes:?}");
             if slashes.iter().any(|(w, r)| *w == lazy && *r == SlashReason::Canary) {
                 assert!(providers[3].log().contains("audit submitted"), "{}", providers[3].log());
