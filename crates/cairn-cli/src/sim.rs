@@ -139,7 +139,7 @@ pub(crate) fn run(a: SimArgs) -> Result<()> {
         }
         reports.push(r);
     }
-    let pooled = pool(&reports);
+    let pooled = SimReport::pooled(&reports);
     let ks: Vec<u64> = (0..=200).step_by(5).collect();
     let curve = pooled.detection_curve(&ks);
     if let Some(path) = &a.csv {
@@ -173,13 +173,4 @@ pub(crate) fn run(a: SimArgs) -> Result<()> {
         bail!("a supply or escrow invariant broke");
     }
     Ok(())
-}
-
-/// Detection samples of every seed together.
-fn pool(reports: &[SimReport]) -> SimReport {
-    let mut p = SimReport { q_bps: reports.first().map_or(0, |r| r.q_bps), ..SimReport::default() };
-    for r in reports {
-        p.detection.extend(r.detection.iter().copied());
-    }
-    p
 }

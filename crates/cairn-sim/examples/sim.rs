@@ -8,7 +8,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seeds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let detection = args.iter().any(|a| a == "detection");
-    let mut all = cairn_sim::SimReport::default();
+    let mut reports = Vec::new();
     for seed in 1..=seeds {
         let mut cfg = cairn_sim::SimConfig { seed, ..cairn_sim::SimConfig::default() };
         if detection {
@@ -21,9 +21,9 @@ fn main() {
         let started = std::time::Instant::now();
         let r = cairn_sim::run(cfg);
         println!("{}", cairn_sim::report_text(&r, seed, started.elapsed()));
-        all.q_bps = r.q_bps;
-        all.detection.extend(r.detection);
+        reports.push(r);
     }
+    let all = cairn_sim::SimReport::pooled(&reports);
     println!("all {seeds} seeds:");
     print!("{}", cairn_sim::detection_text(&all));
     for (k, sim, theory) in all.detection_curve(&(0..=200).step_by(5).collect::<Vec<_>>()) {

@@ -188,6 +188,15 @@ impl SimReport {
             .collect()
     }
 
+    /// The detection samples of several runs together (their `q` is the first run's).
+    pub fn pooled(reports: &[SimReport]) -> SimReport {
+        SimReport {
+            q_bps: reports.first().map_or(0, |r| r.q_bps),
+            detection: reports.iter().flat_map(|r| r.detection.iter().copied()).collect(),
+            ..SimReport::default()
+        }
+    }
+
     /// `K = ln(1-P)/ln(1-q)`: cheated tasks within which a persistent cheater is caught with
     /// probability `P`.
     pub fn k_theory(&self, p: f64) -> f64 {
@@ -242,7 +251,7 @@ struct Sim {
     /// Cheated tasks per provider so far, and the count at its first slash.
     cheated: BTreeMap<Address, u64>,
     first_caught: BTreeMap<Address, u64>,
-    /// Whether each provider had started cheating (for detection statistics).
+    /// Providers that cheated once and stopped (`commit_then_vanish`).
     vanished: BTreeMap<Address, bool>,
     costs: BTreeMap<Address, u128>,
     tasks_of: BTreeMap<Address, u64>,

@@ -382,4 +382,18 @@ fn cairn_sim_reports_as_json_and_refuses_impossible_mixes() {
     let (ok, _, err) = cairn(&["sim", "--dispute-k", "2"], &[]);
     assert!(!ok);
     assert!(err.contains("dispute_auditors must be odd"), "{err}");
+    // A devnet refuses bad parameter overrides before writing anything.
+    let dir = TempDir::new("bad-param");
+    let home = dir.0.join("net");
+    for (param, why) in [
+        ("nope=1", "no chain parameter named \"nope\""),
+        ("canary_rate_bps=abc", "wrong type"),
+        ("noequals", "expected NAME=VALUE"),
+        ("canary_rate_bps=20000", "at most 10000"),
+    ] {
+        let (ok, _, err) =
+            cairn(&["devnet", "--no-models", "--home", home.to_str().unwrap(), "--param", param], &[]);
+        assert!(!ok && err.contains(why), "{param}: {err}");
+        assert!(!home.exists(), "{param}: nothing is written");
+    }
 }
