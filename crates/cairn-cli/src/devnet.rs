@@ -224,7 +224,7 @@ pub(crate) struct Layout {
 
 /// The running processes; killed when dropped.
 pub(crate) struct Network {
-    children: Vec<(String, Child)>,
+    children: Vec<(String, Child, PathBuf)>,
     /// API base URLs, by validator.
     pub(crate) apis: Vec<String>,
     /// Provider endpoints, by provider.
@@ -235,7 +235,7 @@ pub(crate) struct Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        for (_, c) in &mut self.children {
+        for (_, c, _) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -243,11 +243,14 @@ impl Drop for Network {
 }
 
 impl Network {
-    /// A process that exited, if any.
-    pub(crate) fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
-        for (name, c) in &mut self.children {
+    /// If a process exited: what to tell the user (its name, status and the end of its log).
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        for (name, c, log) in &mut self.children {
             if let Ok(Some(status)) = c.try_wait() {
-                return Some((name.clone(), status));
+                let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+                return Some(format!("{name} exited ({status}); the end of {}:\n  {tail}", log.display()));
             }
         }
         None
@@ -262,6 +265,7 @@ impl Network {
 
     fn spawn_logged(&mut self, name: String, args: &[&str], log: &Path) -> Result<()> {
         let exe = std::env::current_exe().context("locating the cairn binary")?;
+        let path = log.to_path_buf();
         let log = std::fs::File::create(log).context("creating a log file")?;
         let child = Command::new(exe)
             .args(args)
@@ -270,7 +274,7 @@ impl Network {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        self.children.push((name, child));
+        self.children.push((name, child, path));
         Ok(())
     }
 }
@@ -325,8 +329,8 @@ pub(crate) async fn start_providers(net: &mut Network, n: usize, timeout: Durati
     let client = cairn_client::Client::new(&net.apis[0]);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some((name, status)) = net.exited() {
-            bail!("{name} exited ({status}); see its log in {}", net.root.display());
+        if let Some(why) = net.exited() {
+            bail!("{why}");
         }
         let listed: serde_json::Value = client.get("/api/providers").await.unwrap_or_default();
         if listed["providers"].as_array().is_some_and(|p| p.len() >= n) {
@@ -358,8 +362,8 @@ pub(crate) async fn start_gateway(net: &mut Network, port: u16, timeout: Duratio
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some((name, status)) = net.exited() {
-            bail!("{name} exited ({status}); see its log in {}", net.root.display());
+        if let Some(why) = net.exited() {
+            bail!("{why}");
         }
         if http.get(format!("{base}/models")).send().await.is_ok_and(|r| r.status().is_success()) {
             return Ok(base);
@@ -377,8 +381,8 @@ pub(crate) async fn wait_ready(net: &mut Network, height: u64, timeout: Duration
     for (i, api) in net.apis.clone().iter().enumerate() {
         let client = cairn_client::Client::new(api);
         loop {
-            if let Some((name, status)) = net.exited() {
-                bail!("{name} exited ({status}); see its log in {}", net.root.display());
+            if let Some(why) = net.exited() {
+                bail!("{why}");
             }
             if let Ok(s) = client.status().await
                 && s.ready
@@ -481,8 +485,8 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => { say(json, "stopping"); break; }
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
-            if let Some((name, status)) = net.exited() {
-                bail!("{name} exited ({status}); see its log in {}", a.home.display());
+            if let Some(why) = net.exited() {
+                bail!("{why}");
             }
             if let (Some(b), Ok(s)) = (a.blocks, client.status().await)
                 && s.height >= b

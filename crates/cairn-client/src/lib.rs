@@ -53,6 +53,16 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether trying again later may succeed: the node was unreachable, slow, overloaded or
+    /// failed internally. A refusal of the request itself (a 4xx answer) is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Timeout(..) => true,
+            Error::Api { status, .. } => *status >= 500 || *status == 429,
+            Error::Decode(_) => false,
+        }
+    }
 }
 
 /// Result with [`Error`].

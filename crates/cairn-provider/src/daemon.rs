@@ -11,7 +11,7 @@ use cairn_runtime::{Executor, InferenceConfig, InferenceExecutor, TaskRun, WasmC
 use cairn_state::model::{Provider, Stake, Task, TaskState};
 use cairn_types::{
     Address, Amount, Bid, Bond, Canonical, CommitResult, ContentId, ErrorCode, Heartbeat, JobId, JobSpec,
-    Metering, ProviderInfo, RegisterProvider, SecretKey, SubmitAudit, TaskId, TxBody, TxStatus,
+    Metering, ProviderInfo, Receipt, RegisterProvider, SecretKey, SubmitAudit, TaskId, TxBody, TxStatus,
     UpdateProvider, WorkloadKind,
 };
 use futures::StreamExt as _;
@@ -89,6 +89,27 @@ struct ProviderView {
     provider: Provider,
 }
 
+/// Run `op` until it succeeds or fails for a reason retrying cannot fix: a node that is
+/// unreachable, slow or overloaded is waited out (with backoff), a refusal is returned.
+async fn patiently<T, E, F, Fut>(what: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    E: Into<Error>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match op().await.map_err(Into::into) {
+            Err(Error::Node(e)) if e.is_transient() => {
+                warn!(error = %e, "{what}: the node did not answer in time; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn wait_for_node(client: &Client) -> cairn_types::api::StatusView {
     let mut delay = Duration::from_millis(200);
     loop {
@@ -113,7 +134,7 @@ pub async fn run(home: &Path) -> Result<()> {
     let key = home.load_key()?;
     let client = Client::new(&cfg.node);
     let status = wait_for_node(&client).await;
-    let params = client.params().await?;
+    let params = patiently("reading the chain's parameters", || client.params()).await?;
     let fee: Amount = params
         .get("min_tx_fee")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -143,7 +164,7 @@ pub async fn run(home: &Path) -> Result<()> {
         cfg,
     });
     serve(&ctx).await?;
-    register(&ctx, &key).await?;
+    patiently("registering", || register(&ctx, &key)).await?;
     info!(provider = %ctx.me, endpoint = %ctx.cfg.endpoint, "provider ready");
     if ctx.cfg.behaviour != cairn_types::Behaviour::Honest {
         warn!(behaviour = ctx.cfg.behaviour.name(), "this provider runs an adversary behaviour");
@@ -168,7 +189,9 @@ pub async fn run(home: &Path) -> Result<()> {
 
 /// The blob endpoint (outputs are fetched from here) and a status page.
 async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(ctx.cfg.listen).await?;
+    let listener = tokio::net::TcpListener::bind(ctx.cfg.listen).await.map_err(|e| {
+        Error::Config(format!("cannot listen on {} (`listen` in provider.toml): {e}", ctx.cfg.listen))
+    })?;
     let status_ctx = ctx.clone();
     let app = cairn_blobs::router(ctx.blobs.clone(), 1 << 20).route(
         "/provider/status",
@@ -259,8 +282,7 @@ async fn register(ctx: &Ctx, key: &SecretKey) -> Result<()> {
     let stake: Stake = serde_json::from_value(account.stake.clone()).unwrap_or_default();
     if stake.bonded < ctx.cfg.stake {
         let need = ctx.cfg.stake.checked_sub(stake.bonded).unwrap_or_default();
-        match ctx.sender.submit_and_wait(TxBody::Bond(Bond { amount: need }), Duration::from_secs(60)).await?
-        {
+        match submit_until_final(ctx, TxBody::Bond(Bond { amount: need })).await? {
             TxStatus::Ok => info!(amount = %need, "bonded stake"),
             other => {
                 return Err(Error::Config(format!(
@@ -277,9 +299,25 @@ async fn register(ctx: &Ctx, key: &SecretKey) -> Result<()> {
         Err(e) if e.code() == Some("not_found") => TxBody::RegisterProvider(RegisterProvider { info }),
         Err(e) => return Err(e.into()),
     };
-    match ctx.sender.submit_and_wait(body, Duration::from_secs(60)).await? {
+    match submit_until_final(ctx, body).await? {
         TxStatus::Ok => Ok(()),
         other => Err(Error::Config(format!("registration refused: {other:?}"))),
+    }
+}
+
+/// Submit a registration transaction and wait for its receipt however slow the chain is, so a
+/// retry after a slow answer never submits it twice.
+async fn submit_until_final(ctx: &Ctx, body: TxBody) -> Result<TxStatus> {
+    let hash = ctx.sender.submit(body).await?;
+    loop {
+        match ctx.client.wait_for(&hash, Duration::from_secs(60)).await {
+            Ok((_, Receipt::Tx { status, .. })) => return Ok(status),
+            Ok((_, Receipt::EndBlock { .. })) => return Ok(TxStatus::Ok),
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, tx = %hash, "still waiting for a block to include it")
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -401,3 +401,35 @@ fn a_node_outage_does_not_stop_running_work_and_the_commit_lands_after_it() {
         }
     });
 }
+
+#[test]
+fn a_devnet_whose_provider_cannot_start_says_which_and_why() {
+    let dir = TempDir::new("provider-fails");
+    let base = free_base(2);
+    // Something else already listens on provider-1's endpoint.
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", base + 201)).unwrap();
+    let (ok, _, stderr) = cairn(
+        &[
+            "devnet",
+            "--fresh",
+            "--no-demo",
+            "--no-models",
+            "--exit-when-done",
+            "--providers",
+            "2",
+            "--home",
+            dir.0.to_str().unwrap(),
+            "--p2p-port",
+            &base.to_string(),
+            "--api-port",
+            &(base + 100).to_string(),
+            "--provider-port",
+            &(base + 200).to_string(),
+        ],
+        &[],
+    );
+    assert!(!ok, "the devnet cannot run without provider-1");
+    assert!(stderr.contains("provider-1 exited"), "{stderr}");
+    // The end of the provider's own log is shown, so the user need not go looking for it.
+    assert!(stderr.contains("provider.log") && stderr.contains("in use"), "{stderr}");
+}

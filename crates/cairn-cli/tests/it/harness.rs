@@ -32,14 +32,16 @@ impl Drop for TempDir {
     }
 }
 
-/// A base port with `n` free ports above it, for both p2p and API (API at base + 100).
+/// A base port with `n` free ports above it for each role: p2p at base, API at base + 100,
+/// provider endpoints at base + 200, gateways at base + 300. Bases stay below Linux's ephemeral range (32768 and up), so
+/// an outgoing connection elsewhere in the test run cannot take a port between the check and
+/// its use.
 pub(crate) fn free_base(n: u16) -> u16 {
     let seed = std::process::id() as u16 ^ (COUNTER.fetch_add(1, Ordering::SeqCst) as u16).wrapping_mul(7919);
-    for attempt in 0..200u16 {
-        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(397)) % 30_000);
+    for attempt in 0..400u16 {
+        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(397)) % 12_000);
         let ok = (0..n).all(|i| {
-            TcpListener::bind(("127.0.0.1", base + i)).is_ok()
-                && TcpListener::bind(("127.0.0.1", base + 100 + i)).is_ok()
+            [0, 100, 200, 300].iter().all(|role| TcpListener::bind(("127.0.0.1", base + role + i)).is_ok())
         });
         if ok {
             return base;
