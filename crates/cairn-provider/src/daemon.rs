@@ -255,6 +255,10 @@ async fn prepare_models(
         info!(model = %header.name, id = %id.short(), family = ?header.family, "serving model");
         attrs.insert(model_attribute(id), format!("{}:{}", header.family.task(), header.name));
     }
+    if !cfg.models.is_empty() {
+        // Auditors of this provider's inference results are drawn from the same class.
+        attrs.insert(cairn_types::INFERENCE_CLASS_ATTRIBUTE.to_string(), infer.class());
+    }
     Ok(attrs)
 }
 

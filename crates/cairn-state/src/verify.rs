@@ -25,8 +25,9 @@
 use std::collections::BTreeMap;
 
 use cairn_types::{
-    Address, Amount, AuditKind, AuditOutcome, CommitResult, ContentId, ErrorCode, Event, JobSpec,
-    OpenDispute, SlashReason, SubmitAudit, TaskId, VerificationLevel, hash_domain,
+    Address, Amount, AuditKind, AuditOutcome, CommitResult, ContentId, ErrorCode, Event,
+    INFERENCE_CLASS_ATTRIBUTE, JobSpec, OpenDispute, SlashReason, SubmitAudit, TaskId, VerificationLevel,
+    WorkloadKind, hash_domain,
 };
 
 use crate::ctx::{Ctx, Exec, invariant};
@@ -166,23 +167,37 @@ pub fn audit_probability_bps(
 }
 
 /// Draw up to `count` auditors by bonded stake, without replacement, among live providers that
-/// could run `spec` for `client`, leaving out `exclude`.
+/// could run `spec` for `client`, leaving out `exclude`. An inference result is re-run only in
+/// its `worker`'s class ([`INFERENCE_CLASS_ATTRIBUTE`]): bitwise equality, which alone may slash,
+/// holds only there.
+#[allow(clippy::too_many_arguments)]
 fn draw_auditors(
     ctx: &Ctx<'_>,
     spec: &JobSpec,
     client: &Address,
+    worker: &Address,
     exclude: &[Address],
     task: &TaskId,
     round: u32,
     count: u32,
 ) -> Exec<Vec<Address>> {
+    let class = match spec.kind {
+        WorkloadKind::Inference => registry::get(ctx, worker)?
+            .and_then(|w| w.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE).cloned()),
+        _ => None,
+    };
     let mut pool: Vec<(Address, u128)> = Vec::new();
     for addr in registry::index(ctx)? {
-        if exclude.contains(&addr) {
+        if exclude.contains(&addr) || addr == *worker {
             continue;
         }
         let p = registry::get(ctx, &addr)?.ok_or_else(|| invariant("indexed provider missing"))?;
         if !registry::fits(ctx, &p, spec, client) {
+            continue;
+        }
+        if spec.kind == WorkloadKind::Inference
+            && p.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE) != class.as_ref()
+        {
             continue;
         }
         let stake = staking::stake(ctx, &addr)?.bonded.base_units();
@@ -207,6 +222,11 @@ fn draw_auditors(
         picked.push(pool.remove(at).0);
     }
     Ok(picked)
+}
+
+/// The worker whose result a random audit or its panel checks (the first address drawn).
+fn worker_of(a: &Audit) -> Exec<Address> {
+    a.tried.first().copied().ok_or_else(|| invariant("audit without its worker"))
 }
 
 fn window_end(ctx: &Ctx<'_>) -> Exec<u64> {
@@ -252,7 +272,7 @@ fn assign_random(ctx: &mut Ctx<'_>, mut a: Audit, spec: &JobSpec, j: &Job) -> Ex
     let round = a.round.checked_add(1).ok_or_else(|| invariant("round overflow"))?;
     let drawn = u32::try_from(a.tried.len().saturating_sub(1)).unwrap_or(u32::MAX);
     let picked = if drawn < ctx.params.audit_max_draws {
-        draw_auditors(ctx, spec, &j.client, &a.tried, &a.task, round, 1)?
+        draw_auditors(ctx, spec, &j.client, &worker_of(&a)?, &a.tried, &a.task, round, 1)?
     } else {
         Vec::new()
     };
@@ -285,7 +305,7 @@ fn hand_out_canary(ctx: &mut Ctx<'_>, seed_task: &TaskId) -> Exec<()> {
     }
     let j = market::job(ctx, &k.job)?.ok_or_else(|| invariant("known answer without job"))?;
     let spec = market::spec(ctx, &k.job)?;
-    let picked = draw_auditors(ctx, &spec, &j.client, &[k.worker], seed_task, 1_000, 1)?;
+    let picked = draw_auditors(ctx, &spec, &j.client, &k.worker, &[], seed_task, 1_000, 1)?;
     let Some(auditor) = picked.first().copied() else { return Ok(()) };
     let claimed = ContentId(hash_domain("cairn canary claim v1", &[&ctx.beacon.0, &k.task.0, &k.output.0]));
     let due = window_end(ctx)?;
@@ -375,7 +395,7 @@ pub(crate) fn open_dispute(ctx: &mut Ctx<'_>, who: &Address, d: &OpenDispute) ->
     }
     let spec = market::spec(ctx, &t.job)?;
     let auditors =
-        draw_auditors(ctx, &spec, &j.client, &[provider], &d.task, 1, ctx.params.dispute_auditors)?;
+        draw_auditors(ctx, &spec, &j.client, &provider, &[], &d.task, 1, ctx.params.dispute_auditors)?;
     if auditors.is_empty() {
         return Err(ErrorCode::NoAuditors.into());
     }
@@ -454,7 +474,8 @@ fn resolve(ctx: &mut Ctx<'_>, mut a: Audit) -> Exec<()> {
                     // A mismatch: k more auditors decide between the worker and the auditor.
                     let round = a.round.checked_add(1).ok_or_else(|| invariant("round overflow"))?;
                     let k = ctx.params.dispute_auditors;
-                    let picked = draw_auditors(ctx, &spec, &j.client, &a.tried, &a.task, round, k)?;
+                    let picked =
+                        draw_auditors(ctx, &spec, &j.client, &worker_of(&a)?, &a.tried, &a.task, round, k)?;
                     a.first = Some((auditor, v));
                     if picked.is_empty() {
                         delete_record(ctx, &a);

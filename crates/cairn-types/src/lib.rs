@@ -71,7 +71,9 @@ pub use hash::{
 };
 pub use job::{Constraints, InputRef, JobSpec, Limits, Resources, VerificationLevel, WorkloadKind, limits};
 pub use keys::{Address, SecretKey, Signature, verify_batch};
-pub use provider::{Capacity, Gpu, PriceSheet, ProviderInfo, Region, provider_limits};
+pub use provider::{
+    Capacity, Gpu, INFERENCE_CLASS_ATTRIBUTE, PriceSheet, ProviderInfo, Region, provider_limits,
+};
 pub use receipt::{AuditKind, AuditOutcome, ErrorCode, Event, Receipt, RefundReason, SlashReason, TxStatus};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,

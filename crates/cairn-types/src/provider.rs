@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::job::{WorkloadKind, check_attributes, check_text};
 use crate::{Amount, Error, Result};
 
+/// The provider attribute naming the class its inference runs in (CPU instruction-set class, or
+/// `gpu:` and the device). Inference is bitwise reproducible only within a class, so the chain
+/// draws an inference result's auditors from its worker's class.
+pub const INFERENCE_CLASS_ATTRIBUTE: &str = "inference.class";
+
 /// An ISO 3166-1 alpha-2 country code, upper case (`DE`, `US`, `SG`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
 pub struct Region(pub [u8; 2]);

@@ -144,6 +144,12 @@ impl InferenceExecutor {
         !self.cfg.device.is_cpu()
     }
 
+    /// The class its results are reproducible in, bit for bit: written into every output bundle
+    /// and advertised by providers as `inference.class`.
+    pub fn class(&self) -> String {
+        if self.on_gpu() { format!("gpu:{}", isa_class()) } else { isa_class() }
+    }
+
     /// The header of a prepared model.
     pub fn header(&self, id: &ContentId) -> Option<PackageHeader> {
         lock(&self.packages).get(id).map(|p| p.header.clone())
@@ -341,8 +347,7 @@ impl Executor for InferenceExecutor {
         let mut files = BTreeMap::new();
         files.insert(RESULTS_FILE.to_string(), results.into_bytes());
         files.insert(OutputBundle::EXIT.to_string(), b"ok".to_vec());
-        let class = if self.on_gpu() { format!("gpu:{}", isa_class()) } else { isa_class() };
-        files.insert(ISA_FILE.to_string(), class.into_bytes());
+        files.insert(ISA_FILE.to_string(), self.class().into_bytes());
         Ok(Outcome {
             bundle: OutputBundle { files },
             units,

@@ -397,3 +397,59 @@ fn a_cheater_cannot_unbond_the_stake_that_backs_its_result_before_the_dispute_en
     assert_eq!(status(&chain.run(&k, unbond(crn("1")))), TxStatus::Failed(ErrorCode::StakeLocked));
     checks(&chain);
 }
+
+#[test]
+fn an_inference_result_is_audited_only_by_providers_of_its_workers_class() {
+    use cairn_types::{INFERENCE_CLASS_ATTRIBUTE, UpdateProvider, WorkloadKind};
+    let mut chain = market_with(Params { audit_window: 20, ..params() }, &["0.5"; PROVIDERS]);
+    // Even providers run inference in one instruction-set class, odd ones in another: their
+    // results need not match bit for bit, so neither may audit (and slash) the other.
+    let class = |i: usize| if i % 2 == 0 { "x86_64+avx+avx2" } else { "x86_64+avx+avx2+avx512f" };
+    // Cheap providers win the work: first the even ones, then the odd ones.
+    let set_prices = |chain: &mut TestChain, cheap: usize| {
+        for i in 0..PROVIDERS {
+            let mut info = crate::common::info(["DE", "US", "SG"][i % 3], "0.5");
+            let price = if i % 2 == cheap { "0.1" } else { "0.5" };
+            info.prices.0.insert(WorkloadKind::Inference, crn(price));
+            info.attributes.insert(INFERENCE_CLASS_ATTRIBUTE.into(), class(i).into());
+            chain.ok(&provider_key(i as u64), TxBody::UpdateProvider(UpdateProvider { info }));
+        }
+    };
+    set_prices(&mut chain, 0);
+    let class_of =
+        |a: &Address| class((0..PROVIDERS).find(|i| provider_key(*i as u64).address() == *a).unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..8 {
+        if n == 4 {
+            set_prices(&mut chain, 1);
+        }
+        let mut s = cairn_types::JobSpec::from_yaml(&format!(
+            "kind: inference\nworkload: {}\nmax_price_per_task: 1 CRN\ndeadline_blocks: 4\n",
+            ContentId::of(format!("model {n}").as_bytes())
+        ))
+        .unwrap();
+        s.resources.cpu_millis = 1_000;
+        let job = submit(&mut chain, s);
+        let task = TaskId::derive(&job, 0);
+        let w = worker(&chain, &job);
+        chain.ok(
+            &key_of(&w),
+            TxBody::CommitResult(CommitResult {
+                task,
+                output: truth(&task),
+                metering: Metering { units: 10, output_bytes: 3 },
+            }),
+        );
+        let drawn = chain.next_block();
+        for (t, auditor, _) in assignments(&drawn) {
+            assert_eq!(t, task);
+            assert_ne!(auditor, w);
+            assert_eq!(class_of(&auditor), class_of(&w), "an auditor of another class was drawn");
+            seen.insert(class_of(&w));
+            assert_eq!(status(&verdict(&mut chain, &auditor, task, truth(&task))), TxStatus::Ok);
+        }
+        chain.advance(8);
+    }
+    assert_eq!(seen.len(), 2, "both classes did inference work and were audited: {seen:?}");
+    checks(&chain);
+}
