@@ -404,7 +404,7 @@ fn an_inference_result_is_audited_only_by_providers_of_its_workers_class() {
     let mut chain = market_with(Params { audit_window: 20, ..params() }, &["0.5"; PROVIDERS]);
     // Even providers run inference in one instruction-set class, odd ones in another: their
     // results need not match bit for bit, so neither may audit (and slash) the other.
-    let class = |i: usize| if i % 2 == 0 { "x86_64+avx+avx2" } else { "x86_64+avx+avx2+avx512f" };
+    let class = |i: usize| if i.is_multiple_of(2) { "x86_64+avx+avx2" } else { "x86_64+avx+avx2+avx512f" };
     // Cheap providers win the work: first the even ones, then the odd ones.
     let set_prices = |chain: &mut TestChain, cheap: usize| {
         for i in 0..PROVIDERS {
