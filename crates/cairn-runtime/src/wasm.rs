@@ -106,6 +106,11 @@ fn io(e: impl std::fmt::Display) -> RunError {
 }
 
 /// The engine configuration every Cairn node uses; it is part of the determinism contract.
+/// Tables a module may define (WASI guests use one, for indirect calls).
+const MAX_TABLES: usize = 4;
+/// Elements a table may grow to (a table-growth bomb stops here; real guests use a few thousand).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
 fn engine_config(cache_dir: Option<&Path>) -> Result<Config> {
     let mut c = Config::new();
     c.consume_fuel(true);
@@ -113,6 +118,8 @@ fn engine_config(cache_dir: Option<&Path>) -> Result<Config> {
     c.cranelift_nan_canonicalization(true);
     // Shared-memory threads are not compiled in (wasmtime's `threads` feature is off).
     c.relaxed_simd_deterministic(true);
+    // One linear memory per module: the memory cap is per memory, so several would multiply it.
+    c.wasm_multi_memory(false);
     if let Some(dir) = cache_dir {
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = std::path::absolute(dir).map_err(io)?;
@@ -290,6 +297,9 @@ impl WasmExecutor {
             wasi: b.build_p1(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory)
+                .memories(1)
+                .tables(MAX_TABLES)
+                .table_elements(MAX_TABLE_ELEMENTS)
                 .instances(1)
                 .trap_on_grow_failure(true)
                 .build(),
@@ -337,7 +347,7 @@ impl WasmExecutor {
                                 Stop::Wall => RunError::WallTimeout(task.limits.wall_ms),
                                 Stop::Output => RunError::OutputTooLarge(task.limits.output_bytes),
                             });
-                        } else if format!("{e:#}").contains("forcing trap when growing memory") {
+                        } else if format!("{e:#}").contains("forcing trap when growing") {
                             "out of memory".to_string()
                         } else {
                             match e.downcast_ref::<wasmtime::Trap>() {

@@ -43,6 +43,23 @@ fn a_memory_bomb_hits_the_memory_cap() {
 }
 
 #[test]
+fn a_module_with_several_memories_cannot_multiply_the_memory_cap() {
+    let m = wat(r#"(module (memory 1) (memory (export "memory") 1) (func (export "_start")))"#);
+    let exec = WasmExecutor::new(WasmConfig { work_dir: scratch("multi-memory"), cache_dir: None }).unwrap();
+    let err = exec.prepare(&ContentId::of(&m), &m).unwrap_err();
+    assert!(matches!(err, RunError::InvalidWorkload(_)), "{err}");
+}
+
+#[test]
+fn a_table_bomb_hits_the_table_cap() {
+    let m = wat(r#"(module (memory (export "memory") 1) (table 1 funcref)
+             (func (export "_start") (loop (drop (table.grow (ref.null func) (i32.const 100000))) (br 0))))"#);
+    let (exec, id) = load("table-bomb", &m);
+    let out = exec.run(&TaskRun::new(id, Limits::default())).unwrap();
+    assert_eq!(out.bundle.exit(), Some("out of memory"));
+}
+
+#[test]
 fn reads_and_writes_outside_the_task_directories_are_denied() {
     let dir = scratch("probe-in");
     std::fs::write(dir.join("data.txt"), b"hello").unwrap();
