@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -93,6 +94,26 @@ impl From<JsonRejection> for ApiError {
             }
             _ => ApiError::bad("malformed_json", r.body_text()),
         }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", r.body_text())
+        } else {
+            ApiError::bad("malformed_body", r.body_text())
+        }
+    }
+}
+
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(r: WebSocketUpgradeRejection) -> Self {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            format!("/api/events is a WebSocket stream: {}", r.body_text()),
+        )
     }
 }
 
@@ -201,8 +222,9 @@ fn accept(shared: &NodeShared, tx: Tx) -> ApiResult<TxHash> {
 async fn submit_tx(
     State(st): State<ApiState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = body?;
     let octets = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -513,9 +535,10 @@ struct EventFilter {
 async fn events(
     State(st): State<ApiState>,
     query: Result<Query<EventFilter>, QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let Query(filter) = query?;
+    let ws = ws?;
     let job = match filter.job {
         Some(j) => Some(parse::<JobId>("job id", &j)?),
         None => None,

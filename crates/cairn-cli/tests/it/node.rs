@@ -118,11 +118,17 @@ fn bad_requests_get_typed_json_errors_and_the_node_keeps_finalizing() {
                 .await;
             if let Ok(r) = sent {
                 assert_eq!(r.status().as_u16(), 413);
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                assert_eq!(code(&v), "payload_too_large", "{v}");
                 saw_413 = true;
                 break;
             }
         }
         assert!(saw_413, "never got the 413 answer");
+        // The event stream is a WebSocket; a plain GET is told so, in JSON.
+        let r = http.get(url("/api/events")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 426);
+        assert_eq!(code(&r.json::<serde_json::Value>().await.unwrap()), "websocket_required");
         let mut forged = transfer(&faucet, 0, &faucet, 1);
         forged.signature.0[3] ^= 1;
         let (s, v) = post("/api/txs", forged.encode(), "application/octet-stream").await;
