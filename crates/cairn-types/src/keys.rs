@@ -180,7 +180,17 @@ pub fn verify_batch(items: &[(Address, &[u8], Signature)]) -> Result<()> {
     let mut msgs = Vec::with_capacity(items.len());
     let mut sigs = Vec::with_capacity(items.len());
     for (addr, msg, sig) in items {
-        keys.push(addr.verifying_key()?);
+        let key = addr.verifying_key()?;
+        // The batch equation is not the strict one: refuse what strict verification refuses
+        // outright (weak keys, small-order R), so a batch never accepts a signature that one-by-one
+        // verification would not.
+        let r: [u8; 32] = sig.0[..32].try_into().map_err(|_| Error::BadSignature)?;
+        let r_small =
+            curve25519_dalek::edwards::CompressedEdwardsY(r).decompress().is_none_or(|p| p.is_small_order());
+        if key.is_weak() || r_small {
+            return Err(Error::BadSignature);
+        }
+        keys.push(key);
         msgs.push(*msg);
         sigs.push(ed25519_dalek::Signature::from_bytes(&sig.0));
     }
@@ -190,6 +200,28 @@ pub fn verify_batch(items: &[(Address, &[u8], Signature)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_weak_key_or_small_order_r_fails_the_batch_as_it_fails_alone() {
+        let good = SecretKey::from_seed([9; 32]);
+        let msg = b"pay".as_slice();
+        // The identity point: a weak (small-order) key anyone could "sign" for.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = Address(identity);
+        // With R = identity and s = 0 the cofactorless equation holds for the identity key.
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&identity);
+        let forged = Signature(forged);
+        assert!(weak.verify(msg, &forged).is_err());
+        let items = vec![(good.address(), msg, good.sign(msg)), (weak, msg, forged)];
+        assert_eq!(verify_batch(&items), Err(Error::BadSignature));
+        // A small-order R under a strong key is refused too.
+        let mut small_r = good.sign(msg);
+        small_r.0[..32].copy_from_slice(&identity);
+        assert_eq!(verify_batch(&[(good.address(), msg, small_r)]), Err(Error::BadSignature));
+        assert!(good.address().verify(msg, &small_r).is_err());
+    }
 
     #[test]
     fn batch_verification_accepts_good_and_refuses_one_bad() {
