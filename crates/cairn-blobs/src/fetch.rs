@@ -25,6 +25,17 @@ impl Default for Fetcher {
     }
 }
 
+/// How much a failure says about the blob's sources (higher: more telling).
+fn severity(e: &Error) -> u8 {
+    match e {
+        Error::NotFound(_) => 0,
+        Error::Source { .. } => 1,
+        Error::Io(_) => 2,
+        Error::TooLarge { .. } => 3,
+        Error::Corrupt { .. } => 4,
+    }
+}
+
 fn source_err(url: &str, reason: impl std::fmt::Display) -> Error {
     Error::Source { url: url.to_owned(), reason: reason.to_string() }
 }
@@ -99,18 +110,23 @@ impl Fetcher {
         if store.has(id) {
             return Ok(store.path(id));
         }
-        let mut last = Error::NotFound(*id);
+        // Report the most telling failure, not merely the last: a source that served corrupt
+        // data matters more than one that did not have the blob.
+        let mut worst = Error::NotFound(*id);
         for base in sources {
             match self.fetch_from(store, id, size, max, base).await {
                 Ok(p) => return Ok(p),
-                Err(e @ Error::TooLarge { .. }) => return Err(e),
+                // The spec's own size is over the limit: no source can help.
+                Err(e @ Error::TooLarge { .. }) if size.is_some() => return Err(e),
                 Err(e) => {
                     warn!(%id, source = %base, error = %e, "blob source failed");
-                    last = e;
+                    if severity(&e) >= severity(&worst) {
+                        worst = e;
+                    }
                 }
             }
         }
-        Err(last)
+        Err(worst)
     }
 
     async fn fetch_from(
@@ -147,10 +163,15 @@ impl Fetcher {
             if !resp.status().is_success() {
                 return Err(source_err(&url, resp.status()));
             }
-            let slice = resp.bytes().await.map_err(|e| source_err(&url, e))?;
+            // Read at most what the range can encode to: a source cannot make us buffer more.
             let max_slice = bao::encode::encoded_size(len).saturating_add(64 * 1024);
-            if slice.len() as u128 > max_slice {
-                return Err(source_err(&url, "slice is larger than its range can be"));
+            let mut resp = resp;
+            let mut slice = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| source_err(&url, e))? {
+                if (slice.len() as u128).saturating_add(chunk.len() as u128) > max_slice {
+                    return Err(source_err(&url, "slice is larger than its range can be"));
+                }
+                slice.extend_from_slice(&chunk);
             }
             let mut decoder = bao::decode::SliceDecoder::new(&slice[..], &hash, have, len);
             let mut verified = Vec::with_capacity(usize::try_from(len).unwrap_or(0));

@@ -109,6 +109,35 @@ async fn corrupted_data_is_discarded_and_the_next_source_is_used() {
     assert_eq!(b.read(&id).unwrap(), bytes);
 }
 
+/// A source that claims the blob's size and then answers each slice with an endless body.
+fn flooding(size: u64) -> Router {
+    async fn get() -> impl IntoResponse {
+        let chunk = axum::body::Bytes::from(vec![7u8; 64 * 1024]);
+        let endless = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+        axum::body::Body::from_stream(endless)
+    }
+    let head = move || async move { [("x-blob-size", size.to_string())] };
+    Router::new().route("/blobs/{id}", axum::routing::get(get).head(head))
+}
+
+#[tokio::test]
+async fn the_most_telling_failure_is_reported_and_a_flooding_source_is_cut_off() {
+    let a = Arc::new(BlobStore::open(dir("t-src")).unwrap());
+    let bytes = data(300_000);
+    let id = a.put_bytes(&bytes).unwrap();
+    let liar = serve(lying(a.clone())).await;
+    let empty = serve(router(Arc::new(BlobStore::open(dir("t-empty")).unwrap()), 1 << 20)).await;
+    let b = BlobStore::open(dir("t-dst")).unwrap();
+    // Corrupt data from one source is named even though the last source merely lacked the blob.
+    let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, &[liar, empty]).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    // A source streaming without end is stopped at what the slice could encode to.
+    let flood = serve(flooding(bytes.len() as u64)).await;
+    let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, &[flood]).await.unwrap_err();
+    assert!(err.to_string().contains("larger than its range"), "{err}");
+    assert!(!b.has(&id));
+}
+
 #[tokio::test]
 async fn an_interrupted_transfer_resumes_from_what_was_verified() {
     let a = Arc::new(BlobStore::open(dir("r-src")).unwrap());
