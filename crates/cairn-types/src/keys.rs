@@ -166,6 +166,33 @@ impl fmt::Debug for SecretKey {
     }
 }
 
+/// Whether `r` encodes a point of small order (any of the eight torsion points, under either
+/// sign bit, canonical or not): a byte comparison, so the batch path stays cheap.
+fn is_small_order_encoding(r: &[u8; 32]) -> bool {
+    static Y: std::sync::OnceLock<Vec<[u8; 32]>> = std::sync::OnceLock::new();
+    let ys = Y.get_or_init(|| {
+        let mut ys: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|t| {
+                let mut y = t.compress().to_bytes();
+                y[31] &= 0x7f;
+                y
+            })
+            .collect();
+        // Non-canonical encodings: y = 0 + p and y = 1 + p still fit in 255 bits.
+        for low in [0xed, 0xee] {
+            let mut y = [0xff; 32];
+            y[0] = low;
+            y[31] = 0x7f;
+            ys.push(y);
+        }
+        ys
+    });
+    let mut y = *r;
+    y[31] &= 0x7f;
+    ys.contains(&y)
+}
+
 /// Verify many `(address, message, signature)` triples at once (about twice as fast as one by
 /// one). Deterministic: the batch's random coefficients come from a transcript of its inputs.
 ///
@@ -185,8 +212,7 @@ pub fn verify_batch(items: &[(Address, &[u8], Signature)]) -> Result<()> {
         // outright (weak keys, small-order R), so a batch never accepts a signature that one-by-one
         // verification would not.
         let r: [u8; 32] = sig.0[..32].try_into().map_err(|_| Error::BadSignature)?;
-        let r_small =
-            curve25519_dalek::edwards::CompressedEdwardsY(r).decompress().is_none_or(|p| p.is_small_order());
+        let r_small = is_small_order_encoding(&r);
         if key.is_weak() || r_small {
             return Err(Error::BadSignature);
         }
@@ -216,6 +242,26 @@ mod tests {
         assert!(weak.verify(msg, &forged).is_err());
         let items = vec![(good.address(), msg, good.sign(msg)), (weak, msg, forged)];
         assert_eq!(verify_batch(&items), Err(Error::BadSignature));
+        // Every small-order R, in every encoding strict decoding accepts, is recognised.
+        for t in curve25519_dalek::constants::EIGHT_TORSION {
+            for sign in [0u8, 0x80] {
+                let mut r = t.compress().to_bytes();
+                r[31] |= sign;
+                let decoded = curve25519_dalek::edwards::CompressedEdwardsY(r).decompress();
+                assert_eq!(
+                    is_small_order_encoding(&r),
+                    decoded.is_some_and(|p| p.is_small_order()) || decoded.is_none()
+                );
+            }
+        }
+        let mut r = [0xff; 32];
+        r[0] = 0xee;
+        r[31] = 0x7f; // y = p + 1, a non-canonical identity
+        assert!(
+            curve25519_dalek::edwards::CompressedEdwardsY(r).decompress().is_some_and(|p| p.is_small_order())
+        );
+        assert!(is_small_order_encoding(&r));
+        assert!(!is_small_order_encoding(&good.sign(msg).0[..32].try_into().unwrap()));
         // A small-order R under a strong key is refused too.
         let mut small_r = good.sign(msg);
         small_r.0[..32].copy_from_slice(&identity);
