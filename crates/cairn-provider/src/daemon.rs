@@ -427,15 +427,19 @@ async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
         _ => None,
     };
     let (output, metering) = if ctx.cfg.behaviour.reruns_audit(worker.as_ref()) {
-        let Ok(_permit) = ctx.slots.acquire().await else { return };
+        let Ok(permit) = ctx.slots.acquire().await else { return };
         let Some(spec) = spec_of(ctx, &task.job).await else {
             warn!(task = %task.id.short(), "cannot read the audited job's spec");
             return;
         };
-        match execute(ctx, &task, &spec, false).await {
+        let ran = execute(ctx, &task, &spec, false).await;
+        drop(permit);
+        match ran {
             Ok((output, units, output_bytes)) => (output, Metering { units, output_bytes }),
             Err(e) => {
-                warn!(task = %task.id.short(), error = %e, "cannot re-run the audited task");
+                // Tried again after a pause (the assignment stays listed until its deadline).
+                warn!(task = %task.id.short(), error = %e, "cannot re-run the audited task; retrying in 15 s");
+                tokio::time::sleep(Duration::from_secs(15)).await;
                 return;
             }
         }
@@ -529,14 +533,26 @@ async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec, forge: bool) -> Result<
         _ => ctx.exec.clone(),
     };
     let id = spec.workload;
-    let outcome = tokio::task::spawn_blocking(move || {
+    let ran = tokio::task::spawn_blocking(move || {
         if !exec.is_prepared(&id) {
             exec.prepare_file(&id, &workload)?;
         }
-        Ok::<_, Error>(exec.run(&run)?)
+        exec.run(&run)
     })
     .await
-    .map_err(|e| Error::Config(format!("executor thread: {e}")))??;
+    .map_err(|e| Error::Config(format!("executor thread: {e}")))?;
+    let outcome = match ran {
+        Ok(o) => o,
+        // The job itself cannot run (not a module, output over its cap): every honest provider
+        // and auditor gets the same, so the failure is the result, committed and paid like one.
+        Err(e) if let Some(exit) = e.committable_exit() => {
+            warn!(task = %task.id.short(), error = %e, "the job cannot run; committing the failure as its result");
+            let mut bundle = cairn_types::OutputBundle::default();
+            bundle.files.insert(cairn_types::OutputBundle::EXIT.into(), exit.into_bytes());
+            cairn_runtime::Outcome { bundle, units: 0, wall_ms: 0 }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut bundle = outcome.bundle;
     if forge {
         let mut out = bundle.files.get(cairn_types::OutputBundle::STDOUT).cloned().unwrap_or_default();
@@ -560,6 +576,17 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
             Some((output, units, output_bytes))
         }
         _ => None,
+    };
+    let tries = match &existing {
+        Some(Entry { attempt, phase: Phase::Failed { tries, retry_at_ms, .. }, .. })
+            if *attempt == task.attempt =>
+        {
+            if now_ms() < *retry_at_ms {
+                return;
+            }
+            *tries
+        }
+        _ => 0,
     };
     let (output, units, output_bytes) = match done {
         Some(d) => d,
@@ -594,10 +621,20 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
                     r
                 }
                 Err(e) => {
-                    // Not a committable result (wall-clock cap, output too large, inputs
-                    // unavailable): release; the chain re-auctions after the deadline.
-                    warn!(task = %task.id.short(), error = %e, "task failed here; releasing it");
-                    ctx.ledger(|l| l.tasks.remove(&task.id));
+                    // Not a committable result (wall-clock cap, inputs unavailable): try again
+                    // after a back-off; after the deadline the chain hands the task on.
+                    let tries = tries.saturating_add(1);
+                    let wait = Phase::backoff_ms(tries);
+                    warn!(task = %task.id.short(), error = %e, tries, retry_in_s = wait / 1000, "task failed here");
+                    ctx.ledger(|l| {
+                        if let Some(entry) = l.tasks.get_mut(&task.id) {
+                            entry.phase = Phase::Failed {
+                                reason: e.to_string(),
+                                tries,
+                                retry_at_ms: now_ms().saturating_add(wait),
+                            };
+                        }
+                    });
                     return;
                 }
             }

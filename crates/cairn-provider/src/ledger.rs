@@ -27,6 +27,23 @@ pub enum Phase {
         /// Output content id.
         output: ContentId,
     },
+    /// It could not run here (inputs unavailable, wall-clock cap): tried again after a back-off
+    /// rather than in a loop, until the deadline hands the task to someone else.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Failed tries so far.
+        tries: u32,
+        /// Not tried again before this time (ms since the epoch).
+        retry_at_ms: u64,
+    },
+}
+
+impl Phase {
+    /// The back-off after `tries` failed tries: 10 s, doubling, at most 5 minutes.
+    pub fn backoff_ms(tries: u32) -> u64 {
+        10_000u64.saturating_mul(1u64 << tries.saturating_sub(1).min(5)).min(300_000)
+    }
 }
 
 /// One task.
@@ -99,4 +116,15 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phase;
+
+    #[test]
+    fn a_failed_task_waits_longer_after_each_try_up_to_five_minutes() {
+        let waits: Vec<u64> = (1..=8).map(Phase::backoff_ms).collect();
+        assert_eq!(waits, [10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000, 300_000]);
+    }
 }

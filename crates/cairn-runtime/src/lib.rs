@@ -63,6 +63,20 @@ pub enum RunError {
     Runtime(String),
 }
 
+impl RunError {
+    /// For a failure that is a property of the job itself — the same on every honest machine,
+    /// so an auditor re-running the task reaches it too — the exit status to commit as the
+    /// task's result (`.cairn/exit` of an otherwise empty bundle). `None` for failures of this
+    /// machine or this moment (wall clock, I/O), which must not be committed.
+    pub fn committable_exit(&self) -> Option<String> {
+        match self {
+            RunError::InvalidWorkload(_) => Some("invalid workload".to_string()),
+            RunError::OutputTooLarge(limit) => Some(format!("output over the {limit}-byte limit")),
+            _ => None,
+        }
+    }
+}
+
 /// Result type of this crate.
 pub type Result<T, E = RunError> = std::result::Result<T, E>;
 

@@ -301,6 +301,27 @@ fn bad_jobs_and_bad_data_get_clear_errors_and_lose_nothing() {
     assert!(!ok, "corrupted output must not be accepted: {out}");
     assert!(err.contains("does not match"), "the corruption is named, not hidden behind a miss: {err}");
     assert!(!dir.0.join("res/task-0").exists());
+    // A workload named by id that is not WebAssembly (the CLI cannot check bytes it does not
+    // have): the provider finds out, commits the failure as the task's result instead of
+    // retrying it forever, and the client reads why.
+    let junk = rt()
+        .block_on(cairn_blobs::Fetcher::new().upload(&node.api, b"\0asm\x01\0\0\0junk".to_vec()))
+        .unwrap();
+    let (ok, out, err) = submit(&format!("kind: wasm\nworkload: {junk}\nmax_price_per_task: 1 CRN\n"));
+    assert!(ok, "{out}{err}");
+    let job = out.split_whitespace().last().unwrap().to_string();
+    let (ok, out, err) = cairn(&["job", "watch", &job, "--json", "--api", &node.api], &home);
+    assert!(ok, "{out}{err}\n{}", provider.log());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tasks"][0]["state"]["state"], "settled", "{v}");
+    let (ok, out, err) = cairn(
+        &["job", "result", &job, "--out", dir.0.join("junk-res").to_str().unwrap(), "--api", &node.api],
+        &home,
+    );
+    assert!(ok, "{out}{err}");
+    let exit = std::fs::read_to_string(dir.0.join("junk-res/task-0/.cairn/exit")).unwrap();
+    assert_eq!(exit, "invalid workload");
+    assert_eq!(provider.log().matches("the job cannot run").count(), 1, "run once, not in a loop");
 }
 
 fn cairn_node_key(path: &std::path::Path) -> SecretKey {
