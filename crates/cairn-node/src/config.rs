@@ -176,6 +176,10 @@ impl Home {
     pub fn db(&self) -> PathBuf {
         self.0.join("db")
     }
+    /// `receipts.log`: receipts of finalized blocks, for lookups after a restart.
+    pub fn receipts(&self) -> PathBuf {
+        self.0.join("receipts.log")
+    }
     /// `blobs/`: the node's blob endpoint store.
     pub fn blobs(&self) -> PathBuf {
         self.0.join("blobs")

@@ -12,5 +12,6 @@ pub mod engine;
 pub mod gossip;
 pub mod mempool;
 pub mod node;
+pub mod receipt_log;
 pub mod run;
 pub mod state;

@@ -8,6 +8,7 @@ use cairn_types::{Event, Receipt, Tx, TxHash};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tracing::warn;
 
 use crate::app::tx_hashes;
 use crate::block::{BlockCfg, CairnBlock, digest_bytes};
@@ -198,6 +199,21 @@ impl ReceiptIndex {
         }
     }
 
+    /// Every indexed block's receipts, oldest first.
+    fn newest(&self) -> Vec<crate::receipt_log::BlockReceipts> {
+        self.order
+            .iter()
+            .filter_map(|(h, hashes)| {
+                let receipts = self.by_height.get(h)?;
+                Some(crate::receipt_log::BlockReceipts {
+                    height: *h,
+                    hashes: hashes.clone(),
+                    receipts: receipts.as_ref().clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Receipts of a block.
     pub fn block(&self, height: u64) -> Option<Arc<Vec<Receipt>>> {
         self.by_height.get(&height).cloned()
@@ -229,6 +245,8 @@ pub struct NodeShared {
     pub status: RwLock<ChainStatus>,
     /// Receipts.
     pub receipts: RwLock<ReceiptIndex>,
+    /// Receipts on disk, once attached ([`NodeShared::attach_receipt_log`]).
+    pub receipt_log: Mutex<Option<crate::receipt_log::ReceiptLog>>,
     /// Event stream.
     pub events: broadcast::Sender<NodeEvent>,
     /// Consensus misbehaviour seen.
@@ -260,12 +278,30 @@ impl NodeShared {
             mempool: Mutex::new(mempool),
             status: RwLock::new(ChainStatus::default()),
             receipts: RwLock::new(ReceiptIndex::default()),
+            receipt_log: Mutex::new(None),
             events,
             evidence: Mutex::new(Vec::new()),
             proofs: OnceLock::new(),
             outbox: Mutex::new(Vec::new()),
             metrics: NodeMetrics::new(),
         }
+    }
+
+    /// Keep receipts in the log at `path` from now on, first loading what it already holds, so
+    /// transactions finalized before a restart can still be looked up.
+    ///
+    /// # Errors
+    /// I/O errors opening or repairing the log.
+    pub fn attach_receipt_log(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let (log, records) = crate::receipt_log::ReceiptLog::open(path, RECEIPT_BLOCKS)?;
+        {
+            let mut index = self.receipts.write().unwrap_or_else(|p| p.into_inner());
+            for r in records {
+                index.insert(r.height, r.hashes, Arc::new(r.receipts));
+            }
+        }
+        *self.receipt_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+        Ok(())
     }
 
     /// True once the committed state is loaded and can be read.
@@ -356,14 +392,39 @@ impl NodeShared {
     /// Publish a finalized block: status, receipts, mempool, events, metrics.
     pub fn on_finalized(&self, block: &CairnBlock, digest: [u8; 32], receipts: Vec<Receipt>) {
         let height = block.height.get();
+        {
+            // Already published in this process (consensus may deliver a block twice).
+            let st = self.status.read().unwrap_or_else(|p| p.into_inner());
+            if !st.block.is_empty() && st.height >= height {
+                return;
+            }
+        }
         let hashes = tx_hashes(block);
         let state_root = hex::encode(digest_bytes(&block.state_root));
         let receipts = Arc::new(receipts);
-        self.receipts.write().unwrap_or_else(|p| p.into_inner()).insert(
-            height,
-            hashes.clone(),
-            receipts.clone(),
-        );
+        // A block delivered again after a restart comes without its receipts (they were not
+        // recomputed): keep the ones already indexed and logged.
+        let complete = receipts.len() == hashes.len().saturating_add(1);
+        let fresh =
+            complete && self.receipts.read().unwrap_or_else(|p| p.into_inner()).block(height).is_none();
+        if fresh {
+            self.receipts.write().unwrap_or_else(|p| p.into_inner()).insert(
+                height,
+                hashes.clone(),
+                receipts.clone(),
+            );
+            if let Some(log) = self.receipt_log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                let record = crate::receipt_log::BlockReceipts {
+                    height,
+                    hashes: hashes.clone(),
+                    receipts: receipts.as_ref().clone(),
+                };
+                let newest = || self.receipts.read().unwrap_or_else(|p| p.into_inner()).newest();
+                if let Err(e) = log.append(&record, newest) {
+                    warn!(height, error = %e, "cannot write the receipt log; receipts of this block are kept in memory only");
+                }
+            }
+        }
         {
             let mut st = self.status.write().unwrap_or_else(|p| p.into_inner());
             st.height = height;

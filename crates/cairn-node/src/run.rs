@@ -184,6 +184,9 @@ pub fn run(home: &Path) -> Result<(), RunError> {
         mcfg.max_bytes = cfg.mempool.max_bytes;
         mcfg.max_per_sender = cfg.mempool.max_per_sender;
         let shared = Arc::new(NodeShared::new(genesis.clone(), genesis_block(&chain_id), block_cfg, Mempool::new(mcfg)));
+        if let Err(e) = shared.attach_receipt_log(&home.receipts()) {
+            panic!("cannot open the receipt log {}: {e}", home.receipts().display());
+        }
         {
             let m = &shared.metrics;
             let ctx = context.child("cairn");

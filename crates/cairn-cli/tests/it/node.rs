@@ -242,6 +242,47 @@ fn a_validator_killed_with_sigkill_under_load_restarts_to_the_same_root() {
 }
 
 #[test]
+fn receipts_of_transactions_finalized_before_a_sigkill_are_still_served_after_the_restart() {
+    let dir = TempDir::new("receipts");
+    let base = create_devnet(&dir.0, 1);
+    let mut node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let faucet = faucet(&dir.0);
+    let bob = SecretKey::from_seed([11; 32]);
+    let (hashes, before) = rt().block_on(async {
+        let c = node.client();
+        c.wait_for_height(2, READY).await.unwrap();
+        let nonce = c.account(&faucet.address()).await.unwrap().nonce;
+        let mut hashes = Vec::new();
+        for i in 0..5 {
+            hashes.push(c.submit(&transfer(&faucet, nonce + i, &bob, 3)).await.unwrap());
+        }
+        let mut before = Vec::new();
+        for h in &hashes {
+            c.wait_for(h, Duration::from_secs(30)).await.unwrap();
+            before.push(c.tx(h).await.unwrap());
+        }
+        let last = before.iter().map(|t| match t {
+            TxLookup::Committed { height, .. } => *height,
+            TxLookup::Pending { .. } => 0,
+        });
+        let top = last.max().unwrap();
+        let receipts: serde_json::Value = c.get(&format!("/api/blocks/{top}/receipts")).await.unwrap();
+        (hashes, (before, top, receipts))
+    });
+    node.kill9();
+    node.spawn();
+    rt().block_on(async {
+        let c = node.client();
+        c.wait_for_height(before.1 + 2, READY).await.unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+        for (h, was) in hashes.iter().zip(&before.0) {
+            assert_eq!(&c.tx(h).await.unwrap(), was, "the same receipt, at the same height and index");
+        }
+        let receipts: serde_json::Value = c.get(&format!("/api/blocks/{}/receipts", before.1)).await.unwrap();
+        assert_eq!(receipts, before.2);
+    });
+}
+
+#[test]
 fn a_truncated_store_file_makes_the_node_refuse_to_start() {
     let dir = TempDir::new("corrupt");
     let base = create_devnet(&dir.0, 1);
