@@ -459,6 +459,10 @@ async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
 
 async fn bid(ctx: &Ctx) {
     let Ok(v) = ctx.client.get::<TasksView>("/api/tasks?state=open").await else { return };
+    // Forget tasks that are no longer open (the set stays bounded; a task re-opened after a
+    // missed deadline is considered afresh).
+    let open: BTreeSet<TaskId> = v.tasks.iter().map(|t| t.id).collect();
+    ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| open.contains(id));
     for t in v.tasks {
         if ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).contains(&t.id)
             || t.excluded.contains(&ctx.me)
@@ -472,7 +476,7 @@ async fn bid(ctx: &Ctx) {
         let attrs = spec.constraints.attributes.iter().all(|(k, v)| info.attributes.get(k) == Some(v));
         let room = spec.resources.cpu_millis <= info.capacity.cpu_millis
             && spec.resources.memory_mb <= info.capacity.memory_mb
-            && spec.resources.gpus == 0;
+            && gpus_fit(&spec, &info, ctx.infer.on_gpu());
         ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id);
         if !(fits && attrs && room) {
             continue;
@@ -483,6 +487,16 @@ async fn bid(ctx: &Ctx) {
             Err(e) => warn!(task = %t.id.short(), error = %e, "bid not accepted"),
         }
     }
+}
+
+/// Whether the job's GPU request can be met here: none asked, or enough GPUs with the VRAM
+/// asked and an executor that runs on them (inference in GPU mode; WASM never uses a GPU).
+fn gpus_fit(spec: &JobSpec, info: &ProviderInfo, inference_on_gpu: bool) -> bool {
+    if spec.resources.gpus == 0 {
+        return true;
+    }
+    let usable = info.capacity.gpus.iter().filter(|g| g.vram_mb >= spec.resources.gpu_vram_mb).count();
+    spec.kind == WorkloadKind::Inference && inference_on_gpu && usable >= spec.resources.gpus as usize
 }
 
 /// Fetch a blob from the job's hints and the node, verified.
@@ -683,5 +697,42 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use cairn_types::{Capacity, Gpu, JobSpec, PriceSheet, ProviderInfo};
+
+    use super::gpus_fit;
+
+    fn spec(kind: &str, gpus: u32, vram: u64) -> JobSpec {
+        let mut s = JobSpec::from_yaml(&format!(
+            "kind: {kind}\nworkload: {}\nmax_price_per_task: 1 CRN\n",
+            cairn_types::ContentId::of(b"w")
+        ))
+        .unwrap();
+        s.resources.gpus = gpus;
+        s.resources.gpu_vram_mb = vram;
+        s
+    }
+
+    #[test]
+    fn a_gpu_box_bids_on_gpu_inference_it_can_hold_and_nothing_else_asks_it_for_gpus() {
+        let h100 = Gpu { model: "H100".into(), vram_mb: 80_000 };
+        let info = ProviderInfo {
+            endpoint: "http://127.0.0.1:1".into(),
+            region: "DE".parse().unwrap(),
+            attributes: Default::default(),
+            capacity: Capacity { cpu_millis: 8_000, memory_mb: 64_000, gpus: vec![h100.clone(), h100] },
+            prices: PriceSheet::default(),
+        };
+        assert!(gpus_fit(&spec("inference", 0, 0), &info, false), "no GPU asked");
+        assert!(gpus_fit(&spec("inference", 2, 40_000), &info, true));
+        assert!(!gpus_fit(&spec("inference", 3, 0), &info, true), "only two GPUs");
+        assert!(!gpus_fit(&spec("inference", 1, 100_000), &info, true), "not enough VRAM");
+        assert!(!gpus_fit(&spec("inference", 1, 0), &info, false), "inference runs on the CPU here");
+        assert!(!gpus_fit(&spec("wasm", 1, 0), &info, true), "WASM never uses a GPU");
     }
 }
