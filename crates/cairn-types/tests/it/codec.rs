@@ -50,12 +50,76 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
         beacon: Hash32([5; 32]),
         txs: vec![transfer.clone()],
     };
-    vec![
+    let mut out = vec![
         ("transfer_tx.hex", transfer.encode()),
         ("submit_job_tx.hex", submit.encode()),
         ("job_spec.hex", spec().encode()),
         ("block.hex", block.encode()),
-    ]
+    ];
+    // Every other transaction body, one signed transaction each.
+    let info = ProviderInfo {
+        endpoint: "http://10.0.0.7:7100".into(),
+        region: "SG".parse().unwrap(),
+        attributes: [("gpu.model".to_string(), "H100".to_string())].into(),
+        capacity: Capacity {
+            cpu_millis: 16_000,
+            memory_mb: 65_536,
+            gpus: vec![Gpu { model: "H100".into(), vram_mb: 81_920 }],
+        },
+        prices: PriceSheet([(WorkloadKind::Wasm, "0.05 CRN".parse().unwrap())].into()),
+    };
+    let task = TaskId([6; 32]);
+    let metering = Metering { units: 123_456, output_bytes: 789 };
+    let bodies: Vec<(&'static str, TxBody)> = vec![
+        ("bond_tx.hex", TxBody::Bond(Bond { amount: "1000 CRN".parse().unwrap() })),
+        ("unbond_tx.hex", TxBody::Unbond(Unbond { amount: "1 CRN".parse().unwrap() })),
+        ("register_provider_tx.hex", TxBody::RegisterProvider(RegisterProvider { info: info.clone() })),
+        ("update_provider_tx.hex", TxBody::UpdateProvider(UpdateProvider { info })),
+        ("heartbeat_tx.hex", TxBody::Heartbeat(Heartbeat {})),
+        ("bid_tx.hex", TxBody::Bid(Bid { task, price: "0.04 CRN".parse().unwrap() })),
+        ("cancel_job_tx.hex", TxBody::CancelJob(CancelJob { job: JobId([7; 32]) })),
+        (
+            "commit_result_tx.hex",
+            TxBody::CommitResult(CommitResult {
+                task,
+                output: ContentId::of(b"out"),
+                metering: metering.clone(),
+            }),
+        ),
+        (
+            "submit_audit_tx.hex",
+            TxBody::SubmitAudit(SubmitAudit { task, output: ContentId::of(b"out"), metering }),
+        ),
+        ("open_dispute_tx.hex", TxBody::OpenDispute(OpenDispute { task, bond: "0.5 CRN".parse().unwrap() })),
+        (
+            "create_storage_deal_tx.hex",
+            TxBody::CreateStorageDeal(CreateStorageDeal {
+                blob: ContentId::of(b"blob"),
+                size: 1 << 20,
+                replicas: 3,
+                epochs: 12,
+                price_per_epoch: "0.001 CRN".parse().unwrap(),
+            }),
+        ),
+        (
+            "prove_storage_tx.hex",
+            TxBody::ProveStorage(ProveStorage { deal: DealId([8; 32]), epoch: 2, proof: vec![1, 2, 3] }),
+        ),
+        (
+            "open_lease_tx.hex",
+            TxBody::OpenLease(OpenLease {
+                provider: to,
+                workload: ContentId::of(b"svc"),
+                price_per_block: "0.0001 CRN".parse().unwrap(),
+                deposit: "5 CRN".parse().unwrap(),
+            }),
+        ),
+        ("close_lease_tx.hex", TxBody::CloseLease(CloseLease { lease: LeaseId([9; 32]) })),
+    ];
+    for (i, (name, body)) in bodies.into_iter().enumerate() {
+        out.push((name, Tx::sign(&k, "cairn-devnet", 100 + i as u64, fee, body).encode()));
+    }
+    out
 }
 
 /// The encodings are frozen: a change here is a consensus change and needs a new codec
@@ -72,9 +136,26 @@ fn encodings_match_the_golden_vectors() {
     }
 }
 
+/// Error codes are part of the protocol (receipts carry the number): frozen like encodings.
+#[test]
+fn error_codes_match_the_golden_list() {
+    let now: String = ErrorCode::ALL.iter().map(|c| format!("{} {}\n", c.code(), c.name())).collect();
+    let path = testdata("error_codes.txt");
+    if std::env::var_os("CAIRN_BLESS").is_some() {
+        std::fs::write(&path, &now).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // New codes may be added at the end; existing ones never change number or name.
+    assert!(now.starts_with(&want), "an existing error code changed:\nwas:\n{want}\nnow:\n{now}");
+}
+
 #[test]
 fn golden_vectors_decode_to_their_values_and_verify() {
-    let [(_, t), (_, s), (_, j), (_, b)] = golden_values().try_into().unwrap();
+    let values = golden_values();
+    let [(_, t), (_, s), (_, j), (_, b)] = <[_; 4]>::try_from(values[..4].to_vec()).unwrap();
+    for (name, bytes) in &values[4..] {
+        assert!(Tx::decode(bytes).unwrap().verify_signature().is_ok(), "{name}");
+    }
     let tx = Tx::decode(&t).unwrap();
     assert!(tx.verify_signature().is_ok());
     assert_eq!(tx.nonce, 7);
