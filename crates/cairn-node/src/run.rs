@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use cairn_state::Genesis;
 use cairn_types::Address;
 use commonware_codec::DecodeExt as _;
 use commonware_cryptography::{ChaCha20Poly1305, Signer as _, ed25519};
@@ -61,10 +62,14 @@ pub fn namespace(chain_id: &str) -> Vec<u8> {
     format!("cairn/{chain_id}/consensus").into_bytes()
 }
 
-/// The genesis block of a chain (committing to the empty state database).
-pub fn genesis_block(chain_id: &str) -> CairnBlock {
+/// The genesis block of a chain (committing to the empty state database, and through its
+/// derived leader to the whole genesis: nodes given different genesis files never agree on a
+/// block, not even the first).
+pub fn genesis_block(genesis: &Genesis) -> CairnBlock {
     let t = <Dbs<cw_tokio::Context> as DatabaseSet<cw_tokio::Context>>::initial_sync_targets();
-    CairnBlock::genesis(t.root, t.range, chain_id)
+    let bytes = serde_json::to_vec(genesis).unwrap_or_default();
+    let id = format!("{}/{}", genesis.chain_id, blake3::hash(&bytes).to_hex());
+    CairnBlock::genesis(t.root, t.range, &id)
 }
 
 /// Convert a Cairn secret key into the consensus key type (the same ed25519 key).
@@ -183,7 +188,7 @@ pub fn run(home: &Path) -> Result<(), RunError> {
         let mut mcfg = MempoolConfig::new(&chain_id, genesis.params.min_tx_fee);
         mcfg.max_bytes = cfg.mempool.max_bytes;
         mcfg.max_per_sender = cfg.mempool.max_per_sender;
-        let shared = Arc::new(NodeShared::new(genesis.clone(), genesis_block(&chain_id), block_cfg, Mempool::new(mcfg)));
+        let shared = Arc::new(NodeShared::new(genesis.clone(), genesis_block(&genesis), block_cfg, Mempool::new(mcfg)));
         if let Err(e) = shared.attach_receipt_log(&home.receipts()) {
             panic!("cannot open the receipt log {}: {e}", home.receipts().display());
         }
@@ -241,6 +246,20 @@ mod tests {
 
     use super::*;
     use commonware_codec::Encode as _;
+    use commonware_cryptography::Digestible as _;
+
+    #[test]
+    fn two_genesis_files_of_one_chain_id_give_different_genesis_blocks() {
+        let g = |balance: &str| {
+            Genesis::from_toml(&format!(
+                "chain_id = \"cairn-local\"\n[[accounts]]\naddress = \"{}\"\nbalance = \"{balance}\"\n",
+                cairn_types::SecretKey::from_seed([1; 32]).address()
+            ))
+            .unwrap()
+        };
+        assert_eq!(genesis_block(&g("10 CRN")).digest(), genesis_block(&g("10 CRN")).digest());
+        assert_ne!(genesis_block(&g("10 CRN")).digest(), genesis_block(&g("11 CRN")).digest());
+    }
 
     #[test]
     fn a_cairn_key_and_its_consensus_key_are_the_same_ed25519_key() {
