@@ -252,8 +252,9 @@ mod tests {
     fn two_genesis_files_of_one_chain_id_give_different_genesis_blocks() {
         let g = |balance: &str| {
             Genesis::from_toml(&format!(
-                "chain_id = \"cairn-local\"\n[[accounts]]\naddress = \"{}\"\nbalance = \"{balance}\"\n",
-                cairn_types::SecretKey::from_seed([1; 32]).address()
+                "chain_id = \"cairn-local\"\n[[accounts]]\naddress = \"{a}\"\nbalance = \"{balance}\"\n\
+                 [[validators]]\naddress = \"{a}\"\nstake = \"5 CRN\"\n",
+                a = cairn_types::SecretKey::from_seed([1; 32]).address()
             ))
             .unwrap()
         };
