@@ -344,12 +344,19 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
                 net.root.join("results").join(name).display()
             ),
         );
+        // The job's state: its tasks' common state, or "mixed".
+        let states: std::collections::BTreeSet<&str> = v.tasks.iter().map(|t| t.state.name()).collect();
+        let state = if states.len() == 1 { states.first().copied().unwrap_or("mixed") } else { "mixed" };
+        let providers: std::collections::BTreeSet<String> =
+            tasks_json.iter().filter_map(|t| t["provider"].as_str().map(str::to_string)).collect();
         jobs_json.push(json!({
             "name": name,
             "id": v.job.id,
             "kind": v.job.kind,
-            "state": if settled { "settled" } else { "unsettled" },
+            "state": state,
+            // Task 0's provider and output; every task's are under "tasks".
             "provider": first["provider"],
+            "providers": providers,
             "price_paid": paid,
             "output": first["output"],
             "tasks": tasks_json,

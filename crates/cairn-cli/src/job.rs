@@ -186,7 +186,20 @@ pub(crate) async fn watch(client: &Client, job: &JobId, quiet: bool) -> Result<J
         bar.set_length(v.tasks.len() as u64);
         bar.set_position(v.tasks.iter().filter(|t| t.state.is_final()).count() as u64);
         let c = counts(&v);
-        bar.set_message(c.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", "));
+        let mut msg = c.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ");
+        // While auctions run: how many bids, and the best price so far.
+        let bids: Vec<cairn_types::Amount> = v
+            .tasks
+            .iter()
+            .flat_map(|t| match &t.state {
+                TaskState::Open { bids, .. } => bids.iter().map(|b| b.price).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if let Some(best) = bids.iter().min() {
+            msg.push_str(&format!("; {} bid(s), best {best}", bids.len()));
+        }
+        bar.set_message(msg);
         bar.tick();
         if finished(&v) {
             bar.finish();
@@ -373,18 +386,37 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             let client = Client::new(&a.api.api);
             let v = job_view(&client, &a.job).await?;
             let store = cache()?;
+            let mut report = Vec::new();
             for t in &v.tasks {
                 let Some((provider, output)) = output_of(t) else {
-                    println!("== task {} ({}): no output yet", t.index, state_word(t));
+                    if a.api.json {
+                        report.push(serde_json::json!({ "task": t.index, "state": state_word(t) }));
+                    } else {
+                        println!("== task {} ({}): no output yet", t.index, state_word(t));
+                    }
                     continue;
                 };
                 let b = fetch_output(&client, &store, &provider, &output).await?;
+                let text = |f: &str| b.files.get(f).map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+                if a.api.json {
+                    report.push(serde_json::json!({
+                        "task": t.index,
+                        "state": state_word(t),
+                        "exit": b.exit(),
+                        "stdout": text(OutputBundle::STDOUT),
+                        "stderr": text(OutputBundle::STDERR),
+                    }));
+                    continue;
+                }
                 println!("== task {}: {}", t.index, b.exit().unwrap_or("?"));
                 for f in [OutputBundle::STDOUT, OutputBundle::STDERR] {
-                    if let Some(bytes) = b.files.get(f) {
-                        println!("-- {f}\n{}", String::from_utf8_lossy(bytes));
+                    if let Some(t) = text(f) {
+                        println!("-- {f}\n{t}");
                     }
                 }
+            }
+            if a.api.json {
+                println!("{}", serde_json::json!({ "job": a.job, "tasks": report }));
             }
             Ok(())
         }),
@@ -430,7 +462,13 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             let client = Client::new(&a.api.api);
             let key = a.key.load()?;
             send(&client, &key, TxBody::CancelJob(CancelJob { job: a.job })).await?;
-            println!("cancelled job {}", a.job);
+            if a.api.json {
+                let v = job_view(&client, &a.job).await?;
+                let tasks: Vec<_> = v.tasks.iter().map(|t| serde_json::json!({ "task": t.index, "state": state_word(t) })).collect();
+                println!("{}", serde_json::json!({ "job": a.job, "cancelled": true, "tasks": tasks }));
+            } else {
+                println!("cancelled job {}: tasks without a committed result are refunded", a.job);
+            }
             Ok(())
         }),
     }

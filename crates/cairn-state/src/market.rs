@@ -1,4 +1,5 @@
-//! Jobs, tasks and matching: posted-price instant match and sealed reverse auctions.
+//! Jobs, tasks and matching: posted-price instant match and reverse auctions (bids are public
+//! on chain; commit-reveal sealing is not implemented, see docs/protocol-notes.md).
 //!
 //! Ranking: the lowest `price / reputation weight` wins; ties go to the lowest
 //! `H(beacon, seed, provider)`, which no one can steer without steering the beacon.

@@ -65,7 +65,7 @@ pub struct SubmitJob {
     pub spec: JobSpec,
 }
 
-/// A provider's sealed bid for an open task (one per provider per task, binding).
+/// A provider's bid for an open task (one per provider per task, binding; public once sent).
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Bid {
     /// The task.

@@ -50,6 +50,11 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     assert!(stderr.contains("curl http://127.0.0.1:"), "a curl example is shown: {stderr}");
     for j in jobs {
         assert_eq!(j["state"], "settled", "{j}");
+        let providers = j["providers"].as_array().unwrap();
+        assert!(providers.contains(&j["provider"]), "{j}");
+        for t in j["tasks"].as_array().unwrap() {
+            assert!(providers.contains(&t["provider"]), "every task's provider is listed: {j}");
+        }
         assert_eq!(j["id"].as_str().unwrap().len(), 64);
         assert_eq!(j["output"].as_str().unwrap().len(), 64);
         assert!(j["price_paid"].as_str().unwrap().ends_with("CRN"));

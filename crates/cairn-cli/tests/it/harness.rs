@@ -32,14 +32,21 @@ impl Drop for TempDir {
     }
 }
 
-/// A base port with `n` free ports above it for each role: p2p at base, API at base + 100,
-/// provider endpoints at base + 200, gateways at base + 300. Bases stay below Linux's ephemeral range (32768 and up), so
-/// an outgoing connection elsewhere in the test run cannot take a port between the check and
-/// its use.
+/// A base port with `n` (at most 16) free ports above it for each role: p2p at base, API at
+/// base + 100, provider endpoints at base + 200, gateways at base + 300.
+///
+/// Tests run concurrently in one process, so bases are handed out from a process-wide counter
+/// in slots that cannot overlap (six 16-port slots per 400-port block), each checked free
+/// against other processes. All stay below Linux's ephemeral range (32768 and up), so an
+/// outgoing connection cannot take a port between the check and its use.
 pub(crate) fn free_base(n: u16) -> u16 {
-    let seed = std::process::id() as u16 ^ (COUNTER.fetch_add(1, Ordering::SeqCst) as u16).wrapping_mul(7919);
-    for attempt in 0..400u16 {
-        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(397)) % 12_000);
+    static SLOT: AtomicU32 = AtomicU32::new(0);
+    assert!(n <= 16, "at most 16 ports per role");
+    let start = 20_000 + (std::process::id() % 14) as u16 * 700;
+    loop {
+        let k = SLOT.fetch_add(1, Ordering::SeqCst) as u16;
+        assert!(k < 36, "no free ports");
+        let base = start + 400 * (k / 6) + 16 * (k % 6);
         let ok = (0..n).all(|i| {
             [0, 100, 200, 300].iter().all(|role| TcpListener::bind(("127.0.0.1", base + role + i)).is_ok())
         });
@@ -47,7 +54,6 @@ pub(crate) fn free_base(n: u16) -> u16 {
             return base;
         }
     }
-    panic!("no free ports");
 }
 
 /// Lay out a devnet of `n` validators in `root` (the processes are started, checked and

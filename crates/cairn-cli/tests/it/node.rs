@@ -152,15 +152,43 @@ fn bad_requests_get_typed_json_errors_and_the_node_keeps_finalizing() {
         assert_eq!(r.status().as_u16(), 400);
         let r = http.get(url("/api/jobs/00")).send().await.unwrap();
         assert_eq!((r.status().as_u16(), code(&r.json().await.unwrap()).as_str()), (400, "bad_id"));
-        // A flood from one sender is capped per sender; the node keeps finalizing.
+        // An unfunded sender cannot queue anything.
         let poor = SecretKey::from_seed([8; 32]);
-        let mut refused = 0;
-        for n in 0..5_000u64 {
-            if c.submit(&transfer(&poor, n, &faucet, 1)).await.is_err() {
-                refused += 1;
+        for n in 0..500u64 {
+            let code =
+                c.submit(&transfer(&poor, n, &faucet, 1)).await.unwrap_err().code().map(str::to_string);
+            // Past the mempool's nonce window the nonce is refused first.
+            let ok = match code.as_deref() {
+                Some("cannot_pay_fees") => n <= 256,
+                Some("nonce_too_far_ahead") => n >= 256,
+                _ => false,
+            };
+            assert!(ok, "nonce {n}: {code:?}");
+        }
+        // A flood from one funded sender: the mempool takes a bounded window of its nonces and
+        // refuses the rest with a typed code; what it took is finalized and the node goes on.
+        let rich = SecretKey::from_seed([12; 32]);
+        let fnonce = c.account(&faucet.address()).await.unwrap().nonce;
+        let fund = c.submit(&transfer(&faucet, fnonce, &rich, 10_000_000)).await.unwrap();
+        c.wait_for(&fund, Duration::from_secs(30)).await.unwrap();
+        let (mut taken, mut refused) = (0u64, std::collections::BTreeMap::<String, u64>::new());
+        let flood: Vec<Tx> = (0..1_000u64).map(|n| transfer(&rich, n, &faucet, 1)).collect();
+        for r in c.submit_batch(&flood).await.unwrap() {
+            match r {
+                Ok(_) => taken += 1,
+                Err(code) => *refused.entry(code).or_default() += 1,
             }
         }
-        assert_eq!(refused, 5_000, "an unfunded sender cannot queue anything");
+        assert!((100..1_000).contains(&taken), "taken {taken}, refused {refused:?}");
+        assert!(refused.keys().all(|k| k == "nonce_too_far_ahead" || k == "sender_full"), "{refused:?}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while c.account(&rich.address()).await.unwrap().nonce < taken {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the flood's accepted transactions were not all finalized"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let after = c.wait_for_height(before + 3, Duration::from_secs(30)).await.unwrap();
         assert!(after.height > before);
         // The API documents itself, and exports metrics.
