@@ -231,13 +231,19 @@ where
             Ok(m) => m,
             Err(e) => panic!("state database failed while merkleizing block {height}: {e:?}"),
         };
-        if merkleized.root() != block.state_root {
+        // The sync target (operations root and range) is checked like the state root: a node
+        // that later syncs state from this block trusts it.
+        let range = non_empty_range!(merkleized.sync_boundary(), merkleized.bounds().tip.size);
+        if merkleized.root() != block.state_root
+            || merkleized.ops_root() != block.ops_root
+            || range != block.range
+        {
             if finality == Finality::Finalized {
                 panic!(
-                    "finalized block {height} does not reproduce its state root: this node's state has diverged"
+                    "finalized block {height} does not reproduce its state root and sync target: this node's state has diverged"
                 );
             }
-            warn!(height, "rejecting block whose state root does not match its execution");
+            warn!(height, "rejecting block whose state root or sync target does not match its execution");
             return None;
         }
         self.shared.metrics.exec_ms.observe(started.elapsed().as_secs_f64() * 1e3);
