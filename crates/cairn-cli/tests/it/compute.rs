@@ -459,3 +459,83 @@ fn a_devnet_whose_provider_cannot_start_says_which_and_why() {
     // The end of the provider's own log is shown, so the user need not go looking for it.
     assert!(stderr.contains("provider.log") && stderr.contains("in use"), "{stderr}");
 }
+
+#[test]
+fn a_provider_restarted_mid_task_resumes_its_own_task_before_the_deadline() {
+    let dir = TempDir::new("resume-provider");
+    let base = create_network(&dir.0, 1, 1);
+    let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let mut provider = ProviderProc::start(&dir.0.join("provider-0"));
+    let key = SecretKey::from_seed([43; 32]);
+    std::fs::write(dir.0.join("me.key"), hex::encode(key.seed())).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let c = node.client();
+        c.wait_for_height(2, READY).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while c.get::<serde_json::Value>("/api/providers").await.unwrap()["providers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "provider did not register:\n{}", provider.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    fund(&node.api, &dir.0, &key, "100 CRN");
+    std::fs::copy(testdata("wasm/mandelbrot.wasm"), dir.0.join("mandelbrot.wasm")).unwrap();
+    let spec = dir.0.join("frame.yaml");
+    std::fs::write(
+        &spec,
+        "kind: render\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 600\nlimits:\n  fuel: 200000000000\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cairn(
+        &[
+            "job",
+            "submit",
+            spec.to_str().unwrap(),
+            "--no-watch",
+            "--json",
+            "--key-file",
+            dir.0.join("me.key").to_str().unwrap(),
+            "--api",
+            &node.api,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let job: cairn_types::JobId =
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap();
+    rt.block_on(async {
+        // SIGKILL the provider while the task runs, and start it again at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = provider.status().await;
+            if s["tasks"].as_object().is_some_and(|t| t.values().any(|e| !e["started_ms"].is_null())) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the provider never started the task");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        provider.kill9();
+        provider.spawn();
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        let task = loop {
+            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+            let task: cairn_state::model::Task = serde_json::from_value(v["tasks"][0].clone()).unwrap();
+            if task.state.is_final() {
+                break task;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the task never settled: {v}\n{}",
+                provider.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(matches!(task.state, TaskState::Settled { .. }), "{task:?}");
+        assert_eq!(task.attempt, 1, "the restarted provider finished its own task; no re-auction");
+    });
+}
