@@ -175,6 +175,7 @@ where
                 commonware_storage::mmr::Location::new(1)
             ),
             txs,
+            faults: self.shared.pending_faults(),
         };
         let overlay = match self.execute::<E>(&batches, &block).await {
             Ok(o) => o,
@@ -213,6 +214,10 @@ where
             let genesis = self.shared.genesis_block.digest();
             if let Err(why) = block.check_parent_cert(&genesis, &self.verifier, &mut rt) {
                 warn!(height, why, "rejecting block with a bad parent certificate");
+                return None;
+            }
+            if let Err(why) = block.check_faults(&self.verifier, &mut rt) {
+                warn!(height, why, "rejecting block with a bad fault proof");
                 return None;
             }
         }

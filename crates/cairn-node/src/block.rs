@@ -3,16 +3,21 @@
 //! state it leads to (the canonical root of the state database plus the operation range the
 //! database's sync target names).
 
-use cairn_types::{Address, BlockHash, Canonical, Hash32, MAX_TX_BYTES, Tx, hash_domain};
+use cairn_types::{
+    Address, BlockHash, Canonical, Fault, FaultKind, Hash32, MAX_BLOCK_FAULTS, MAX_TX_BYTES, Tx, hash_domain,
+};
 use commonware_codec::{
     Buf, Encode, EncodeSize, Error as CodecError, FixedSize, MaxEncodeSize, RangeCfg, Read, ReadExt as _,
     Write,
 };
 use commonware_consensus::{
-    Block as ConsensusBlock, BoundedBlock, CertifiableBlock, Heightable,
+    Block as ConsensusBlock, BoundedBlock, CertifiableBlock, Heightable, Viewable as _,
     simplex::{
         scheme::ed25519::Scheme,
-        types::{Context, Finalization, Notarization},
+        types::{
+            Attributable as _, ConflictingFinalize, ConflictingNotarize, Context, Finalization, Notarization,
+            NullifyFinalize,
+        },
     },
     types::{Epoch, Height, Round, View},
 };
@@ -118,6 +123,112 @@ impl Read for ParentCert {
     }
 }
 
+/// Signed proof of a validator's consensus fault: two messages it signed for one view that an
+/// honest validator never signs together. Carried in blocks so the chain can slash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultProof {
+    /// Notarize votes for two different blocks.
+    ConflictingNotarize(ConflictingNotarize<Scheme, sha256::Digest>),
+    /// Finalize votes for two different blocks.
+    ConflictingFinalize(ConflictingFinalize<Scheme, sha256::Digest>),
+    /// A nullify and a finalize vote.
+    NullifyFinalize(NullifyFinalize<Scheme, sha256::Digest>),
+}
+
+/// Largest encoding of one fault proof (two votes: proposals, signer indices, signatures).
+const MAX_FAULT_PROOF_BYTES: usize = 1024;
+
+impl FaultProof {
+    /// What the validator did.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            FaultProof::ConflictingNotarize(_) => FaultKind::ConflictingNotarize,
+            FaultProof::ConflictingFinalize(_) => FaultKind::ConflictingFinalize,
+            FaultProof::NullifyFinalize(_) => FaultKind::NullifyFinalize,
+        }
+    }
+
+    /// The signer's index among the participants.
+    pub fn signer(&self) -> u32 {
+        match self {
+            FaultProof::ConflictingNotarize(c) => c.signer().get(),
+            FaultProof::ConflictingFinalize(c) => c.signer().get(),
+            FaultProof::NullifyFinalize(c) => c.signer().get(),
+        }
+    }
+
+    /// The view both messages are for.
+    pub fn view(&self) -> u64 {
+        match self {
+            FaultProof::ConflictingNotarize(c) => c.view().get(),
+            FaultProof::ConflictingFinalize(c) => c.view().get(),
+            FaultProof::NullifyFinalize(c) => c.view().get(),
+        }
+    }
+
+    /// Whether both signatures verify for `verifier`'s participants.
+    pub fn verify<R: rand_core::CryptoRng>(&self, rng: &mut R, verifier: &Scheme) -> bool {
+        let strategy = commonware_parallel::Sequential;
+        match self {
+            FaultProof::ConflictingNotarize(c) => c.verify(rng, verifier, &strategy),
+            FaultProof::ConflictingFinalize(c) => c.verify(rng, verifier, &strategy),
+            FaultProof::NullifyFinalize(c) => c.verify(rng, verifier, &strategy),
+        }
+    }
+
+    /// The fault as the state machine sees it; `None` if the signer is not a participant.
+    pub fn fault(&self, participants: &Set<ed25519::PublicKey>) -> Option<Fault> {
+        let pk = participants.get(self.signer() as usize)?;
+        Some(Fault { validator: Address(public_key_bytes(pk)), view: self.view(), kind: self.kind() })
+    }
+}
+
+impl Write for FaultProof {
+    fn write(&self, buf: &mut impl BufMut) {
+        match self {
+            FaultProof::ConflictingNotarize(c) => {
+                0u8.write(buf);
+                c.write(buf);
+            }
+            FaultProof::ConflictingFinalize(c) => {
+                1u8.write(buf);
+                c.write(buf);
+            }
+            FaultProof::NullifyFinalize(c) => {
+                2u8.write(buf);
+                c.write(buf);
+            }
+        }
+    }
+}
+
+impl EncodeSize for FaultProof {
+    fn encode_size(&self) -> usize {
+        1 + match self {
+            FaultProof::ConflictingNotarize(c) => c.encode_size(),
+            FaultProof::ConflictingFinalize(c) => c.encode_size(),
+            FaultProof::NullifyFinalize(c) => c.encode_size(),
+        }
+    }
+}
+
+impl Read for FaultProof {
+    type Cfg = ();
+
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        let proof = match u8::read(buf)? {
+            0 => FaultProof::ConflictingNotarize(ConflictingNotarize::read(buf)?),
+            1 => FaultProof::ConflictingFinalize(ConflictingFinalize::read(buf)?),
+            2 => FaultProof::NullifyFinalize(NullifyFinalize::read(buf)?),
+            t => return Err(CodecError::InvalidEnum(t)),
+        };
+        if proof.encode_size() > MAX_FAULT_PROOF_BYTES {
+            return Err(CodecError::Invalid("FaultProof", "too large"));
+        }
+        Ok(proof)
+    }
+}
+
 /// Size limits every node applies when decoding blocks. Never lower them on a running chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockCfg {
@@ -152,6 +263,8 @@ pub struct CairnBlock {
     pub range: NonEmptyRange<Location>,
     /// Transactions, in order.
     pub txs: Vec<Tx>,
+    /// Proven consensus faults (at most [`MAX_BLOCK_FAULTS`]).
+    pub faults: Vec<FaultProof>,
 }
 
 impl Write for CairnBlock {
@@ -165,6 +278,7 @@ impl Write for CairnBlock {
         self.range.write(buf);
         let txs: Vec<Vec<u8>> = self.txs.iter().map(Canonical::encode).collect();
         txs.write(buf);
+        self.faults.write(buf);
     }
 }
 
@@ -179,6 +293,7 @@ impl EncodeSize for CairnBlock {
             + self.ops_root.encode_size()
             + self.range.encode_size()
             + txs.encode_size()
+            + self.faults.encode_size()
     }
 }
 
@@ -204,7 +319,8 @@ impl Read for CairnBlock {
             .map(|b| Tx::decode(b))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| CodecError::Invalid("CairnBlock", "a transaction is not canonically encoded"))?;
-        Ok(CairnBlock { context, parent, parent_cert, height, state_root, ops_root, range, txs })
+        let faults = Vec::<FaultProof>::read_cfg(buf, &(RangeCfg::from(0..=MAX_BLOCK_FAULTS), ()))?;
+        Ok(CairnBlock { context, parent, parent_cert, height, state_root, ops_root, range, txs, faults })
     }
 }
 
@@ -248,6 +364,8 @@ impl BoundedBlock for CairnBlock {
             + 5
             + cfg.max_txs.saturating_mul(5)
             + cfg.max_tx_bytes_total
+            + 5
+            + MAX_BLOCK_FAULTS * MAX_FAULT_PROOF_BYTES
     }
 }
 
@@ -274,6 +392,7 @@ impl CairnBlock {
             ops_root,
             range,
             txs: Vec::new(),
+            faults: Vec::new(),
         }
     }
 
@@ -320,7 +439,34 @@ impl CairnBlock {
             proposer: Address(public_key_bytes(&self.context.leader)),
             beacon: Hash32(self.beacon(participants)),
             txs: self.txs.clone(),
+            faults: self.faults.iter().filter_map(|f| f.fault(participants)).collect(),
         }
+    }
+
+    /// Check the carried fault proofs: each verifies, names a participant, and no validator's
+    /// view appears twice.
+    ///
+    /// # Errors
+    /// Why a proof does not hold.
+    pub fn check_faults<R: rand_core::CryptoRng>(
+        &self,
+        verifier: &Scheme,
+        rng: &mut R,
+    ) -> Result<(), &'static str> {
+        use commonware_cryptography::certificate::Scheme as _;
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.faults {
+            if f.signer() as usize >= verifier.participants().len() {
+                return Err("a fault proof names a signer outside the validator set");
+            }
+            if !seen.insert((f.signer(), f.view())) {
+                return Err("a validator's fault in one view is carried twice");
+            }
+            if !f.verify(rng, verifier) {
+                return Err("a fault proof does not verify");
+            }
+        }
+        Ok(())
     }
 
     /// Check the embedded parent certificate against the block's own context (the rules a
@@ -449,8 +595,10 @@ mod tests {
         let tiny = BlockCfg { max_txs: 10, max_tx_bytes_total: 100 };
         assert!(CairnBlock::decode_cfg(b.encode(), &tiny).is_err());
         let mut bytes = b.encode().to_vec();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff; // the last signature byte: still decodes as bytes, not as the same tx
+        // The last signature byte (before the empty fault list's length): still decodes as
+        // bytes, not as the same tx.
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0xff;
         let decoded = CairnBlock::decode_cfg(bytes, &BlockCfg::default()).unwrap();
         assert!(decoded.txs[2].verify_signature().is_err());
         let mut trailing = b.encode().to_vec();
@@ -504,6 +652,49 @@ mod tests {
         b.height = Height::new(7);
         b.parent_cert = cert;
         b
+    }
+
+    /// Validator `who` notarizes two different blocks in one view.
+    fn equivocation(schemes: &[Scheme], who: usize) -> FaultProof {
+        let a = Notarize::sign(&schemes[who], parent_proposal(Sha256::hash(&[b"one"]))).unwrap();
+        let b = Notarize::sign(&schemes[who], parent_proposal(Sha256::hash(&[b"two"]))).unwrap();
+        FaultProof::ConflictingNotarize(ConflictingNotarize::new(a, b))
+    }
+
+    #[test]
+    fn a_block_carries_verified_fault_proofs_to_the_state_machine() {
+        let (schemes, participants) = committee(4);
+        let verifier = Scheme::verifier(NAMESPACE, participants.clone());
+        let mut rng = commonware_utils::sys_rng();
+        let mut b = child(
+            &participants,
+            0,
+            ParentCert::Notarized(notarization(&schemes, &[0, 1, 2], Sha256::hash(&[b"parent"]))),
+        );
+        b.faults = vec![equivocation(&schemes, 2)];
+        let bytes = b.encode();
+        assert!(bytes.len() <= CairnBlock::max_encode_size(&BlockCfg::default()));
+        let back = CairnBlock::decode_cfg(bytes, &BlockCfg::default()).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(back.check_faults(&verifier, &mut rng), Ok(()));
+        let state = back.to_state_block(&participants);
+        let offender = Address(public_key_bytes(participants.get(2).unwrap()));
+        assert_eq!(
+            state.faults,
+            vec![Fault { validator: offender, view: 4, kind: FaultKind::ConflictingNotarize }]
+        );
+        // The same fault twice, or a proof signed for another committee, is refused.
+        let mut twice = b.clone();
+        twice.faults.push(equivocation(&schemes, 2));
+        assert!(twice.check_faults(&verifier, &mut rng).is_err());
+        let (strangers, _) = committee(5);
+        let mut forged = b.clone();
+        forged.faults = vec![equivocation(&strangers, 2)];
+        assert!(forged.check_faults(&verifier, &mut rng).is_err());
+        // More than a block may carry does not decode.
+        let mut many = b.clone();
+        many.faults = (0..=MAX_BLOCK_FAULTS).map(|_| equivocation(&schemes, 1)).collect();
+        assert!(CairnBlock::decode_cfg(many.encode(), &BlockCfg::default()).is_err());
     }
 
     #[test]

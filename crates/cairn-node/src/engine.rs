@@ -166,14 +166,19 @@ impl Reporter for FaultSink {
     fn report(&mut self, activity: Self::Activity) -> Feedback {
         use commonware_consensus::{Viewable as _, simplex::types::Attributable as _};
         match &activity {
+            // The engine reports verified faults; each is also queued to be carried in a block,
+            // where every validator checks it again and the chain slashes.
             Activity::ConflictingNotarize(c) => {
-                self.record("conflicting_notarize", c.signer().get(), c.view().get(), c.encode().to_vec())
+                self.record("conflicting_notarize", c.signer().get(), c.view().get(), c.encode().to_vec());
+                self.shared.add_fault(crate::block::FaultProof::ConflictingNotarize(c.clone()));
             }
             Activity::ConflictingFinalize(c) => {
-                self.record("conflicting_finalize", c.signer().get(), c.view().get(), c.encode().to_vec())
+                self.record("conflicting_finalize", c.signer().get(), c.view().get(), c.encode().to_vec());
+                self.shared.add_fault(crate::block::FaultProof::ConflictingFinalize(c.clone()));
             }
             Activity::NullifyFinalize(c) => {
-                self.record("nullify_finalize", c.signer().get(), c.view().get(), c.encode().to_vec())
+                self.record("nullify_finalize", c.signer().get(), c.view().get(), c.encode().to_vec());
+                self.shared.add_fault(crate::block::FaultProof::NullifyFinalize(c.clone()));
             }
             Activity::Notarization(n) | Activity::Certification(n) => self.certs.notarized(n.clone()),
             Activity::Finalization(f) => self.certs.finalized(f.clone()),

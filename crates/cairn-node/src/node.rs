@@ -251,6 +251,8 @@ pub struct NodeShared {
     pub events: broadcast::Sender<NodeEvent>,
     /// Consensus misbehaviour seen.
     pub evidence: Mutex<Vec<Evidence>>,
+    /// Fault proofs waiting to be carried in a block (removed once one is finalized).
+    pub faults: Mutex<Vec<crate::block::FaultProof>>,
     /// Proofs, once the database is open.
     pub proofs: OnceLock<Arc<dyn ProofSource>>,
     /// Transactions accepted from clients, waiting to be relayed to peers.
@@ -281,6 +283,7 @@ impl NodeShared {
             receipt_log: Mutex::new(None),
             events,
             evidence: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
             proofs: OnceLock::new(),
             outbox: Mutex::new(Vec::new()),
             metrics: NodeMetrics::new(),
@@ -302,6 +305,22 @@ impl NodeShared {
         }
         *self.receipt_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
         Ok(())
+    }
+
+    /// Queue a verified fault proof for the next block this node proposes (once per validator
+    /// and view).
+    pub fn add_fault(&self, proof: crate::block::FaultProof) {
+        let mut list = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let dup = list.iter().any(|f| f.signer() == proof.signer() && f.view() == proof.view());
+        if !dup && list.len() < 1_000 {
+            list.push(proof);
+        }
+    }
+
+    /// The fault proofs a proposal carries: the oldest waiting, at most one block's worth.
+    pub fn pending_faults(&self) -> Vec<crate::block::FaultProof> {
+        let list = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter().take(cairn_types::MAX_BLOCK_FAULTS).cloned().collect()
     }
 
     /// True once the committed state is loaded and can be read.
@@ -401,6 +420,14 @@ impl NodeShared {
         }
         let hashes = tx_hashes(block);
         let state_root = hex::encode(digest_bytes(&block.state_root));
+        if !block.faults.is_empty() {
+            let carried: std::collections::BTreeSet<(u32, u64)> =
+                block.faults.iter().map(|f| (f.signer(), f.view())).collect();
+            self.faults
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|f| !carried.contains(&(f.signer(), f.view())));
+        }
         let receipts = Arc::new(receipts);
         // A block delivered again after a restart comes without its receipts (they were not
         // recomputed): keep the ones already indexed and logged.

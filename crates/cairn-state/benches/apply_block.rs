@@ -45,6 +45,7 @@ fn next_block(chain: &TestChain, txs: Vec<Tx>) -> Block {
         proposer: key(0).address(),
         beacon: TestChain::beacon(height),
         txs,
+        faults: vec![],
     }
 }
 

@@ -67,6 +67,7 @@ pub fn execute(view: &dyn StateView, block: &Block) -> Result<Execution> {
         receipts.push(apply_tx(&mut ctx, &meta.chain_id, tx, bytes, sig_ok)?);
     }
 
+    crate::faults::apply(&mut ctx, &block.faults).map_err(fatal)?;
     end_block(&mut ctx).map_err(fatal)?;
     let events = ctx.take_events();
     receipts.push(Receipt::EndBlock { events });

@@ -40,6 +40,9 @@ pub const CANARY: u8 = b'c';
 /// Verified results kept as canaries' known answers.
 pub const KNOWN_ANSWERS: &[u8] = b"Mknown";
 
+/// Prefix of punished consensus faults (validator, view).
+pub const FAULT: u8 = b'f';
+
 /// Prefix of the per-height count of scheduled work.
 pub const DUE_COUNT: u8 = b'D';
 /// Prefix of scheduled work items.
@@ -55,6 +58,12 @@ fn with(prefix: u8, id: &[u8]) -> Vec<u8> {
 /// Key of an account.
 pub fn account(a: &Address) -> Vec<u8> {
     with(ACCOUNT, &a.0)
+}
+/// Key of a punished consensus fault: one per validator and view.
+pub fn fault(validator: &Address, view: u64) -> Vec<u8> {
+    let mut id = validator.0.to_vec();
+    id.extend_from_slice(&view.to_be_bytes());
+    with(FAULT, &id)
 }
 /// Key of a stake.
 pub fn stake(a: &Address) -> Vec<u8> {

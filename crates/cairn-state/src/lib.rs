@@ -39,6 +39,7 @@ mod bank;
 mod ctx;
 mod escrow;
 mod exec;
+mod faults;
 mod genesis;
 pub mod keys;
 mod market;

@@ -64,6 +64,9 @@ pub struct Params {
     pub dispute_bond_bps: u32,
     /// Verified results kept as canaries' known answers.
     pub known_answers: u32,
+    /// Share of a validator's bonded stake burned for each proven consensus fault (one per
+    /// validator and view).
+    pub slash_validator_bps: u32,
 }
 
 impl Default for Params {
@@ -96,6 +99,7 @@ impl Default for Params {
             slash_client_bps: 2_000,
             dispute_bond_bps: 10_000,
             known_answers: 64,
+            slash_validator_bps: 500,
         }
     }
 }
@@ -114,6 +118,7 @@ impl Params {
             ("canary_rate_bps", self.canary_rate_bps),
             ("slash_auditor_bps", self.slash_auditor_bps),
             ("slash_client_bps", self.slash_client_bps),
+            ("slash_validator_bps", self.slash_validator_bps),
             (
                 "slash_auditor_bps + slash_client_bps",
                 self.slash_auditor_bps.saturating_add(self.slash_client_bps),

@@ -39,6 +39,8 @@ pub struct TestChain {
     genesis: Genesis,
     nonces: BTreeMap<Address, u64>,
     pending: Vec<Tx>,
+    /// Consensus faults the next block carries.
+    pub faults: Vec<cairn_types::Fault>,
     validator: Address,
     /// Fee every transaction pays.
     pub fee: Amount,
@@ -77,6 +79,7 @@ impl TestChain {
             genesis,
             nonces: BTreeMap::new(),
             pending: Vec::new(),
+            faults: Vec::new(),
             validator,
             fee,
         }
@@ -129,6 +132,7 @@ impl TestChain {
             proposer: self.validator,
             beacon: Self::beacon(height),
             txs,
+            faults: std::mem::take(&mut self.faults),
         };
         let (root, receipts) = self.state.apply_block(&block).expect("block applies");
         self.blocks.push(block);

@@ -23,6 +23,61 @@ pub struct Block {
     pub beacon: Hash32,
     /// Transactions in order.
     pub txs: Vec<Tx>,
+    /// Consensus misbehaviour proven in this block (the node checks the signed evidence before
+    /// it accepts the block; the state machine slashes).
+    pub faults: Vec<Fault>,
+}
+
+/// Most faults one block carries.
+pub const MAX_BLOCK_FAULTS: usize = 16;
+
+/// What a validator did wrong, proven by two messages it signed.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[borsh(use_discriminant = true)]
+#[repr(u8)]
+pub enum FaultKind {
+    /// Two notarize votes for different blocks in one view.
+    ConflictingNotarize = 0,
+    /// Two finalize votes for different blocks in one view.
+    ConflictingFinalize = 1,
+    /// A nullify and a finalize vote in one view.
+    NullifyFinalize = 2,
+}
+
+/// A proven consensus fault of one validator in one view.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+pub struct Fault {
+    /// The validator that signed both messages.
+    pub validator: Address,
+    /// The consensus view.
+    pub view: u64,
+    /// What it signed.
+    pub kind: FaultKind,
 }
 
 impl Canonical for Block {

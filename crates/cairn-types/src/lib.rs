@@ -62,7 +62,7 @@ mod tx;
 
 pub use amount::{Amount, BASE_UNITS_PER_CRN, DECIMALS};
 pub use behaviour::Behaviour;
-pub use block::{Block, MAX_BLOCK_BYTES};
+pub use block::{Block, Fault, FaultKind, MAX_BLOCK_BYTES, MAX_BLOCK_FAULTS};
 pub use bundle::OutputBundle;
 pub use codec::{CODEC_VERSION, Canonical};
 pub use error::{Error, Result};

@@ -346,6 +346,8 @@ pub enum Event {
     },
     /// Block rewards and fees were paid out.
     RewardsPaid { validators: Amount, providers: Amount },
+    /// A validator's proven consensus fault cost it stake (burned).
+    ValidatorSlashed { validator: Address, view: u64, kind: crate::FaultKind, amount: Amount },
 }
 
 /// The result of a transaction, or of the block's end-of-block work.

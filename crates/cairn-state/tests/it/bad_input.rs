@@ -119,6 +119,7 @@ fn a_block_at_the_wrong_height_is_refused_and_nothing_is_written() {
         proposer: key(0).address(),
         beacon: Hash32::ZERO,
         txs: vec![],
+        faults: vec![],
     };
     assert_eq!(chain.state.apply_block(&block).unwrap_err(), Error::WrongHeight { expected: 1, got: 5 });
     assert_eq!(chain.state.root(), root);
@@ -139,6 +140,7 @@ fn a_corrupt_store_value_stops_the_block_with_a_clear_error_instead_of_forking()
         proposer: key(0).address(),
         beacon: Hash32::ZERO,
         txs: vec![tx],
+        faults: vec![],
     };
     let err = state.apply_block(&block).unwrap_err();
     assert!(matches!(err, Error::Store(StoreError::Corrupt { .. })), "{err}");

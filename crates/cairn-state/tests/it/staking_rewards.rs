@@ -210,3 +210,48 @@ fn verdicts_from_unassigned_auditors_and_disputes_from_strangers_are_refused() {
     );
     checks(&chain);
 }
+
+#[test]
+fn a_validator_proven_to_equivocate_loses_stake_once_per_view_and_supply_is_conserved() {
+    use cairn_types::{Fault, FaultKind};
+    let mut chain = TestChain::new(params(), &[]);
+    let validator = key(0).address();
+    let bonded = chain.state.stake(&validator).unwrap().bonded;
+    let burned = chain.state.totals().unwrap().burned;
+    let fault = Fault { validator, view: 12, kind: FaultKind::ConflictingNotarize };
+    // The same fault twice in one block, a finalize fault in the same view, and a fault of an
+    // address that is not a validator: one slash.
+    chain.faults = vec![
+        fault,
+        fault,
+        Fault { kind: FaultKind::ConflictingFinalize, ..fault },
+        Fault { validator: key(9).address(), ..fault },
+    ];
+    let receipts = chain.next_block();
+    let slashed: Vec<Event> = receipts
+        .iter()
+        .flat_map(|r| r.events().iter().cloned())
+        .filter(|e| matches!(e, Event::ValidatorSlashed { .. }))
+        .collect();
+    let expected = bonded.checked_bps(params().slash_validator_bps).unwrap();
+    assert_eq!(
+        slashed,
+        vec![Event::ValidatorSlashed {
+            validator,
+            view: 12,
+            kind: FaultKind::ConflictingNotarize,
+            amount: expected
+        }]
+    );
+    assert_eq!(chain.state.stake(&validator).unwrap().bonded, bonded.checked_sub(expected).unwrap());
+    assert_eq!(chain.state.totals().unwrap().burned, burned.checked_add(expected).unwrap());
+    checks(&chain);
+    // Carried again in a later block: nothing more. A fault in another view: slashed again.
+    chain.faults = vec![fault];
+    chain.next_block();
+    assert_eq!(chain.state.stake(&validator).unwrap().bonded, bonded.checked_sub(expected).unwrap());
+    chain.faults = vec![Fault { view: 13, ..fault }];
+    chain.next_block();
+    assert!(chain.state.stake(&validator).unwrap().bonded < bonded.checked_sub(expected).unwrap());
+    checks(&chain);
+}

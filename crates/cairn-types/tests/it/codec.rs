@@ -49,6 +49,7 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
         proposer: to,
         beacon: Hash32([5; 32]),
         txs: vec![transfer.clone()],
+        faults: vec![Fault { validator: to, view: 9, kind: FaultKind::ConflictingNotarize }],
     };
     let mut out = vec![
         ("transfer_tx.hex", transfer.encode()),
