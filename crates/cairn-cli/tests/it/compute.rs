@@ -132,30 +132,13 @@ fn a_provider_killed_mid_task_is_replaced_after_the_deadline_and_the_client_stil
     )
     .unwrap();
     let before = rt.block_on(node.client().account(&client_key.address())).unwrap().balance;
-    let (ok, out, err) = cairn(
-        &[
-            "job",
-            "submit",
-            spec.to_str().unwrap(),
-            "--no-watch",
-            "--json",
-            "--key-file",
-            dir.0.join("me.key").to_str().unwrap(),
-            "--api",
-            &node.api,
-        ],
-        &[],
-    );
-    assert!(ok, "{err}");
-    let job: cairn_types::JobId =
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap();
+    let job = submit_spec(&spec, &node.api, &dir.0.join("me.key"));
     rt.block_on(async {
         // Kill whichever provider starts running it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let victim = 'found: loop {
             for (i, p) in providers.iter().enumerate() {
-                let s = p.status().await;
-                if s["tasks"].as_object().is_some_and(|t| t.values().any(|e| !e["started_ms"].is_null())) {
+                if p.started_a_task().await {
                     break 'found i;
                 }
             }
@@ -336,16 +319,16 @@ fn cairn_node_key(path: &std::path::Path) -> SecretKey {
     SecretKey::from_seed(seed)
 }
 
-#[test]
-fn a_node_outage_does_not_stop_running_work_and_the_commit_lands_after_it() {
-    let dir = TempDir::new("node-outage");
+/// One validator and one provider, running a long frame: returns them and the job once the
+/// provider has started the task.
+fn one_provider_running_a_frame(name: &str) -> (TempDir, NodeProc, ProviderProc, cairn_types::JobId) {
+    let dir = TempDir::new(name);
     let base = create_network(&dir.0, 1, 1);
-    let mut node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
+    let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
     let provider = ProviderProc::start(&dir.0.join("provider-0"));
     let client_key = SecretKey::from_seed([43; 32]);
     std::fs::write(dir.0.join("me.key"), hex::encode(client_key.seed())).unwrap();
-    let rt = rt();
-    rt.block_on(async {
+    rt().block_on(async {
         let c = node.client();
         c.wait_for_height(2, READY).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -370,62 +353,65 @@ fn a_node_outage_does_not_stop_running_work_and_the_commit_lands_after_it() {
         "kind: render\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 600\nlimits:\n  fuel: 200000000000\n",
     )
     .unwrap();
-    let (ok, out, err) = cairn(
-        &[
-            "job",
-            "submit",
-            spec.to_str().unwrap(),
-            "--no-watch",
-            "--json",
-            "--key-file",
-            dir.0.join("me.key").to_str().unwrap(),
-            "--api",
-            &node.api,
-        ],
-        &[],
-    );
-    assert!(ok, "{err}");
-    let job: cairn_types::JobId =
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap();
-    rt.block_on(async {
+    let job = submit_spec(&spec, &node.api, &dir.0.join("me.key"));
+    rt().block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = provider.status().await;
-            if s["tasks"].as_object().is_some_and(|t| t.values().any(|e| !e["started_ms"].is_null())) {
-                break;
-            }
+        while !provider.started_a_task().await {
             assert!(tokio::time::Instant::now() < deadline, "the task never started:\n{}", provider.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+    (dir, node, provider, job)
+}
+
+/// Wait until the job's only task is final; returns it.
+fn final_task(
+    node: &NodeProc,
+    job: &cairn_types::JobId,
+    provider: &ProviderProc,
+) -> cairn_state::model::Task {
+    rt().block_on(async {
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(v) = c.get::<serde_json::Value>(&format!("/api/jobs/{job}")).await {
+                let task: cairn_state::model::Task = serde_json::from_value(v["tasks"][0].clone()).unwrap();
+                if task.state.is_final() {
+                    return task;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the task never settled:\n{}", provider.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+#[test]
+fn a_node_outage_does_not_stop_running_work_and_the_commit_lands_after_it() {
+    let (_dir, mut node, provider, job) = one_provider_running_a_frame("node-outage");
     // The node goes away while the task runs, and stays away past the task's run time.
     node.kill9();
     std::thread::sleep(Duration::from_secs(5));
-    let s = rt.block_on(provider.status());
+    let s = rt().block_on(provider.status());
     assert!(
         s["tasks"].as_object().is_some_and(|t| !t.is_empty()),
         "the provider dropped its task during the outage: {s}"
     );
     node.spawn();
-    rt.block_on(async {
-        let c = node.client();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(v) = c.get::<serde_json::Value>(&format!("/api/jobs/{job}")).await {
-                let task: cairn_state::model::Task = serde_json::from_value(v["tasks"][0].clone()).unwrap();
-                if matches!(task.state, TaskState::Settled { .. }) {
-                    assert_eq!(task.attempt, 1, "the same provider finished it; nothing was re-auctioned");
-                    break;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the task never settled after the outage:\n{}",
-                provider.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let task = final_task(&node, &job, &provider);
+    assert!(matches!(task.state, TaskState::Settled { .. }), "{task:?}");
+    assert_eq!(task.attempt, 1, "the same provider finished it; nothing was re-auctioned");
+}
+
+#[test]
+fn a_provider_restarted_mid_task_resumes_its_own_task_before_the_deadline() {
+    let (_dir, node, mut provider, job) = one_provider_running_a_frame("resume-provider");
+    // SIGKILL the provider while the task runs, and start it again at once.
+    provider.kill9();
+    provider.spawn();
+    let task = final_task(&node, &job, &provider);
+    assert!(matches!(task.state, TaskState::Settled { .. }), "{task:?}");
+    assert_eq!(task.attempt, 1, "the restarted provider finished its own task; no re-auction");
 }
 
 #[test]
@@ -458,84 +444,4 @@ fn a_devnet_whose_provider_cannot_start_says_which_and_why() {
     assert!(stderr.contains("provider-1 exited"), "{stderr}");
     // The end of the provider's own log is shown, so the user need not go looking for it.
     assert!(stderr.contains("provider.log") && stderr.contains("in use"), "{stderr}");
-}
-
-#[test]
-fn a_provider_restarted_mid_task_resumes_its_own_task_before_the_deadline() {
-    let dir = TempDir::new("resume-provider");
-    let base = create_network(&dir.0, 1, 1);
-    let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
-    let mut provider = ProviderProc::start(&dir.0.join("provider-0"));
-    let key = SecretKey::from_seed([43; 32]);
-    std::fs::write(dir.0.join("me.key"), hex::encode(key.seed())).unwrap();
-    let rt = rt();
-    rt.block_on(async {
-        let c = node.client();
-        c.wait_for_height(2, READY).await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while c.get::<serde_json::Value>("/api/providers").await.unwrap()["providers"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-        {
-            assert!(tokio::time::Instant::now() < deadline, "provider did not register:\n{}", provider.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    fund(&node.api, &dir.0, &key, "100 CRN");
-    std::fs::copy(testdata("wasm/mandelbrot.wasm"), dir.0.join("mandelbrot.wasm")).unwrap();
-    let spec = dir.0.join("frame.yaml");
-    std::fs::write(
-        &spec,
-        "kind: render\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 600\nlimits:\n  fuel: 200000000000\n",
-    )
-    .unwrap();
-    let (ok, out, err) = cairn(
-        &[
-            "job",
-            "submit",
-            spec.to_str().unwrap(),
-            "--no-watch",
-            "--json",
-            "--key-file",
-            dir.0.join("me.key").to_str().unwrap(),
-            "--api",
-            &node.api,
-        ],
-        &[],
-    );
-    assert!(ok, "{err}");
-    let job: cairn_types::JobId =
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap();
-    rt.block_on(async {
-        // SIGKILL the provider while the task runs, and start it again at once.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = provider.status().await;
-            if s["tasks"].as_object().is_some_and(|t| t.values().any(|e| !e["started_ms"].is_null())) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the provider never started the task");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        provider.kill9();
-        provider.spawn();
-        let c = node.client();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-        let task = loop {
-            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
-            let task: cairn_state::model::Task = serde_json::from_value(v["tasks"][0].clone()).unwrap();
-            if task.state.is_final() {
-                break task;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the task never settled: {v}\n{}",
-                provider.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        assert!(matches!(task.state, TaskState::Settled { .. }), "{task:?}");
-        assert_eq!(task.attempt, 1, "the restarted provider finished its own task; no re-auction");
-    });
 }

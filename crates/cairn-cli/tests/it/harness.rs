@@ -209,6 +209,12 @@ impl ProviderProc {
         self.proc_.kill9();
     }
 
+    /// Whether this provider has started running a task (its ledger says when).
+    pub(crate) async fn started_a_task(&self) -> bool {
+        let s = self.status().await;
+        s["tasks"].as_object().is_some_and(|t| t.values().any(|e| !e["started_ms"].is_null()))
+    }
+
     pub(crate) async fn status(&self) -> serde_json::Value {
         Client::new(&self.endpoint).get("/provider/status").await.unwrap_or_default()
     }
@@ -219,6 +225,26 @@ impl ProviderProc {
 }
 
 /// Run `cairn` with arguments; returns (success, stdout, stderr).
+/// Submit the job spec at `spec` (paying with `key`) without watching it; returns its id.
+pub(crate) fn submit_spec(spec: &Path, api: &str, key: &Path) -> cairn_types::JobId {
+    let (ok, out, err) = cairn(
+        &[
+            "job",
+            "submit",
+            spec.to_str().unwrap(),
+            "--no-watch",
+            "--json",
+            "--key-file",
+            key.to_str().unwrap(),
+            "--api",
+            api,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap()
+}
+
 pub(crate) fn cairn(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args);

@@ -61,22 +61,7 @@ fn submit(root: &Path, api: &str, key: &Path, yaml: &str) -> JobId {
     let spec = root.join("job.yaml");
     std::fs::copy(testdata("wasm/sieve.wasm"), root.join("sieve.wasm")).unwrap();
     std::fs::write(&spec, yaml).unwrap();
-    let (ok, out, err) = cairn(
-        &[
-            "job",
-            "submit",
-            spec.to_str().unwrap(),
-            "--no-watch",
-            "--json",
-            "--key-file",
-            key.to_str().unwrap(),
-            "--api",
-            api,
-        ],
-        &[],
-    );
-    assert!(ok, "{err}");
-    serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().parse().unwrap()
+    submit_spec(&spec, api, key)
 }
 
 async fn wait_final(
