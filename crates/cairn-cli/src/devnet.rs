@@ -105,6 +105,8 @@ pub(crate) fn devnet_params() -> Params {
         heartbeat_timeout: 600,
         storage_epoch_blocks: 60,
         min_provider_stake: Amount::from_base_units(100_000_000),
+        // Providers reveal sealed bids on the next block event; leave room for a busy machine.
+        reveal_blocks: 20,
         ..Params::default()
     }
 }

@@ -11,8 +11,8 @@ use cairn_runtime::{Executor, InferenceConfig, InferenceExecutor, TaskRun, WasmC
 use cairn_state::model::{Provider, Stake, Task, TaskState};
 use cairn_types::{
     Address, Amount, Bid, Bond, Canonical, CommitResult, ContentId, ErrorCode, Heartbeat, JobId, JobSpec,
-    Metering, ProviderInfo, Receipt, RegisterProvider, SecretKey, SubmitAudit, TaskId, TxBody, TxStatus,
-    UpdateProvider, WorkloadKind,
+    Metering, Offer, ProviderInfo, Receipt, RegisterProvider, SecretKey, SubmitAudit, TaskId, TxBody,
+    TxStatus, UpdateProvider, WorkloadKind,
 };
 use futures::StreamExt as _;
 use serde::Deserialize;
@@ -43,6 +43,10 @@ struct Ctx {
     ledger: Mutex<Ledger>,
     active: Mutex<BTreeSet<TaskId>>,
     bid_on: Mutex<BTreeSet<TaskId>>,
+    /// Sealed bids not yet revealed: the price each commits to.
+    sealed: Mutex<BTreeMap<TaskId, Amount>>,
+    /// Secret from which bid salts are derived (so only this provider can open its bids).
+    salt_key: [u8; 32],
     /// Audit assignments being answered, by task and verdict deadline.
     auditing: Mutex<BTreeSet<(TaskId, u64)>>,
     specs: Mutex<BTreeMap<JobId, JobSpec>>,
@@ -156,6 +160,8 @@ pub async fn run(home: &Path) -> Result<()> {
         ledger: Mutex::new(Ledger::load(&home.ledger())?),
         active: Mutex::new(BTreeSet::new()),
         bid_on: Mutex::new(BTreeSet::new()),
+        sealed: Mutex::new(BTreeMap::new()),
+        salt_key: cairn_types::hash_domain("cairn bid salt key v1", &[key.seed().as_slice()]),
         auditing: Mutex::new(BTreeSet::new()),
         specs: Mutex::new(BTreeMap::new()),
         pricing,
@@ -459,11 +465,30 @@ async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
 
 async fn bid(ctx: &Ctx) {
     let Ok(v) = ctx.client.get::<TasksView>("/api/tasks?state=open").await else { return };
-    // Forget tasks that are no longer open (the set stays bounded; a task re-opened after a
+    let Ok(status) = ctx.client.status().await else { return };
+    // Forget tasks that are no longer open (the sets stay bounded; a task re-opened after a
     // missed deadline is considered afresh).
     let open: BTreeSet<TaskId> = v.tasks.iter().map(|t| t.id).collect();
     ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| open.contains(id));
+    ctx.sealed.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| open.contains(id));
     for t in v.tasks {
+        let TaskState::Open { auction_end, .. } = t.state else { continue };
+        // Sealing is over: open our bid (the chain takes reveals until the auction closes).
+        if status.height > auction_end {
+            let price = ctx.sealed.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
+            if let Some(price) = price {
+                let salt = bid_salt(ctx, &t);
+                match ctx
+                    .sender
+                    .submit(TxBody::Bid(Bid { task: t.id, offer: Offer::Reveal { price, salt } }))
+                    .await
+                {
+                    Ok(_) => info!(task = %t.id.short(), %price, "bid revealed"),
+                    Err(e) => warn!(task = %t.id.short(), error = %e, "bid reveal not accepted"),
+                }
+            }
+            continue;
+        }
         if ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).contains(&t.id)
             || t.excluded.contains(&ctx.me)
         {
@@ -482,11 +507,25 @@ async fn bid(ctx: &Ctx) {
             continue;
         }
         let Some(price) = ctx.pricing.price(&spec, posted) else { continue };
-        match ctx.sender.submit(TxBody::Bid(Bid { task: t.id, price })).await {
-            Ok(_) => info!(task = %t.id.short(), %price, "bid"),
+        // Sealed: the price stays hidden from other bidders until the auction stops taking bids.
+        let commitment = Bid::commitment(&t.id, &ctx.me, price, &bid_salt(ctx, &t));
+        match ctx.sender.submit(TxBody::Bid(Bid { task: t.id, offer: Offer::Sealed(commitment) })).await {
+            Ok(_) => {
+                info!(task = %t.id.short(), %price, "sealed bid");
+                ctx.sealed.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id, price);
+            }
             Err(e) => warn!(task = %t.id.short(), error = %e, "bid not accepted"),
         }
     }
+}
+
+/// The salt sealing this provider's bid on a task's attempt: secret (derived from the key),
+/// and the same after a restart.
+fn bid_salt(ctx: &Ctx, t: &Task) -> cairn_types::Hash32 {
+    cairn_types::Hash32(cairn_types::hash_domain(
+        "cairn bid salt v1",
+        &[&ctx.salt_key, &t.id.0, &t.attempt.to_le_bytes()],
+    ))
 }
 
 /// Whether the job's GPU request can be met here: none asked, or enough GPUs with the VRAM

@@ -152,7 +152,9 @@ fn market_mix(n: usize) -> (MemStore, Block) {
     }
     for (i, t) in to_bid.iter().enumerate() {
         let p = &providers[i % providers.len()];
-        txs.push(chain.sign(p, TxBody::Bid(Bid { task: *t, price: crn(1).checked_div(2).unwrap() })));
+        let sealed =
+            Bid::commitment(t, &p.address(), crn(1).checked_div(2).unwrap(), &cairn_types::Hash32([7; 32]));
+        txs.push(chain.sign(p, TxBody::Bid(Bid { task: *t, offer: cairn_types::Offer::Sealed(sealed) })));
     }
     for t in &to_commit {
         let k = owner(&chain, t);

@@ -40,6 +40,8 @@ pub const CANARY: u8 = b'c';
 /// Verified results kept as canaries' known answers.
 pub const KNOWN_ANSWERS: &[u8] = b"Mknown";
 
+/// Prefix of an open auction's sealed bids.
+pub const SEALED: u8 = b'b';
 /// Prefix of punished consensus faults (validator, view).
 pub const FAULT: u8 = b'f';
 
@@ -58,6 +60,10 @@ fn with(prefix: u8, id: &[u8]) -> Vec<u8> {
 /// Key of an account.
 pub fn account(a: &Address) -> Vec<u8> {
     with(ACCOUNT, &a.0)
+}
+/// Key of a task's sealed, not yet revealed, bids.
+pub fn sealed(id: &TaskId) -> Vec<u8> {
+    with(SEALED, &id.0)
 }
 /// Key of a punished consensus fault: one per validator and view.
 pub fn fault(validator: &Address, view: u64) -> Vec<u8> {

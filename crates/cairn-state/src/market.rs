@@ -1,5 +1,5 @@
-//! Jobs, tasks and matching: posted-price instant match and reverse auctions (bids are public
-//! on chain; commit-reveal sealing is not implemented, see docs/protocol-notes.md).
+//! Jobs, tasks and matching: posted-price instant match and sealed reverse auctions (bids
+//! committed while the auction seals, revealed before it closes).
 //!
 //! Ranking: the lowest `price / reputation weight` wins; ties go to the lowest
 //! `H(beacon, seed, provider)`, which no one can steer without steering the beacon.
@@ -8,14 +8,14 @@ use std::cmp::Ordering;
 use std::collections::VecDeque;
 
 use cairn_types::{
-    Address, Amount, Bid, Canonical, ErrorCode, Event, JobId, JobSpec, RefundReason, TaskId,
+    Address, Amount, Bid, Canonical, ErrorCode, Event, JobId, JobSpec, Offer, RefundReason, TaskId,
     VerificationLevel, hash_domain,
 };
 
 use crate::ctx::{Ctx, Exec, invariant};
 use crate::escrow;
 use crate::keys;
-use crate::model::{BidEntry, Due, Job, Provider, Task, TaskState};
+use crate::model::{BidEntry, Due, Job, Provider, SealedBid, Task, TaskState};
 use crate::registry;
 
 pub(crate) fn job(ctx: &Ctx<'_>, id: &JobId) -> Exec<Option<Job>> {
@@ -105,7 +105,7 @@ fn open_auction(ctx: &mut Ctx<'_>, t: &mut Task, window: u32) -> Exec<()> {
     let auction_end =
         ctx.height.checked_add(u64::from(window.max(1))).ok_or_else(|| invariant("height overflow"))?;
     t.state = TaskState::Open { auction_end, bids: Vec::new() };
-    ctx.schedule(auction_end, Due::AuctionClose { task: t.id, attempt: t.attempt })?;
+    ctx.schedule(close_height(ctx, auction_end)?, Due::AuctionClose { task: t.id, attempt: t.attempt })?;
     ctx.emit(Event::TaskOpened { task: t.id, job: t.job, index: t.index, attempt: t.attempt, auction_end });
     Ok(())
 }
@@ -211,33 +211,72 @@ impl borsh::BorshSerialize for RawBytes {
     }
 }
 
+/// The height an auction whose sealing ends at `auction_end` closes: after the reveal window.
+fn close_height(ctx: &Ctx<'_>, auction_end: u64) -> Exec<u64> {
+    auction_end.checked_add(u64::from(ctx.params.reveal_blocks)).ok_or_else(|| invariant("height overflow"))
+}
+
+/// A sealed bid while the auction seals (`height ≤ auction_end`), its reveal after (until the
+/// close). Only revealed bids compete; a sealed bid never revealed is simply out.
 pub(crate) fn bid(ctx: &mut Ctx<'_>, provider: &Address, b: &Bid) -> Exec<()> {
-    if b.price.is_zero() {
-        return Err(ErrorCode::ZeroAmount.into());
-    }
     let mut t = task(ctx, &b.task)?.ok_or(ErrorCode::TaskNotFound)?;
     let TaskState::Open { auction_end, bids } = &t.state else {
         return Err(ErrorCode::TaskNotOpen.into());
     };
-    if ctx.height > *auction_end {
-        return Err(ErrorCode::AuctionClosed.into());
-    }
+    let (auction_end, bids) = (*auction_end, bids.clone());
     let j = job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
     let spec = spec(ctx, &t.job)?;
     if j.client == *provider {
         return Err(ErrorCode::ClientCannotBid.into());
     }
-    if b.price > j.max_price {
-        return Err(ErrorCode::PriceAboveMax.into());
-    }
-    if bids.iter().any(|x| x.provider == *provider) {
-        return Err(ErrorCode::DuplicateBid.into());
-    }
     let p = registry::get(ctx, provider)?.ok_or(ErrorCode::ProviderNotRegistered)?;
     if t.excluded.contains(provider) || !registry::fits(ctx, &p, &spec, &j.client) {
         return Err(ErrorCode::NotEligible.into());
     }
-    registry::has_room(ctx, &p, &spec, b.price)?.map_err(crate::ctx::Fail::Code)?;
+    let mut sealed: Vec<SealedBid> = ctx.get_or_default(&keys::sealed(&t.id))?;
+    let (price, salt) = match &b.offer {
+        Offer::Sealed(commitment) => {
+            if ctx.height > auction_end {
+                return Err(ErrorCode::AuctionClosed.into());
+            }
+            if sealed.iter().any(|s| s.provider == *provider) {
+                return Err(ErrorCode::DuplicateBid.into());
+            }
+            let most = (ctx.params.max_bids_per_task as usize).saturating_mul(4);
+            if sealed.len() >= most {
+                return Err(ErrorCode::AuctionFull.into());
+            }
+            sealed.push(SealedBid { provider: *provider, commitment: *commitment });
+            ctx.put(keys::sealed(&t.id), &sealed)?;
+            ctx.emit(Event::BidSealed { task: b.task, provider: *provider });
+            return Ok(());
+        }
+        Offer::Reveal { price, salt } => (*price, *salt),
+    };
+    if ctx.height <= auction_end || ctx.height > close_height(ctx, auction_end)? {
+        return Err(ErrorCode::NotRevealTime.into());
+    }
+    if bids.iter().any(|x| x.provider == *provider) {
+        return Err(ErrorCode::DuplicateBid.into());
+    }
+    let Some(at) = sealed.iter().position(|s| s.provider == *provider) else {
+        return Err(ErrorCode::BidNotSealed.into());
+    };
+    if sealed[at].commitment != Bid::commitment(&t.id, provider, price, &salt) {
+        return Err(ErrorCode::RevealMismatch.into());
+    }
+    if price.is_zero() {
+        return Err(ErrorCode::ZeroAmount.into());
+    }
+    if price > j.max_price {
+        return Err(ErrorCode::PriceAboveMax.into());
+    }
+    registry::has_room(ctx, &p, &spec, price)?.map_err(crate::ctx::Fail::Code)?;
+    sealed.remove(at);
+    ctx.put(keys::sealed(&t.id), &sealed)?;
+    let b = BidEntry { provider: *provider, price };
+    let auction_end = &auction_end;
+    let bids = &bids;
 
     let mut entries = bids.clone();
     if entries.len() >= ctx.params.max_bids_per_task as usize {
@@ -261,7 +300,7 @@ pub(crate) fn bid(ctx: &mut Ctx<'_>, provider: &Address, b: &Bid) -> Exec<()> {
     entries.push(BidEntry { provider: *provider, price: b.price });
     t.state = TaskState::Open { auction_end: *auction_end, bids: entries };
     put_task(ctx, &t)?;
-    ctx.emit(Event::BidPlaced { task: b.task, provider: *provider, price: b.price });
+    ctx.emit(Event::BidPlaced { task: t.id, provider: *provider, price: b.price });
     Ok(())
 }
 
@@ -298,10 +337,11 @@ pub(crate) fn finish_task(ctx: &mut Ctx<'_>, j: &mut Job) -> Exec<()> {
 pub(crate) fn on_auction_close(ctx: &mut Ctx<'_>, id: &TaskId, attempt: u32) -> Exec<()> {
     let Some(mut t) = task(ctx, id)? else { return Err(invariant("scheduled task missing")) };
     let TaskState::Open { auction_end, bids } = &t.state else { return Ok(()) };
-    if t.attempt != attempt || *auction_end != ctx.height {
+    if t.attempt != attempt || close_height(ctx, *auction_end)? != ctx.height {
         return Ok(());
     }
     let bids = bids.clone();
+    ctx.delete(keys::sealed(&t.id));
     let j = job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
     let spec = spec(ctx, &t.job)?;
     let mut cands = Vec::with_capacity(bids.len());

@@ -143,7 +143,16 @@ pub struct Job {
     pub cancelled: bool,
 }
 
-/// A bid in an open auction.
+/// A sealed bid: who, and the commitment to its price.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SealedBid {
+    /// Bidder.
+    pub provider: Address,
+    /// [`cairn_types::Bid::commitment`] of its price.
+    pub commitment: cairn_types::Hash32,
+}
+
+/// A (revealed) bid in an open auction.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct BidEntry {
     /// Bidder.

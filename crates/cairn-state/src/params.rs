@@ -64,6 +64,9 @@ pub struct Params {
     pub dispute_bond_bps: u32,
     /// Verified results kept as canaries' known answers.
     pub known_answers: u32,
+    /// Blocks after an auction stops taking sealed bids during which bidders reveal them; the
+    /// auction closes at the end of this window.
+    pub reveal_blocks: u32,
     /// Share of a validator's bonded stake burned for each proven consensus fault (one per
     /// validator and view).
     pub slash_validator_bps: u32,
@@ -100,6 +103,7 @@ impl Default for Params {
             dispute_bond_bps: 10_000,
             known_answers: 64,
             slash_validator_bps: 500,
+            reveal_blocks: 5,
         }
     }
 }
@@ -137,6 +141,7 @@ impl Params {
             ("storage_epoch_blocks", self.storage_epoch_blocks),
             ("max_bids_per_task", u64::from(self.max_bids_per_task)),
             ("rematch_blocks", u64::from(self.rematch_blocks)),
+            ("reveal_blocks", u64::from(self.reveal_blocks)),
             ("max_wait_blocks", self.max_wait_blocks),
             ("max_unbondings", u64::from(self.max_unbondings)),
             ("max_providers", u64::from(self.max_providers)),

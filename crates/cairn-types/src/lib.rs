@@ -77,6 +77,6 @@ pub use provider::{
 pub use receipt::{AuditKind, AuditOutcome, ErrorCode, Event, Receipt, RefundReason, SlashReason, TxStatus};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,
-    Metering, OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, SubmitJob, Transfer, Tx,
-    TxBody, Unbond, UpdateProvider,
+    Metering, Offer, OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, SubmitJob,
+    Transfer, Tx, TxBody, Unbond, UpdateProvider,
 };

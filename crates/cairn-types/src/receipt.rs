@@ -156,6 +156,12 @@ error_codes! {
     KindNotServed = 75, "kind_not_served", "provider does not serve this workload kind";
     /// The price is below the provider's posted price.
     PriceBelowPosted = 76, "price_below_posted", "price is below the provider's posted price";
+    /// A reveal without this provider's sealed bid.
+    BidNotSealed = 77, "bid_not_sealed", "no sealed bid of this provider to reveal";
+    /// The revealed price and salt do not open the sealed commitment.
+    RevealMismatch = 78, "reveal_mismatch", "revealed price and salt do not match the sealed bid";
+    /// Reveals are taken only between the end of sealing and the auction's close.
+    NotRevealTime = 79, "not_reveal_time", "bids are revealed after sealing ends and before the auction closes";
 }
 
 impl fmt::Display for ErrorCode {
@@ -346,6 +352,8 @@ pub enum Event {
     },
     /// Block rewards and fees were paid out.
     RewardsPaid { validators: Amount, providers: Amount },
+    /// A sealed bid was taken (its price stays hidden until revealed).
+    BidSealed { task: TaskId, provider: Address },
     /// A validator's proven consensus fault cost it stake (burned).
     ValidatorSlashed { validator: Address, view: u64, kind: crate::FaultKind, amount: Amount },
 }

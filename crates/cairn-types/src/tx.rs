@@ -8,8 +8,8 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Address, Amount, Canonical, ContentId, DealId, JobId, JobSpec, LeaseId, ProviderInfo, Result, SecretKey,
-    Signature, TaskId, TxHash,
+    Address, Amount, Canonical, ContentId, DealId, Hash32, JobId, JobSpec, LeaseId, ProviderInfo, Result,
+    SecretKey, Signature, TaskId, TxHash,
 };
 
 /// Largest encoded transaction.
@@ -65,13 +65,41 @@ pub struct SubmitJob {
     pub spec: JobSpec,
 }
 
-/// A provider's bid for an open task (one per provider per task, binding; public once sent).
+/// A provider's bid for an open task: sealed while the auction takes bids, revealed after
+/// (one per provider per task, binding).
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Bid {
     /// The task.
     pub task: TaskId,
-    /// Price asked.
-    pub price: Amount,
+    /// The sealed commitment, or its opening.
+    pub offer: Offer,
+}
+
+/// The two halves of a sealed bid.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offer {
+    /// While the auction takes bids: [`Bid::commitment`] of the price and a secret salt. Nobody
+    /// can read the price from it.
+    Sealed(Hash32),
+    /// After the auction's sealing window: the price and salt, which must match the commitment.
+    Reveal {
+        /// Price asked.
+        price: Amount,
+        /// The salt the commitment was made with.
+        salt: Hash32,
+    },
+}
+
+impl Bid {
+    /// The commitment sealing `price` for `provider` on `task` (bound to both, so a bid cannot
+    /// be copied by another provider or onto another task).
+    pub fn commitment(task: &TaskId, provider: &Address, price: Amount, salt: &Hash32) -> Hash32 {
+        Hash32(crate::hash_domain(
+            "cairn sealed bid v1",
+            &[&task.0, &provider.0, &price.base_units().to_le_bytes(), &salt.0],
+        ))
+    }
 }
 
 /// Cancel a job: tasks not yet committed are refunded.

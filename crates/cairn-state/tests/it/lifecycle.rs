@@ -1,9 +1,10 @@
 //! The job lifecycle, scenario by scenario.
 
 use cairn_state::model::TaskState;
+use cairn_state::testkit::TestChain;
 use cairn_types::{
-    Bid, CancelJob, CommitResult, ContentId, ErrorCode, Event, Metering, RefundReason, TaskId, TxBody,
-    TxStatus,
+    Bid, CancelJob, CommitResult, ContentId, ErrorCode, Event, Hash32, Metering, Offer, RefundReason, TaskId,
+    TxBody, TxStatus,
 };
 
 use crate::common::*;
@@ -66,17 +67,50 @@ fn a_committed_task_settles_after_the_challenge_window_and_pays_provider_fee_and
     checks(&chain);
 }
 
+fn salt(who: u64) -> Hash32 {
+    Hash32([who as u8 + 1; 32])
+}
+
+/// Provider `who`'s sealed bid of `price` on `task`.
+fn sealed(task: TaskId, who: u64, price: &str) -> TxBody {
+    let c = Bid::commitment(&task, &provider_key(who).address(), crn(price), &salt(who));
+    TxBody::Bid(Bid { task, offer: Offer::Sealed(c) })
+}
+
+/// Its opening.
+fn reveal(task: TaskId, who: u64, price: &str) -> TxBody {
+    TxBody::Bid(Bid { task, offer: Offer::Reveal { price: crn(price), salt: salt(who) } })
+}
+
 #[test]
 fn the_lowest_reputation_weighted_bid_wins_a_sealed_auction() {
     let mut chain = market(&["0.9", "0.9", "0.9"]);
     let job = submit(&mut chain, spec(1, "1", 3));
     let task = TaskId::derive(&job, 0);
     assert!(matches!(chain.task_state(&job, 0), TaskState::Open { .. }));
-    for (who, price) in [(0, "0.6"), (1, "0.4"), (2, "0.5")] {
-        chain.send(&provider_key(who), TxBody::Bid(Bid { task, price: crn(price) }));
+    let bids = [(0, "0.6"), (1, "0.4"), (2, "0.5")];
+    for (who, price) in bids {
+        chain.send(&provider_key(who), sealed(task, who, price));
+    }
+    let receipts = chain.next_block();
+    // While sealed, the chain shows who bid but no price.
+    match chain.task_state(&job, 0) {
+        TaskState::Open { bids, .. } => assert!(bids.is_empty(), "no price is visible: {bids:?}"),
+        other => panic!("expected open, got {other:?}"),
+    }
+    let events: Vec<Event> = receipts.iter().flat_map(|r| r.events().iter().cloned()).collect();
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::BidSealed { .. })).count(), 3);
+    // Too early to reveal.
+    assert_eq!(
+        status(&chain.run(&provider_key(0), reveal(task, 0, "0.6"))),
+        TxStatus::Failed(ErrorCode::NotRevealTime)
+    );
+    chain.advance(2);
+    for (who, price) in bids {
+        chain.send(&provider_key(who), reveal(task, who, price));
     }
     chain.next_block();
-    chain.advance(3);
+    chain.advance(u64::from(params().reveal_blocks));
     match chain.task_state(&job, 0) {
         TaskState::Assigned { provider, price, .. } => {
             assert_eq!(provider, provider_key(1).address());
@@ -88,17 +122,35 @@ fn the_lowest_reputation_weighted_bid_wins_a_sealed_auction() {
 }
 
 #[test]
-fn bids_above_the_max_price_twice_from_one_provider_or_after_the_window_are_refused() {
-    let mut chain = market(&["0.9", "0.9"]);
-    let job = submit(&mut chain, spec(1, "1", 5));
+fn bad_seals_and_reveals_are_refused_with_typed_errors() {
+    let reveal_blocks = 10;
+    let mut chain = market_with(cairn_state::Params { reveal_blocks, ..params() }, &["0.9", "0.9", "0.9"]);
+    let job = submit(&mut chain, spec(1, "1", 4));
     let task = TaskId::derive(&job, 0);
-    let bid = |p: &str| TxBody::Bid(Bid { task, price: crn(p) });
-    assert_eq!(status(&chain.run(&provider_key(0), bid("1.5"))), TxStatus::Failed(ErrorCode::PriceAboveMax));
-    assert_eq!(status(&chain.run(&provider_key(0), bid("0.5"))), TxStatus::Ok);
-    assert_eq!(status(&chain.run(&provider_key(0), bid("0.4"))), TxStatus::Failed(ErrorCode::DuplicateBid));
-    assert_eq!(status(&chain.run(&client(), bid("0.4"))), TxStatus::Failed(ErrorCode::ClientCannotBid));
-    chain.advance(2);
-    assert_eq!(status(&chain.run(&provider_key(1), bid("0.4"))), TxStatus::Failed(ErrorCode::TaskNotOpen));
+    let run = |chain: &mut TestChain, who: u64, body: TxBody| status(&chain.run(&provider_key(who), body));
+    assert_eq!(run(&mut chain, 0, sealed(task, 0, "1.5")), TxStatus::Ok);
+    assert_eq!(run(&mut chain, 0, sealed(task, 0, "0.5")), TxStatus::Failed(ErrorCode::DuplicateBid));
+    assert_eq!(run(&mut chain, 1, sealed(task, 1, "0.5")), TxStatus::Ok);
+    let by_client = TxBody::Bid(Bid { task, offer: Offer::Sealed(Hash32([1; 32])) });
+    assert_eq!(status(&chain.run(&client(), by_client)), TxStatus::Failed(ErrorCode::ClientCannotBid));
+    // Sealing is over: no new seals; reveals must open the seal, with a price within the max.
+    assert_eq!(run(&mut chain, 2, sealed(task, 2, "0.4")), TxStatus::Failed(ErrorCode::AuctionClosed));
+    assert_eq!(run(&mut chain, 2, reveal(task, 2, "0.4")), TxStatus::Failed(ErrorCode::BidNotSealed));
+    assert_eq!(run(&mut chain, 1, reveal(task, 1, "0.3")), TxStatus::Failed(ErrorCode::RevealMismatch));
+    assert_eq!(run(&mut chain, 0, reveal(task, 0, "1.5")), TxStatus::Failed(ErrorCode::PriceAboveMax));
+    assert_eq!(run(&mut chain, 1, reveal(task, 1, "0.5")), TxStatus::Ok);
+    assert_eq!(run(&mut chain, 1, reveal(task, 1, "0.5")), TxStatus::Failed(ErrorCode::DuplicateBid));
+    for _ in 0..reveal_blocks {
+        if !matches!(chain.task_state(&job, 0), TaskState::Open { .. }) {
+            break;
+        }
+        chain.advance(1);
+    }
+    // Closed: provider 1 won at its revealed price; the task takes no more bids.
+    assert!(
+        matches!(chain.task_state(&job, 0), TaskState::Assigned { provider, .. } if provider == provider_key(1).address())
+    );
+    assert_eq!(run(&mut chain, 0, reveal(task, 0, "0.5")), TxStatus::Failed(ErrorCode::TaskNotOpen));
     checks(&chain);
 }
 
@@ -153,7 +205,8 @@ fn a_job_nobody_can_take_waits_without_using_attempts_then_is_refunded() {
     let t = chain.state.task(&cairn_types::TaskId::derive(&job, 0)).unwrap().unwrap();
     assert_eq!(t.attempt, 1, "waiting for a provider is not an attempt");
     assert!(matches!(t.state, TaskState::Open { .. }));
-    chain.advance(6);
+    // Each re-opened auction seals for `rematch_blocks` and takes reveals for `reveal_blocks`.
+    chain.advance(12);
     for i in 0..2 {
         assert!(matches!(
             chain.task_state(&job, i),

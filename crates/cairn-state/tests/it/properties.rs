@@ -12,9 +12,9 @@ use cairn_state::model::TaskState;
 use cairn_state::testkit::{CHAIN_ID, TestChain, key};
 use cairn_state::{MemStore, Params, State, keys};
 use cairn_types::{
-    Amount, Bid, Bond, CancelJob, CloseLease, CommitResult, ContentId, CreateStorageDeal, Event, Heartbeat,
-    JobId, LeaseId, Metering, OpenDispute, OpenLease, Receipt, SecretKey, Signature, SubmitAudit, SubmitJob,
-    TaskId, Transfer, Tx, TxBody, TxStatus, Unbond, VerificationLevel,
+    Amount, Bid, Bond, CancelJob, CloseLease, CommitResult, ContentId, CreateStorageDeal, Event, Hash32,
+    Heartbeat, JobId, LeaseId, Metering, Offer, OpenDispute, OpenLease, Receipt, SecretKey, Signature,
+    SubmitAudit, SubmitJob, TaskId, Transfer, Tx, TxBody, TxStatus, Unbond, VerificationLevel,
 };
 use proptest::prelude::*;
 
@@ -203,11 +203,20 @@ impl World {
             Action::Bid { provider, pick, price } => {
                 // Mostly open tasks, sometimes any task.
                 let task = self.pick(pick, |s| matches!(s, TaskState::Open { .. }) || pick % 4 == 0)?;
-                signed(
-                    &mut self.chain,
-                    &provider_key(provider),
-                    TxBody::Bid(Bid { task, price: crn(&price.to_string()) }),
-                )
+                // Seal while the auction seals, reveal after (sometimes with the wrong salt).
+                let key = provider_key(provider);
+                let price = crn(&price.to_string());
+                let salt = Hash32([(pick % 3) as u8; 32]);
+                let sealing = match self.chain.state.task(&task).unwrap().map(|t| t.state) {
+                    Some(TaskState::Open { auction_end, .. }) => self.chain.height() < auction_end,
+                    _ => pick % 2 == 0,
+                };
+                let offer = if sealing {
+                    Offer::Sealed(Bid::commitment(&task, &key.address(), price, &Hash32([0; 32])))
+                } else {
+                    Offer::Reveal { price, salt }
+                };
+                signed(&mut self.chain, &key, TxBody::Bid(Bid { task, offer }))
             }
             Action::Commit { pick, honest, liar } => {
                 let id = self.pick(pick, |s| matches!(s, TaskState::Assigned { .. }) || pick % 5 == 0)?;

@@ -77,7 +77,14 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
         ("register_provider_tx.hex", TxBody::RegisterProvider(RegisterProvider { info: info.clone() })),
         ("update_provider_tx.hex", TxBody::UpdateProvider(UpdateProvider { info })),
         ("heartbeat_tx.hex", TxBody::Heartbeat(Heartbeat {})),
-        ("bid_tx.hex", TxBody::Bid(Bid { task, price: "0.04 CRN".parse().unwrap() })),
+        ("bid_tx.hex", TxBody::Bid(Bid { task, offer: Offer::Sealed(Hash32([3; 32])) })),
+        (
+            "reveal_bid_tx.hex",
+            TxBody::Bid(Bid {
+                task,
+                offer: Offer::Reveal { price: "0.04 CRN".parse().unwrap(), salt: Hash32([4; 32]) },
+            }),
+        ),
         ("cancel_job_tx.hex", TxBody::CancelJob(CancelJob { job: JobId([7; 32]) })),
         (
             "commit_result_tx.hex",
@@ -243,7 +250,12 @@ fn body() -> impl Strategy<Value = TxBody> {
         amount().prop_map(|amount| TxBody::Unbond(Unbond { amount })),
         Just(TxBody::Heartbeat(Heartbeat {})),
         job_spec().prop_map(|spec| TxBody::SubmitJob(SubmitJob { spec })),
-        (any::<[u8; 32]>(), amount()).prop_map(|(t, price)| TxBody::Bid(Bid { task: TaskId(t), price })),
+        (any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(t, c)| TxBody::Bid(Bid { task: TaskId(t), offer: Offer::Sealed(Hash32(c)) })),
+        (any::<[u8; 32]>(), amount(), any::<[u8; 32]>()).prop_map(|(t, price, salt)| TxBody::Bid(Bid {
+            task: TaskId(t),
+            offer: Offer::Reveal { price, salt: Hash32(salt) }
+        })),
         any::<[u8; 32]>().prop_map(|j| TxBody::CancelJob(CancelJob { job: JobId(j) })),
         (any::<[u8; 32]>(), id(), any::<(u64, u64)>()).prop_map(|(t, output, (units, output_bytes))| {
             TxBody::CommitResult(CommitResult {
