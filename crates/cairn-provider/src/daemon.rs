@@ -520,7 +520,7 @@ async fn bid(ctx: &Ctx) {
 }
 
 /// The salt sealing this provider's bid on a task's attempt: secret (derived from the key),
-/// and the same after a restart.
+/// and reproducible without storing anything random.
 fn bid_salt(ctx: &Ctx, t: &Task) -> cairn_types::Hash32 {
     cairn_types::Hash32(cairn_types::hash_domain(
         "cairn bid salt v1",
