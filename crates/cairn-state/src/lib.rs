@@ -26,7 +26,7 @@
 //! let tx = Tx::sign(&alice, "cairn-doc", 0, "0.001 CRN".parse().unwrap(),
 //!     TxBody::Transfer(Transfer { to: bob, amount: "2.5 CRN".parse().unwrap() }));
 //! let block = Block { height: 1, parent: Default::default(), proposer: alice.address(),
-//!     beacon: Hash32::ZERO, txs: vec![tx] };
+//!     beacon: Hash32::ZERO, txs: vec![tx], faults: vec![] };
 //! let (_root, receipts) = state.apply_block(&block).unwrap();
 //! assert!(matches!(receipts[0], Receipt::Tx { status: TxStatus::Ok, .. }));
 //! assert_eq!(state.account(&bob).unwrap().balance.to_string(), "2.5 CRN");
