@@ -180,9 +180,10 @@ pub struct ReceiptIndex {
 const RECEIPT_BLOCKS: usize = 100_000;
 
 impl ReceiptIndex {
-    fn insert(&mut self, height: u64, hashes: Vec<TxHash>, receipts: Arc<Vec<Receipt>>) {
+    /// Index a block's receipts; false if that height was indexed already.
+    fn insert(&mut self, height: u64, hashes: Vec<TxHash>, receipts: Arc<Vec<Receipt>>) -> bool {
         if self.by_height.contains_key(&height) {
-            return;
+            return false;
         }
         for (i, h) in hashes.iter().enumerate() {
             self.by_tx.insert(*h, (height, u32::try_from(i).unwrap_or(u32::MAX)));
@@ -197,6 +198,7 @@ impl ReceiptIndex {
                 }
             }
         }
+        true
     }
 
     /// Every indexed block's receipts, oldest first.
@@ -430,26 +432,18 @@ impl NodeShared {
         }
         let receipts = Arc::new(receipts);
         // A block delivered again after a restart comes without its receipts (they were not
-        // recomputed): keep the ones already indexed and logged.
+        // recomputed): only complete receipts of a block not indexed yet are kept and logged.
         let complete = receipts.len() == hashes.len().saturating_add(1);
-        let fresh =
-            complete && self.receipts.read().unwrap_or_else(|p| p.into_inner()).block(height).is_none();
-        if fresh {
-            self.receipts.write().unwrap_or_else(|p| p.into_inner()).insert(
+        let added = complete
+            && self.receipts.write().unwrap_or_else(|p| p.into_inner()).insert(
                 height,
                 hashes.clone(),
                 receipts.clone(),
             );
-            if let Some(log) = self.receipt_log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                let record = crate::receipt_log::BlockReceipts {
-                    height,
-                    hashes: hashes.clone(),
-                    receipts: receipts.as_ref().clone(),
-                };
-                let newest = || self.receipts.read().unwrap_or_else(|p| p.into_inner()).newest();
-                if let Err(e) = log.append(&record, newest) {
-                    warn!(height, error = %e, "cannot write the receipt log; receipts of this block are kept in memory only");
-                }
+        if added && let Some(log) = self.receipt_log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let newest = || self.receipts.read().unwrap_or_else(|p| p.into_inner()).newest();
+            if let Err(e) = log.append(height, &hashes, &receipts, newest) {
+                warn!(height, error = %e, "cannot write the receipt log; receipts of this block are kept in memory only");
             }
         }
         {

@@ -72,10 +72,12 @@ impl ReceiptLog {
     /// I/O errors.
     pub fn append(
         &mut self,
-        r: &BlockReceipts,
+        height: u64,
+        hashes: &[TxHash],
+        receipts: &[Receipt],
         newest: impl FnOnce() -> Vec<BlockReceipts>,
     ) -> std::io::Result<()> {
-        self.file.write_all(&record(r)?)?;
+        self.file.write_all(&record(height, hashes, receipts)?)?;
         self.file.sync_data()?;
         self.records += 1;
         if self.records >= self.keep.saturating_mul(2) {
@@ -90,7 +92,7 @@ impl ReceiptLog {
         {
             let mut f = File::create(&tmp)?;
             for r in keep {
-                f.write_all(&record(r)?)?;
+                f.write_all(&record(r.height, &r.hashes, &r.receipts)?)?;
             }
             f.sync_all()?;
         }
@@ -101,8 +103,9 @@ impl ReceiptLog {
     }
 }
 
-fn record(r: &BlockReceipts) -> std::io::Result<Vec<u8>> {
-    let payload = borsh::to_vec(r)?;
+/// One record; borsh encodes the borrowed tuple exactly as [`BlockReceipts`].
+fn record(height: u64, hashes: &[TxHash], receipts: &[Receipt]) -> std::io::Result<Vec<u8>> {
+    let payload = borsh::to_vec(&(height, hashes, receipts))?;
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|l| *l <= MAX_RECORD)
@@ -153,6 +156,11 @@ mod tests {
         }
     }
 
+    fn append(log: &mut ReceiptLog, height: u64, newest: impl FnOnce() -> Vec<BlockReceipts>) {
+        let b = block(height);
+        log.append(height, &b.hashes, &b.receipts, newest).unwrap();
+    }
+
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("cairn-receipt-log-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -166,17 +174,18 @@ mod tests {
         let (mut log, none) = ReceiptLog::open(&path, 100).unwrap();
         assert!(none.is_empty());
         for h in 1..=3 {
-            log.append(&block(h), Vec::new).unwrap();
+            append(&mut log, h, Vec::new);
         }
         drop(log);
         // A crash in the middle of the fourth append.
-        let full = record(&block(4)).unwrap();
+        let b4 = block(4);
+        let full = record(4, &b4.hashes, &b4.receipts).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&full[..full.len() / 2]).unwrap();
         drop(f);
         let (mut log, got) = ReceiptLog::open(&path, 100).unwrap();
         assert_eq!(got, vec![block(1), block(2), block(3)]);
-        log.append(&block(4), Vec::new).unwrap();
+        append(&mut log, 4, Vec::new);
         drop(log);
         let (_, got) = ReceiptLog::open(&path, 100).unwrap();
         assert_eq!(got.len(), 4);
@@ -188,11 +197,12 @@ mod tests {
         let path = dir("flip");
         let (mut log, _) = ReceiptLog::open(&path, 100).unwrap();
         for h in 1..=3 {
-            log.append(&block(h), Vec::new).unwrap();
+            append(&mut log, h, Vec::new);
         }
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
-        let second = record(&block(1)).unwrap().len() + 40;
+        let b1 = block(1);
+        let second = record(1, &b1.hashes, &b1.receipts).unwrap().len() + 40;
         bytes[second] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let (_, got) = ReceiptLog::open(&path, 100).unwrap();
@@ -203,10 +213,10 @@ mod tests {
     fn the_log_compacts_to_the_newest_blocks() {
         let path = dir("compact");
         let (mut log, _) = ReceiptLog::open(&path, 2).unwrap();
-        log.append(&block(1), Vec::new).unwrap();
-        log.append(&block(2), Vec::new).unwrap();
-        log.append(&block(3), Vec::new).unwrap();
-        log.append(&block(4), || vec![block(3), block(4)]).unwrap();
+        for h in 1..=3 {
+            append(&mut log, h, Vec::new);
+        }
+        append(&mut log, 4, || vec![block(3), block(4)]);
         drop(log);
         let (_, got) = ReceiptLog::open(&path, 2).unwrap();
         assert_eq!(got, vec![block(3), block(4)]);

@@ -272,13 +272,7 @@ pub(crate) fn bid(ctx: &mut Ctx<'_>, provider: &Address, b: &Bid) -> Exec<()> {
         return Err(ErrorCode::PriceAboveMax.into());
     }
     registry::has_room(ctx, &p, &spec, price)?.map_err(crate::ctx::Fail::Code)?;
-    sealed.remove(at);
-    ctx.put(keys::sealed(&t.id), &sealed)?;
-    let b = BidEntry { provider: *provider, price };
-    let auction_end = &auction_end;
-    let bids = &bids;
-
-    let mut entries = bids.clone();
+    let mut entries = bids;
     if entries.len() >= ctx.params.max_bids_per_task as usize {
         // Full: the new bid replaces the worst one only if it ranks better.
         let mut ranked_bids = Vec::with_capacity(entries.len());
@@ -288,7 +282,7 @@ pub(crate) fn bid(ctx: &mut Ctx<'_>, provider: &Address, b: &Bid) -> Exec<()> {
             }
         }
         ranked_bids.sort_by(rank);
-        let new = ranked(ctx, &t.id.0, &p, b.price);
+        let new = ranked(ctx, &t.id.0, &p, price);
         match ranked_bids.last() {
             Some(worst) if rank(&new, worst) == Ordering::Less => {
                 let worst = worst.provider;
@@ -297,10 +291,12 @@ pub(crate) fn bid(ctx: &mut Ctx<'_>, provider: &Address, b: &Bid) -> Exec<()> {
             _ => return Err(ErrorCode::AuctionFull.into()),
         }
     }
-    entries.push(BidEntry { provider: *provider, price: b.price });
-    t.state = TaskState::Open { auction_end: *auction_end, bids: entries };
+    sealed.remove(at);
+    ctx.put(keys::sealed(&t.id), &sealed)?;
+    entries.push(BidEntry { provider: *provider, price });
+    t.state = TaskState::Open { auction_end, bids: entries };
     put_task(ctx, &t)?;
-    ctx.emit(Event::BidPlaced { task: t.id, provider: *provider, price: b.price });
+    ctx.emit(Event::BidPlaced { task: t.id, provider: *provider, price });
     Ok(())
 }
 
