@@ -19,6 +19,8 @@ pub(crate) enum BenchCommand {
     Jobs(JobsArgs),
     /// Inference: in-process candle vs the provider's executor vs a market job; model loads.
     Inference(InferenceArgs),
+    /// Training: a devnet job vs the same loop in one process, scaling with W, audit overhead.
+    Train(crate::bench_train::TrainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +60,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Chain(a) => a,
         BenchCommand::Jobs(j) => return crate::runtime()?.block_on(jobs(j)),
         BenchCommand::Inference(i) => return crate::runtime()?.block_on(inference(i)),
+        BenchCommand::Train(t) => return crate::runtime()?.block_on(crate::bench_train::run(t)),
     };
     let rt = crate::runtime()?;
     let mut rows = Vec::new();

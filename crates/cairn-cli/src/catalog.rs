@@ -18,6 +18,8 @@ pub(crate) struct ServedModel {
     pub(crate) task: String,
     /// Providers and their posted inference price, cheapest first.
     pub(crate) providers: Vec<(Address, Amount)>,
+    /// The serving providers' endpoints (each serves the package from its blob store).
+    pub(crate) endpoints: Vec<String>,
 }
 
 impl ServedModel {
@@ -53,8 +55,10 @@ pub(crate) async fn served_models(client: &Client) -> Result<BTreeMap<ContentId,
                 name: name.to_string(),
                 task: task.to_string(),
                 providers: Vec::new(),
+                endpoints: Vec::new(),
             });
             e.providers.push((p.owner, price));
+            e.endpoints.push(p.info.endpoint.clone());
         }
     }
     for m in out.values_mut() {

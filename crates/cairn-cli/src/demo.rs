@@ -19,6 +19,9 @@ const SIEVE: &[u8] = include_bytes!("../../../testdata/wasm/sieve.wasm");
 const MANDELBROT: &[u8] = include_bytes!("../../../testdata/wasm/mandelbrot.wasm");
 const NN: &[u8] = include_bytes!("../../../testdata/wasm/nn.wasm");
 const RESVG: &[u8] = include_bytes!("../../../testdata/wasm/third-party/resvg.wasm");
+/// The training demo is the example a user can submit as is.
+const TRAIN_DIGITS: &str = include_str!("../../../examples/train-digits/train.yaml");
+const DIGITS: &[u8] = include_bytes!("../../../examples/train-digits/digits.csv");
 
 const SCENE: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="256" height="160">
   <rect width="256" height="160" fill="#10223f"/>
@@ -80,6 +83,7 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
     std::fs::write(dir.join("scene.svg"), SCENE)?;
     std::fs::write(dir.join("features.csv"), features_csv())?;
     std::fs::write(dir.join("embeddings.jsonl"), embedding_requests())?;
+    std::fs::write(dir.join("digits.csv"), DIGITS)?;
     let mut list = vec![
         (
             "primes",
@@ -97,6 +101,7 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
             "svg-render",
             "kind: render\nworkload: resvg.wasm\nargs: [\"/in/scene.svg\", \"/out/scene.png\"]\ninputs:\n  - name: scene.svg\n    path: scene.svg\nmax_price_per_task: 0.3 CRN\ndeadline_blocks: 300\n".into(),
         ),
+        ("training", TRAIN_DIGITS.into()),
     ];
     if models {
         list.push(("embeddings", EMBEDDINGS_JOB.into()));
@@ -144,7 +149,11 @@ fn describe(
 ) -> String {
     let reserve = job.reserve_per_task;
     // What the metered units are: fuel for WASM, tokens for inference.
-    let unit = if job.kind == cairn_types::WorkloadKind::Inference { "tokens" } else { "fuel" };
+    let unit = match job.kind {
+        cairn_types::WorkloadKind::Inference => "tokens",
+        cairn_types::WorkloadKind::Train => "examples",
+        _ => "fuel",
+    };
     let who = |p: &Address| names.get(p).cloned().unwrap_or_else(|| short(p));
     match &t.state {
         TaskState::Open { auction_end, bids } if bids.is_empty() => {
@@ -177,6 +186,7 @@ fn describe(
             )
         }
         TaskState::Refunded { reason, .. } => format!("refunded to the client ({reason:?})"),
+        TaskState::Waiting {} => "waiting for the round before it".to_string(),
     }
 }
 
@@ -335,6 +345,27 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             let n = crate::job::write_results(&path, &mut bundles)?;
             combined = json!({ "file": path, "results": n });
         }
+        let mut training = Value::Null;
+        if v.job.kind == cairn_types::WorkloadKind::Train {
+            let w = crate::train::result(&client, v, &net.root.join("results").join(name)).await?;
+            if let Some(m) = w.rounds.last() {
+                let acc = m
+                    .eval_accuracy
+                    .map(|a| format!(", held-out accuracy {:.1}%", a * 100.0))
+                    .unwrap_or_default();
+                say(
+                    json,
+                    &format!(
+                        "[{name}] {} rounds: held-out loss {:.4}{acc}; loss curve {}",
+                        w.rounds.len(),
+                        m.eval_loss,
+                        w.curve.as_ref().map(|c| c.display().to_string()).unwrap_or_default()
+                    ),
+                );
+            }
+            training =
+                json!({ "rounds": w.rounds, "curve": w.curve, "model": w.model, "metrics": w.metrics });
+        }
         let first = tasks_json.first().cloned().unwrap_or_default();
         say(
             json,
@@ -361,6 +392,7 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             "output": first["output"],
             "tasks": tasks_json,
             "results": combined,
+            "training": training,
         }));
     }
     let client_key: &SecretKey = &key;

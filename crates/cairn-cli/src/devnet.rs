@@ -171,11 +171,13 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
     let wasm = [ucrn(50_000), ucrn(80_000), ucrn(120_000)];
     let render = [ucrn(60_000), ucrn(90_000), ucrn(150_000)];
     let inference = [ucrn(20_000), ucrn(30_000), ucrn(45_000)];
+    let train = [ucrn(20_000), ucrn(25_000), ucrn(35_000)];
     for (i, k) in provider_keys.iter().enumerate() {
         let listen: std::net::SocketAddr = format!("127.0.0.1:{}", port(a.provider_port, i)?).parse()?;
         let mut prices = BTreeMap::new();
         prices.insert(WorkloadKind::Wasm, wasm[i % 3]);
         prices.insert(WorkloadKind::Render, render[i % 3]);
+        prices.insert(WorkloadKind::Train, train[i % 3]);
         if !a.models.is_empty() {
             prices.insert(WorkloadKind::Inference, inference[i % 3]);
             // All but the last provider start with the packages; the last fetches them from
@@ -444,9 +446,47 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
     // Bad overrides fail before anything is written.
     override_params(devnet_params(), &layout.params)?;
     let mut net = start(&a.home, &layout, a.fresh, &[])?;
+    let json = a.json;
     let code = rt.block_on(async {
-        wait_ready(&mut net, 1, Duration::from_secs(60)).await?;
-        start_providers(&mut net, a.providers, Duration::from_secs(60)).await?;
+        // SIGTERM or Ctrl-C at any point stops the whole network: dropping `net` below kills
+        // every validator and provider, so none is left running.
+        tokio::select! {
+            r = run_network(&a, &mut net) => r,
+            code = stop_signal() => {
+                say(json, "stopping");
+                Ok(code)
+            }
+        }
+    })?;
+    drop(net);
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// Wait for SIGTERM or SIGINT; the exit code the shell would report for it.
+async fn stop_signal() -> i32 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        {
+            return tokio::select! {
+                _ = term.recv() => 143,
+                _ = int.recv() => 130,
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    130
+}
+
+async fn run_network(a: &DevnetArgs, net: &mut Network) -> Result<i32> {
+    {
+        wait_ready(net, 1, Duration::from_secs(60)).await?;
+        start_providers(net, a.providers, Duration::from_secs(60)).await?;
         let json = a.json;
         say(
             json,
@@ -468,7 +508,7 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
             .await
             .is_ok_and(|m| !m.is_empty());
         let gateway = if serves_models && !a.no_models {
-            let url = start_gateway(&mut net, a.gateway_port, Duration::from_secs(60)).await?;
+            let url = start_gateway(net, a.gateway_port, Duration::from_secs(60)).await?;
             say(json, &format!("OpenAI-compatible gateway: {url}"));
             say(
                 json,
@@ -483,7 +523,7 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
         };
         let mut ok = true;
         if !a.no_demo && a.providers > 0 {
-            let summary = crate::demo::run(&net, json, gateway.as_deref()).await?;
+            let summary = crate::demo::run(net, json, gateway.as_deref()).await?;
             ok = summary.all_settled;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary.json)?);
@@ -495,10 +535,7 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
         say(json, "The network keeps running; press Ctrl-C to stop.");
         let client = cairn_client::Client::new(&net.apis[0]);
         loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => { say(json, "stopping"); break; }
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
             if let Some(why) = net.exited() {
                 bail!("{why}");
             }
@@ -509,10 +546,5 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
             }
         }
         Ok(0)
-    })?;
-    drop(net);
-    if code != 0 {
-        std::process::exit(code);
     }
-    Ok(())
 }

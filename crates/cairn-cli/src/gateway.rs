@@ -202,11 +202,15 @@ impl Gateway {
             return Ok(t.clone());
         }
         let local = self.local_models.as_ref().filter(|s| s.blobs.has(&m.id)).map(|s| s.blobs.path(&m.id));
+        // The node, then the providers that serve the model (a model imported by an operator
+        // may exist only in its providers' blob stores).
+        let sources: Vec<String> =
+            std::iter::once(self.client.base().to_string()).chain(m.endpoints.iter().cloned()).collect();
         let path = match local {
             Some(p) => p,
             None => self
                 .fetcher
-                .fetch(&self.cache, &m.id, None, 8 << 30, &[self.client.base().to_string()])
+                .fetch(&self.cache, &m.id, None, 8 << 30, &sources)
                 .await
                 .map_err(|e| ApiError::server(StatusCode::BAD_GATEWAY, "model_unavailable", e))?,
         };
@@ -248,6 +252,7 @@ impl Gateway {
             constraints: Constraints { regions: Vec::new(), attributes: BTreeMap::from([(k, v)]) },
             verification: VerificationLevel::Standard,
             hints: vec![self.client.base().to_string()],
+            train: None,
         };
         spec.validate().map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
         let hash = self.sender.submit(TxBody::SubmitJob(SubmitJob { spec })).await.map_err(|e| {

@@ -167,8 +167,11 @@ pub(crate) fn finished(v: &JobView) -> bool {
     v.tasks.iter().all(|t| t.state.is_final())
 }
 
-/// Follow a job with a progress bar until it finishes.
+/// Follow a job with a progress bar until it finishes (a training job round by round).
 pub(crate) async fn watch(client: &Client, job: &JobId, quiet: bool) -> Result<JobView> {
+    if job_view(client, job).await?.job.kind == cairn_types::WorkloadKind::Train {
+        return crate::train::watch(client, job, quiet).await;
+    }
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -231,6 +234,7 @@ fn print_status(v: &JobView) {
                 format!("settled: {provider} paid {price}, output {output}")
             }
             TaskState::Refunded { reason, .. } => format!("refunded ({reason:?})"),
+            TaskState::Waiting {} => "waiting for the round before it".to_string(),
         };
         println!("  task {:>3} attempt {}  {detail}", t.index, t.attempt);
     }
@@ -331,6 +335,11 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                 let tmp = std::env::temp_dir().join(format!("cairn-validate-{}", std::process::id()));
                 let exec = cairn_runtime::WasmExecutor::new(cairn_runtime::WasmConfig { work_dir: tmp, cache_dir: None })?;
                 exec.validate(bytes).context("the workload is not a valid WebAssembly module")?;
+            }
+            // A dataset that cannot train this model is refused here, before anything is paid.
+            if let (Some(bytes), Some(plan)) = (&resolved.workload, resolved.spec.train.as_deref()) {
+                cairn_runtime::train::Dataset::parse(plan, bytes)
+                    .map_err(|e| anyhow::anyhow!("the dataset does not fit the job: {e}"))?;
             }
             if let Some((m, n)) = &resolved.model
                 && !a.api.json
@@ -450,8 +459,26 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                     println!("results.jsonl is written once every task has an output");
                 }
             }
+            let mut training = None;
+            if v.job.kind == cairn_types::WorkloadKind::Train {
+                let w = crate::train::result(&client, &v, &a.out).await?;
+                if !a.api.json {
+                    for m in &w.rounds {
+                        let acc = m.eval_accuracy.map(|x| format!(", accuracy {:.1}%", x * 100.0)).unwrap_or_default();
+                        println!("round {}: held-out loss {:.4}{acc}", m.round + 1, m.eval_loss);
+                    }
+                    println!("metrics in {}", w.metrics.display());
+                    if let Some(c) = &w.curve {
+                        println!("loss curve in {}", c.display());
+                    }
+                    if let Some(m) = &w.model {
+                        println!("trained model in {} (serve it: cairn model import {})", m.display(), m.display());
+                    }
+                }
+                training = Some(serde_json::json!({ "metrics": w.metrics, "curve": w.curve, "model": w.model, "rounds": w.rounds }));
+            }
             if a.api.json {
-                println!("{}", serde_json::json!({ "job": a.job, "results": report, "combined": combined }));
+                println!("{}", serde_json::json!({ "job": a.job, "results": report, "combined": combined, "training": training }));
             }
             if report.is_empty() {
                 bail!("no task of job {} has an output yet", a.job);

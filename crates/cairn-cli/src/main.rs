@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_train;
 mod catalog;
 mod demo;
 mod devnet;
@@ -18,6 +19,7 @@ mod model;
 mod node;
 mod provider;
 mod sim;
+mod train;
 mod wallet;
 
 /// Cairn: verified AI compute on a decentralized network.

@@ -147,6 +147,28 @@ async fn resolve_inputs(
     Ok(())
 }
 
+/// `kind: train`: the task count follows from the plan (`rounds × (width + 1)`), so a manifest
+/// may leave it out; a wrong one is refused.
+fn fill_train_tasks(m: &mut Mapping) -> Result<()> {
+    let train =
+        m.get("train").context("a train job needs a `train` section (model, optimizer, rounds, width)")?;
+    // Parsed from text, so an error names the field (`optimizer.learning_rate: …`).
+    let text = serde_yaml_ng::to_string(train)?;
+    let plan: cairn_types::TrainSpec =
+        serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("train.{e}"))?;
+    plan.validate().map_err(anyhow::Error::msg)?;
+    match m.get("tasks").and_then(Value::as_u64) {
+        None => {
+            m.insert("tasks".into(), u64::from(plan.tasks()).into());
+        }
+        Some(n) if n == u64::from(plan.tasks()) => {}
+        Some(n) => {
+            bail!("a train job has rounds × (width + 1) = {} tasks, not {n}; leave `tasks` out", plan.tasks())
+        }
+    }
+    Ok(())
+}
+
 /// Resolve a manifest's local files against `dir`, uploading them to `node`.
 pub(crate) async fn resolve(text: &str, dir: &Path, node: &str) -> Result<Resolved> {
     let fetcher = Fetcher::new();
@@ -165,6 +187,9 @@ pub(crate) async fn resolve(text: &str, dir: &Path, node: &str) -> Result<Resolv
             workload = Some(bytes);
         }
         None => bail!("the job spec needs a workload (a file path or a content id)"),
+    }
+    if m.get("kind").and_then(Value::as_str) == Some("train") {
+        fill_train_tasks(m)?;
     }
     for field in ["inputs", "task_inputs"] {
         if let Some(list) = m.get_mut(field) {

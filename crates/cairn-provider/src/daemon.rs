@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use cairn_blobs::{BlobStore, Fetcher};
 use cairn_client::Client;
-use cairn_runtime::{Executor, InferenceConfig, InferenceExecutor, TaskRun, WasmConfig, WasmExecutor};
+use cairn_runtime::{Executor, InferenceConfig, InferenceExecutor, WasmConfig, WasmExecutor};
 use cairn_state::model::{Provider, Stake, Task, TaskState};
 use cairn_types::{
-    Address, Amount, Bid, Bond, Canonical, CommitResult, ContentId, ErrorCode, Heartbeat, JobId, JobSpec,
-    Metering, Offer, ProviderInfo, Receipt, RegisterProvider, SecretKey, SubmitAudit, TaskId, TxBody,
-    TxStatus, UpdateProvider, WorkloadKind,
+    Address, Amount, Bond, CommitResult, ContentId, ErrorCode, Heartbeat, JobId, JobSpec, Metering,
+    ProviderInfo, Receipt, RegisterProvider, SecretKey, TaskId, TxBody, TxStatus, UpdateProvider,
+    WorkloadKind,
 };
 use futures::StreamExt as _;
 use serde::Deserialize;
@@ -26,37 +26,38 @@ use crate::sender::Sender;
 use crate::{Error, Result, inventory};
 
 /// Largest workload or input a provider fetches.
-const MAX_BLOB: u64 = 2 << 30;
+pub(crate) const MAX_BLOB: u64 = 2 << 30;
 
 /// Everything the loops share.
-struct Ctx {
-    me: Address,
-    cfg: ProviderConfig,
-    client: Client,
-    sender: Sender,
-    blobs: Arc<BlobStore>,
-    fetcher: Fetcher,
-    exec: Arc<WasmExecutor>,
-    infer: Arc<InferenceExecutor>,
+pub(crate) struct Ctx {
+    pub(crate) me: Address,
+    pub(crate) cfg: ProviderConfig,
+    pub(crate) client: Client,
+    pub(crate) sender: Sender,
+    pub(crate) blobs: Arc<BlobStore>,
+    pub(crate) fetcher: Fetcher,
+    pub(crate) exec: Arc<WasmExecutor>,
+    pub(crate) infer: Arc<InferenceExecutor>,
+    pub(crate) train: Arc<cairn_runtime::TrainExecutor>,
     /// `model:<id>` = `<task>:<name>` for each model served.
-    model_attrs: BTreeMap<String, String>,
-    ledger: Mutex<Ledger>,
-    active: Mutex<BTreeSet<TaskId>>,
-    bid_on: Mutex<BTreeSet<TaskId>>,
+    pub(crate) model_attrs: BTreeMap<String, String>,
+    pub(crate) ledger: Mutex<Ledger>,
+    pub(crate) active: Mutex<BTreeSet<TaskId>>,
+    pub(crate) bid_on: Mutex<BTreeSet<TaskId>>,
     /// Sealed bids not yet revealed: the price each commits to.
-    sealed: Mutex<BTreeMap<TaskId, Amount>>,
+    pub(crate) sealed: Mutex<BTreeMap<TaskId, Amount>>,
     /// Secret from which bid salts are derived (so only this provider can open its bids).
-    salt_key: [u8; 32],
+    pub(crate) salt_key: [u8; 32],
     /// Audit assignments being answered, by task and verdict deadline.
-    auditing: Mutex<BTreeSet<(TaskId, u64)>>,
-    specs: Mutex<BTreeMap<JobId, JobSpec>>,
-    pricing: Box<dyn PricingPolicy>,
-    slots: Semaphore,
-    wake: Notify,
+    pub(crate) auditing: Mutex<BTreeSet<(TaskId, u64)>>,
+    pub(crate) specs: Mutex<BTreeMap<JobId, JobSpec>>,
+    pub(crate) pricing: Box<dyn PricingPolicy>,
+    pub(crate) slots: Semaphore,
+    pub(crate) wake: Notify,
 }
 
 impl Ctx {
-    fn ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> T {
+    pub(crate) fn ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> T {
         let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let out = f(&mut l);
         if let Err(e) = l.save() {
@@ -67,20 +68,8 @@ impl Ctx {
 }
 
 #[derive(Deserialize)]
-struct TasksView {
-    tasks: Vec<Task>,
-}
-
-#[derive(Deserialize)]
-struct AuditsView {
-    audits: Vec<AuditView>,
-}
-
-#[derive(Deserialize)]
-struct AuditView {
-    task: Task,
-    claimed: ContentId,
-    due: u64,
+pub(crate) struct TasksView {
+    pub(crate) tasks: Vec<Task>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +145,7 @@ pub async fn run(home: &Path) -> Result<()> {
         fetcher,
         exec: Arc::new(WasmExecutor::new(WasmConfig::in_dir(home.runtime()))?),
         infer,
+        train: Arc::new(cairn_runtime::TrainExecutor::new()),
         model_attrs,
         ledger: Mutex::new(Ledger::load(&home.ledger())?),
         active: Mutex::new(BTreeSet::new()),
@@ -261,8 +251,9 @@ async fn prepare_models(
         info!(model = %header.name, id = %id.short(), family = ?header.family, "serving model");
         attrs.insert(model_attribute(id), format!("{}:{}", header.family.task(), header.name));
     }
-    if !cfg.models.is_empty() {
-        // Auditors of this provider's inference results are drawn from the same class.
+    if !cfg.models.is_empty() || cfg.prices.contains_key(&WorkloadKind::Train) {
+        // Auditors of this provider's inference and training results are drawn from the same
+        // class: candle's kernels give the same bits only within one.
         attrs.insert(cairn_types::INFERENCE_CLASS_ATTRIBUTE.to_string(), infer.class());
     }
     Ok(attrs)
@@ -273,7 +264,7 @@ pub fn model_attribute(id: &ContentId) -> String {
     format!("model:{id}")
 }
 
-fn info_from(ctx: &Ctx) -> ProviderInfo {
+pub(crate) fn info_from(ctx: &Ctx) -> ProviderInfo {
     let cfg = &ctx.cfg;
     let mut attributes = cfg.attributes.clone();
     attributes.extend(ctx.model_attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -352,7 +343,7 @@ async fn watch_events(ctx: Arc<Ctx>) {
     }
 }
 
-async fn spec_of(ctx: &Ctx, job: &JobId) -> Option<JobSpec> {
+pub(crate) async fn spec_of(ctx: &Ctx, job: &JobId) -> Option<JobSpec> {
     if let Some(s) = ctx.specs.lock().unwrap_or_else(|p| p.into_inner()).get(job) {
         return Some(s.clone());
     }
@@ -362,12 +353,13 @@ async fn spec_of(ctx: &Ctx, job: &JobId) -> Option<JobSpec> {
     Some(spec)
 }
 
-fn serves(ctx: &Ctx, spec: &JobSpec) -> Option<Amount> {
+pub(crate) fn serves(ctx: &Ctx, spec: &JobSpec) -> Option<Amount> {
     match spec.kind {
         // The WASM executor runs `wasm` and WASM-based `render` workloads.
         WorkloadKind::Wasm | WorkloadKind::Render => {}
         // Inference only on the models this provider holds.
         WorkloadKind::Inference if ctx.infer.is_prepared(&spec.workload) => {}
+        WorkloadKind::Train => {}
         _ => return None,
     }
     ctx.cfg.prices.get(&spec.kind).copied()
@@ -404,219 +396,8 @@ async fn reconcile(ctx: &Arc<Ctx>) {
         }
         Err(e) => warn!(error = %e, "cannot list assigned tasks; running work continues"),
     }
-    audits(ctx).await;
-    bid(ctx).await;
-}
-
-/// Answer the chain's audit assignments: re-run each task in the same deterministic runtime
-/// and submit the output root before the verdict deadline.
-async fn audits(ctx: &Arc<Ctx>) {
-    let me = ctx.me;
-    let Ok(v) = ctx.client.get::<AuditsView>(&format!("/api/providers/{me}/audits")).await else { return };
-    for a in v.audits {
-        let key = (a.task.id, a.due);
-        if !ctx.auditing.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
-            continue;
-        }
-        let c = ctx.clone();
-        tokio::spawn(async move {
-            audit(&c, a).await;
-            c.auditing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-        });
-    }
-}
-
-async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
-    let task = a.task;
-    let worker = match &task.state {
-        TaskState::Committed { provider, .. } | TaskState::Settled { provider, .. } => Some(*provider),
-        _ => None,
-    };
-    let (output, metering) = if ctx.cfg.behaviour.reruns_audit(worker.as_ref()) {
-        let Ok(permit) = ctx.slots.acquire().await else { return };
-        let Some(spec) = spec_of(ctx, &task.job).await else {
-            warn!(task = %task.id.short(), "cannot read the audited job's spec");
-            return;
-        };
-        let ran = execute(ctx, &task, &spec, false).await;
-        drop(permit);
-        match ran {
-            Ok((output, units, output_bytes)) => (output, Metering { units, output_bytes }),
-            Err(e) => {
-                // Tried again after a pause (the assignment stays listed until its deadline).
-                warn!(task = %task.id.short(), error = %e, "cannot re-run the audited task; retrying in 15 s");
-                tokio::time::sleep(Duration::from_secs(15)).await;
-                return;
-            }
-        }
-    } else {
-        (a.claimed, Metering::default())
-    };
-    let body = TxBody::SubmitAudit(SubmitAudit { task: task.id, output, metering });
-    match ctx.sender.submit_and_wait(body, Duration::from_secs(60)).await {
-        Ok(TxStatus::Ok) => {
-            let verdict = if output == a.claimed { "match" } else { "mismatch" };
-            info!(task = %task.id.short(), output = %output.short(), verdict, "audit submitted");
-        }
-        Ok(other) => warn!(task = %task.id.short(), ?other, "audit verdict refused"),
-        Err(e) => warn!(task = %task.id.short(), error = %e, "audit verdict not accepted"),
-    }
-}
-
-async fn bid(ctx: &Ctx) {
-    let Ok(v) = ctx.client.get::<TasksView>("/api/tasks?state=open").await else { return };
-    let Ok(status) = ctx.client.status().await else { return };
-    // Forget tasks that are no longer open (the sets stay bounded; a task re-opened after a
-    // missed deadline is considered afresh).
-    let open: BTreeSet<TaskId> = v.tasks.iter().map(|t| t.id).collect();
-    ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| open.contains(id));
-    ctx.sealed.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| open.contains(id));
-    for t in v.tasks {
-        let TaskState::Open { auction_end, .. } = t.state else { continue };
-        // Sealing is over: open our bid (the chain takes reveals until the auction closes).
-        if status.height > auction_end {
-            let price = ctx.sealed.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.id);
-            if let Some(price) = price {
-                let salt = bid_salt(ctx, &t);
-                match ctx
-                    .sender
-                    .submit(TxBody::Bid(Bid { task: t.id, offer: Offer::Reveal { price, salt } }))
-                    .await
-                {
-                    Ok(_) => info!(task = %t.id.short(), %price, "bid revealed"),
-                    Err(e) => warn!(task = %t.id.short(), error = %e, "bid reveal not accepted"),
-                }
-            }
-            continue;
-        }
-        if ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).contains(&t.id)
-            || t.excluded.contains(&ctx.me)
-        {
-            continue;
-        }
-        let Some(spec) = spec_of(ctx, &t.job).await else { continue };
-        let Some(posted) = serves(ctx, &spec) else { continue };
-        let info = info_from(ctx);
-        let fits = spec.constraints.regions.is_empty() || spec.constraints.regions.contains(&info.region);
-        let attrs = spec.constraints.attributes.iter().all(|(k, v)| info.attributes.get(k) == Some(v));
-        let room = spec.resources.cpu_millis <= info.capacity.cpu_millis
-            && spec.resources.memory_mb <= info.capacity.memory_mb
-            && gpus_fit(&spec, &info, ctx.infer.on_gpu());
-        ctx.bid_on.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id);
-        if !(fits && attrs && room) {
-            continue;
-        }
-        let Some(price) = ctx.pricing.price(&spec, posted) else { continue };
-        // Sealed: the price stays hidden from other bidders until the auction stops taking bids.
-        let commitment = Bid::commitment(&t.id, &ctx.me, price, &bid_salt(ctx, &t));
-        match ctx.sender.submit(TxBody::Bid(Bid { task: t.id, offer: Offer::Sealed(commitment) })).await {
-            Ok(_) => {
-                info!(task = %t.id.short(), %price, "sealed bid");
-                ctx.sealed.lock().unwrap_or_else(|p| p.into_inner()).insert(t.id, price);
-            }
-            Err(e) => warn!(task = %t.id.short(), error = %e, "bid not accepted"),
-        }
-    }
-}
-
-/// The salt sealing this provider's bid on a task's attempt: secret (derived from the key),
-/// and reproducible without storing anything random.
-fn bid_salt(ctx: &Ctx, t: &Task) -> cairn_types::Hash32 {
-    cairn_types::Hash32(cairn_types::hash_domain(
-        "cairn bid salt v1",
-        &[&ctx.salt_key, &t.id.0, &t.attempt.to_le_bytes()],
-    ))
-}
-
-/// Whether the job's GPU request can be met here: none asked, or enough GPUs with the VRAM
-/// asked and an executor that runs on them (inference in GPU mode; WASM never uses a GPU).
-fn gpus_fit(spec: &JobSpec, info: &ProviderInfo, inference_on_gpu: bool) -> bool {
-    if spec.resources.gpus == 0 {
-        return true;
-    }
-    let usable = info.capacity.gpus.iter().filter(|g| g.vram_mb >= spec.resources.gpu_vram_mb).count();
-    spec.kind == WorkloadKind::Inference && inference_on_gpu && usable >= spec.resources.gpus as usize
-}
-
-/// Fetch a blob from the job's hints and the node, verified.
-async fn fetch(ctx: &Ctx, spec: &JobSpec, id: &ContentId, size: Option<u64>) -> Result<std::path::PathBuf> {
-    let mut sources = spec.hints.clone();
-    sources.push(ctx.cfg.node.clone());
-    Ok(ctx.fetcher.fetch(&ctx.blobs, id, size, MAX_BLOB, &sources).await?)
-}
-
-/// Run a task and store its output bundle. With `forge`, the output is then falsified
-/// (adversary behaviours only).
-async fn execute(ctx: &Ctx, task: &Task, spec: &JobSpec, forge: bool) -> Result<(ContentId, u64, u64)> {
-    if forge && !ctx.cfg.behaviour.runs_work() {
-        // A plausible result without the work: a clean exit and nothing written.
-        let mut bundle = cairn_types::OutputBundle::default();
-        bundle.files.insert(cairn_types::OutputBundle::EXIT.into(), b"ok".to_vec());
-        let bytes = bundle.encode();
-        let output = ctx.blobs.put_bytes(&bytes)?;
-        warn!(task = %task.id.short(), behaviour = ctx.cfg.behaviour.name(), "skipped the work");
-        return Ok((output, 1, bytes.len() as u64));
-    }
-    let workload = fetch(ctx, spec, &spec.workload, None).await?;
-    let mut inputs = Vec::new();
-    for i in &spec.inputs {
-        inputs.push((i.name.clone(), fetch(ctx, spec, &i.id, Some(i.size)).await?));
-    }
-    if let Some(i) = spec.task_inputs.get(task.index as usize) {
-        inputs.push((i.name.clone(), fetch(ctx, spec, &i.id, Some(i.size)).await?));
-    }
-    ctx.ledger(|l| {
-        if let Some(e) = l.tasks.get_mut(&task.id) {
-            e.started_ms = Some(now_ms());
-        }
-    });
-    let run = TaskRun {
-        workload: spec.workload,
-        inputs,
-        args: spec.args.clone(),
-        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        task_index: task.index,
-        tasks: spec.tasks,
-        limits: spec.limits.clone(),
-        memory_mb: spec.resources.memory_mb,
-        seed: task.id.0,
-    };
-    let exec: Arc<dyn Executor> = match spec.kind {
-        WorkloadKind::Inference => ctx.infer.clone(),
-        _ => ctx.exec.clone(),
-    };
-    let id = spec.workload;
-    let ran = tokio::task::spawn_blocking(move || {
-        if !exec.is_prepared(&id) {
-            exec.prepare_file(&id, &workload)?;
-        }
-        exec.run(&run)
-    })
-    .await
-    .map_err(|e| Error::Config(format!("executor thread: {e}")))?;
-    let outcome = match ran {
-        Ok(o) => o,
-        // The job itself cannot run (not a module, output over its cap): every honest provider
-        // and auditor gets the same, so the failure is the result, committed and paid like one.
-        Err(e) if let Some(exit) = e.committable_exit() => {
-            warn!(task = %task.id.short(), error = %e, "the job cannot run; committing the failure as its result");
-            let mut bundle = cairn_types::OutputBundle::default();
-            bundle.files.insert(cairn_types::OutputBundle::EXIT.into(), exit.into_bytes());
-            cairn_runtime::Outcome { bundle, units: 0, wall_ms: 0 }
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut bundle = outcome.bundle;
-    if forge {
-        let mut out = bundle.files.get(cairn_types::OutputBundle::STDOUT).cloned().unwrap_or_default();
-        out.extend_from_slice(b"\n(forged)");
-        bundle.files.insert(cairn_types::OutputBundle::STDOUT.into(), out);
-        warn!(task = %task.id.short(), behaviour = ctx.cfg.behaviour.name(), "forged the output");
-    }
-    let bytes = bundle.encode();
-    let output = ctx.blobs.put_bytes(&bytes)?;
-    info!(task = %task.id.short(), output = %output.short(), units = outcome.units, ms = outcome.wall_ms, exit = bundle.exit().unwrap_or("?"), "task ran");
-    Ok((output, outcome.units, bytes.len() as u64))
+    crate::audit::audits(ctx).await;
+    crate::bidding::bid(ctx).await;
 }
 
 async fn process(ctx: &Arc<Ctx>, task: Task) {
@@ -664,8 +445,11 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
                 return;
             };
             let forge = ctx.cfg.behaviour.cheats_on(&task.id);
-            match execute(ctx, &task, &spec, forge).await {
+            match crate::pipeline::execute(ctx, &task, &spec, forge).await {
                 Ok(r) => {
+                    if spec.kind == WorkloadKind::Train && !forge {
+                        crate::train::publish(ctx, &r.0).await;
+                    }
                     ctx.ledger(|l| {
                         if let Some(e) = l.tasks.get_mut(&task.id) {
                             e.phase = Phase::Done { output: r.0, units: r.1, output_bytes: r.2 };
@@ -736,42 +520,5 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use cairn_types::{Capacity, Gpu, JobSpec, PriceSheet, ProviderInfo};
-
-    use super::gpus_fit;
-
-    fn spec(kind: &str, gpus: u32, vram: u64) -> JobSpec {
-        let mut s = JobSpec::from_yaml(&format!(
-            "kind: {kind}\nworkload: {}\nmax_price_per_task: 1 CRN\n",
-            cairn_types::ContentId::of(b"w")
-        ))
-        .unwrap();
-        s.resources.gpus = gpus;
-        s.resources.gpu_vram_mb = vram;
-        s
-    }
-
-    #[test]
-    fn a_gpu_box_bids_on_gpu_inference_it_can_hold_and_nothing_else_asks_it_for_gpus() {
-        let h100 = Gpu { model: "H100".into(), vram_mb: 80_000 };
-        let info = ProviderInfo {
-            endpoint: "http://127.0.0.1:1".into(),
-            region: "DE".parse().unwrap(),
-            attributes: Default::default(),
-            capacity: Capacity { cpu_millis: 8_000, memory_mb: 64_000, gpus: vec![h100.clone(), h100] },
-            prices: PriceSheet::default(),
-        };
-        assert!(gpus_fit(&spec("inference", 0, 0), &info, false), "no GPU asked");
-        assert!(gpus_fit(&spec("inference", 2, 40_000), &info, true));
-        assert!(!gpus_fit(&spec("inference", 3, 0), &info, true), "only two GPUs");
-        assert!(!gpus_fit(&spec("inference", 1, 100_000), &info, true), "not enough VRAM");
-        assert!(!gpus_fit(&spec("inference", 1, 0), &info, false), "inference runs on the CPU here");
-        assert!(!gpus_fit(&spec("wasm", 1, 0), &info, true), "WASM never uses a GPU");
     }
 }

@@ -9,12 +9,16 @@
 //! so a restarted provider resumes or releases each task instead of silently dropping it, and
 //! a node that is briefly unreachable delays commits but never stops running work.
 
+mod audit;
+mod bidding;
 pub mod bids;
 pub mod config;
 pub mod daemon;
 pub mod inventory;
 pub mod ledger;
+mod pipeline;
 pub mod sender;
+mod train;
 
 pub use bids::{Posted, PricingPolicy, Undercut};
 pub use config::{ProviderConfig, ProviderHome};

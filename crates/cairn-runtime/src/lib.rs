@@ -18,6 +18,7 @@
 //! ```
 
 pub mod inference;
+pub mod train;
 mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use cairn_types::{ContentId, Limits, OutputBundle, WorkloadKind};
 
 pub use inference::{InferenceConfig, InferenceExecutor};
+pub use train::{Metrics, TrainExecutor, decode_metrics, reference_loop};
 pub use wasm::{WasmConfig, WasmExecutor};
 
 /// Why a task could not produce a result to commit. Deterministic failures of the workload
@@ -101,6 +103,9 @@ pub struct TaskRun {
     pub memory_mb: u64,
     /// Seed of the workload's (deterministic) random source.
     pub seed: [u8; 32],
+    /// For `train` jobs: the job's training plan (the task's round and role follow from
+    /// `task_index`; its inputs are the output bundles of the tasks it reads, in order).
+    pub train: Option<cairn_types::TrainSpec>,
 }
 
 impl TaskRun {
@@ -116,6 +121,7 @@ impl TaskRun {
             limits,
             memory_mb: 256,
             seed: [0; 32],
+            train: None,
         }
     }
 

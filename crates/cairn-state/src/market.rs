@@ -189,8 +189,14 @@ pub(crate) fn submit_job(ctx: &mut Ctx<'_>, client: &Address, nonce: u64, spec: 
             attempt: 1,
             excluded: Vec::new(),
             state: TaskState::Open { auction_end: ctx.height, bids: Vec::new() },
+            inputs: Vec::new(),
+            ready_at: ctx.height,
+            accepted: false,
         };
-        if spec.bid_window == 0 {
+        if spec.train.as_ref().is_some_and(|plan| !plan.dependencies(index).is_empty()) {
+            // A later round: it opens once the results it reads are accepted.
+            t.state = TaskState::Waiting {};
+        } else if spec.bid_window == 0 {
             if !take_first_with_room(ctx, &mut t, spec, &mut cands)? {
                 open_auction(ctx, &mut t, ctx.params.rematch_blocks)?;
             }
@@ -310,13 +316,71 @@ pub(crate) fn retry_or_refund(ctx: &mut Ctx<'_>, t: &mut Task, j: &Job, spec: &J
     }
 }
 
-/// Refund a task's reserve to its client and mark it final.
+/// Refund a task's reserve to its client and mark it final. In a training job every task still
+/// waiting reads this one, directly or through later rounds, so those are refunded too.
 pub(crate) fn refund(ctx: &mut Ctx<'_>, t: &mut Task, reason: RefundReason) -> Exec<()> {
+    refund_one(ctx, t, reason)?;
+    let j = job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
+    if j.kind != cairn_types::WorkloadKind::Train || reason == RefundReason::Cancelled {
+        return Ok(());
+    }
+    for index in 0..j.tasks {
+        let mut w = task(ctx, &TaskId::derive(&j.id, index))?.ok_or_else(|| invariant("job task missing"))?;
+        if w.state == (TaskState::Waiting {}) {
+            refund_one(ctx, &mut w, RefundReason::Upstream)?;
+            put_task(ctx, &w)?;
+        }
+    }
+    Ok(())
+}
+
+fn refund_one(ctx: &mut Ctx<'_>, t: &mut Task, reason: RefundReason) -> Exec<()> {
     let mut j = job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
     let amount = escrow::refund_task(ctx, &j)?;
     t.state = TaskState::Refunded { reason, at: ctx.height };
     ctx.emit(Event::TaskRefunded { task: t.id, job: t.job, amount, reason });
     finish_task(ctx, &mut j)
+}
+
+/// A committed result passed its audit draw (and any audit it drew): mark it accepted and,
+/// in a training job, open each task that reads it once everything that task reads is
+/// accepted, recording those outputs as its inputs.
+pub(crate) fn accept(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
+    let Some(mut t) = task(ctx, id)? else { return Err(invariant("accepted task missing")) };
+    let j = job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
+    let committed = matches!(t.state, TaskState::Committed { .. } | TaskState::Settled { .. });
+    if t.accepted || !committed || j.kind != cairn_types::WorkloadKind::Train {
+        return Ok(());
+    }
+    t.accepted = true;
+    put_task(ctx, &t)?;
+    let spec = spec(ctx, &t.job)?;
+    let Some(plan) = spec.train.as_ref() else { return Ok(()) };
+    if j.cancelled {
+        return Ok(());
+    }
+    'next: for index in plan.dependents(t.index) {
+        let mut next =
+            task(ctx, &TaskId::derive(&j.id, index))?.ok_or_else(|| invariant("job task missing"))?;
+        if next.state != (TaskState::Waiting {}) {
+            continue;
+        }
+        let mut inputs = Vec::new();
+        for dep in plan.dependencies(index) {
+            let d = task(ctx, &TaskId::derive(&j.id, dep))?.ok_or_else(|| invariant("job task missing"))?;
+            match d.state {
+                TaskState::Committed { output, .. } | TaskState::Settled { output, .. } if d.accepted => {
+                    inputs.push(output)
+                }
+                _ => continue 'next,
+            }
+        }
+        next.inputs = inputs;
+        next.ready_at = ctx.height;
+        start_attempt(ctx, &mut next, &j, &spec)?;
+        put_task(ctx, &next)?;
+    }
+    Ok(())
 }
 
 /// Count a task as finished; emit `JobFinished` with the last one.
@@ -357,7 +421,7 @@ pub(crate) fn on_auction_close(ctx: &mut Ctx<'_>, id: &TaskId, attempt: u32) -> 
     if !done {
         // Waiting for a provider does not use up attempts (those count missed deadlines), but
         // no task waits forever: past `max_wait_blocks` since submission it is refunded.
-        if ctx.height.saturating_sub(j.submitted_at) >= ctx.params.max_wait_blocks {
+        if ctx.height.saturating_sub(j.submitted_at.max(t.ready_at)) >= ctx.params.max_wait_blocks {
             refund(ctx, &mut t, RefundReason::NoProvider)?;
         } else {
             start_attempt(ctx, &mut t, &j, &spec)?;
@@ -402,7 +466,7 @@ pub(crate) fn cancel_job(ctx: &mut Ctx<'_>, client: &Address, id: &JobId) -> Exe
         let tid = TaskId::derive(id, index);
         let mut t = task(ctx, &tid)?.ok_or_else(|| invariant("job task missing"))?;
         match t.state.clone() {
-            TaskState::Open { .. } => {}
+            TaskState::Open { .. } | TaskState::Waiting {} => {}
             TaskState::Assigned { provider, price, .. } => {
                 let mut p =
                     registry::get(ctx, &provider)?.ok_or_else(|| invariant("assigned provider missing"))?;

@@ -216,6 +216,8 @@ pub enum TaskState {
         /// Height refunded.
         at: u64,
     },
+    /// A training task waiting for the tasks it reads (see [`cairn_types::TrainSpec`]).
+    Waiting {},
 }
 
 impl TaskState {
@@ -227,6 +229,7 @@ impl TaskState {
             TaskState::Committed { .. } => "committed",
             TaskState::Settled { .. } => "settled",
             TaskState::Refunded { .. } => "refunded",
+            TaskState::Waiting { .. } => "waiting",
         }
     }
 
@@ -251,6 +254,18 @@ pub struct Task {
     pub excluded: Vec<Address>,
     /// State.
     pub state: TaskState,
+    /// The committed outputs this task reads (a training task's checkpoint or shards, in the
+    /// order of [`cairn_types::TrainSpec::dependencies`]), fixed when it opens; empty otherwise.
+    /// Its worker and every auditor run it from exactly these.
+    #[serde(default)]
+    pub inputs: Vec<ContentId>,
+    /// Height it became ready to match (submission, or when its inputs were accepted).
+    #[serde(default)]
+    pub ready_at: u64,
+    /// Its committed result is past the audit draw and any audit it drew, so tasks reading it
+    /// may start (and its client can no longer dispute it).
+    #[serde(default)]
+    pub accepted: bool,
 }
 
 /// An audit in progress: a random audit, a dispute, or a canary.

@@ -81,6 +81,9 @@ pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec
     }
     ctx.schedule(settle_at, Due::Settle { task: t.id })?;
     ctx.emit(Event::TaskCommitted { task: t.id, provider, output: c.output, settle_at });
+    if spec.verification == VerificationLevel::None {
+        market::accept(ctx, &t.id)?;
+    }
     Ok(())
 }
 
@@ -117,7 +120,8 @@ pub(crate) fn on_settle(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
         protocol_fee: payout.protocol_fee,
         refunded: payout.refunded,
     });
-    market::finish_task(ctx, &mut j)
+    market::finish_task(ctx, &mut j)?;
+    market::accept(ctx, id)
 }
 
 fn audit(ctx: &Ctx<'_>, id: &TaskId) -> Exec<Option<Audit>> {
@@ -167,8 +171,8 @@ pub fn audit_probability_bps(
 }
 
 /// Draw up to `count` auditors by bonded stake, without replacement, among live providers that
-/// could run `spec` for `client`, leaving out `exclude`. An inference result is re-run only in
-/// its `worker`'s class ([`INFERENCE_CLASS_ATTRIBUTE`]): bitwise equality, which alone may slash,
+/// could run `spec` for `client`, leaving out `exclude`. An inference or training result is
+/// re-run only in its `worker`'s class ([`INFERENCE_CLASS_ATTRIBUTE`]): bitwise equality, which alone may slash,
 /// holds only there.
 #[allow(clippy::too_many_arguments)]
 fn draw_auditors(
@@ -181,10 +185,11 @@ fn draw_auditors(
     round: u32,
     count: u32,
 ) -> Exec<Vec<Address>> {
-    let class = match spec.kind {
-        WorkloadKind::Inference => registry::get(ctx, worker)?
-            .and_then(|w| w.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE).cloned()),
-        _ => None,
+    let classed = matches!(spec.kind, WorkloadKind::Inference | WorkloadKind::Train);
+    let class = if classed {
+        registry::get(ctx, worker)?.and_then(|w| w.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE).cloned())
+    } else {
+        None
     };
     let mut pool: Vec<(Address, u128)> = Vec::new();
     for addr in registry::index(ctx)? {
@@ -195,9 +200,7 @@ fn draw_auditors(
         if !registry::fits(ctx, &p, spec, client) {
             continue;
         }
-        if spec.kind == WorkloadKind::Inference
-            && p.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE) != class.as_ref()
-        {
+        if classed && p.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE) != class.as_ref() {
             continue;
         }
         let stake = staking::stake(ctx, &addr)?.bonded.base_units();
@@ -263,6 +266,10 @@ pub(crate) fn on_audit_draw(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
     }
     if draw(ctx, "cairn canary draw v1", id, 0, u128::from(BPS)) < u128::from(ctx.params.canary_rate_bps) {
         hand_out_canary(ctx, id)?;
+    }
+    if audit(ctx, id)?.is_none() {
+        // Not drawn (or no auditor could be drawn): tasks reading this result may start.
+        market::accept(ctx, id)?;
     }
     Ok(())
 }
@@ -383,6 +390,10 @@ pub(crate) fn open_dispute(ctx: &mut Ctx<'_>, who: &Address, d: &OpenDispute) ->
     let TaskState::Committed { provider, price, output, .. } = t.state.clone() else {
         return Err(ErrorCode::DisputeNotAllowed.into());
     };
+    if t.accepted && j.kind == WorkloadKind::Train {
+        // Later rounds already train on it: only the random audit before acceptance decides.
+        return Err(ErrorCode::DisputeNotAllowed.into());
+    }
     if d.bond.is_zero() {
         return Err(ErrorCode::ZeroAmount.into());
     }
@@ -641,7 +652,8 @@ fn release_settlement(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
         market::put_task(ctx, &t)?;
         ctx.schedule(at, Due::Settle { task: *id })?;
     }
-    Ok(())
+    // The audit is over and the result stands.
+    market::accept(ctx, id)
 }
 
 fn missed(ctx: &mut Ctx<'_>, task: &TaskId, auditor: &Address) -> Exec<()> {

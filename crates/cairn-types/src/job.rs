@@ -81,6 +81,8 @@ pub enum WorkloadKind {
     Render = 2,
     /// A long-running service (leases).
     Service = 3,
+    /// Data-parallel training in audited rounds (see [`crate::TrainSpec`]).
+    Train = 4,
 }
 
 impl fmt::Display for WorkloadKind {
@@ -90,6 +92,7 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Inference => "inference",
             WorkloadKind::Render => "render",
             WorkloadKind::Service => "service",
+            WorkloadKind::Train => "train",
         })
     }
 }
@@ -230,6 +233,9 @@ pub struct JobSpec {
     /// Where the client serves the inputs (`http://host:port`).
     #[serde(default)]
     pub hints: Vec<String>,
+    /// For `train` jobs: the model, optimizer and rounds (the workload is the dataset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<Box<crate::TrainSpec>>,
 }
 
 impl Canonical for JobSpec {
@@ -375,6 +381,24 @@ impl JobSpec {
         }
         if self.kind == WorkloadKind::Service {
             return Err("service workloads run as leases (OpenLease), not jobs".into());
+        }
+        match (&self.train, self.kind) {
+            (Some(t), WorkloadKind::Train) => {
+                t.validate()?;
+                if self.tasks != t.tasks() {
+                    return Err(format!(
+                        "a train job has rounds × (width + 1) = {} tasks, not {}",
+                        t.tasks(),
+                        self.tasks
+                    ));
+                }
+                if !self.inputs.is_empty() || !self.task_inputs.is_empty() {
+                    return Err("a train job reads only its dataset (the workload) and its own checkpoints; leave inputs and task_inputs out".into());
+                }
+            }
+            (None, WorkloadKind::Train) => return Err("a train job needs a `train` section".into()),
+            (Some(_), _) => return Err("only `kind: train` jobs take a `train` section".into()),
+            (None, _) => {}
         }
         if self.encode().len() > MAX_SPEC_BYTES {
             return Err(format!("encoded spec is over {MAX_SPEC_BYTES} bytes"));

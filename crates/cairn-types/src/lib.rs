@@ -58,6 +58,7 @@ mod job;
 mod keys;
 mod provider;
 mod receipt;
+mod train;
 mod tx;
 
 pub use amount::{Amount, BASE_UNITS_PER_CRN, DECIMALS};
@@ -75,6 +76,7 @@ pub use provider::{
     Capacity, Gpu, INFERENCE_CLASS_ATTRIBUTE, PriceSheet, ProviderInfo, Region, provider_limits,
 };
 pub use receipt::{AuditKind, AuditOutcome, ErrorCode, Event, Receipt, RefundReason, SlashReason, TxStatus};
+pub use train::{Decimal, ModelArch, Optimizer, TrainRole, TrainSpec, train_limits};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,
     Metering, Offer, OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, SubmitJob,

@@ -224,6 +224,8 @@ pub enum RefundReason {
     MaxAttempts,
     /// The client cancelled before a result was committed.
     Cancelled,
+    /// A training task whose earlier round could not finish (that task was refunded).
+    Upstream,
 }
 
 /// How an audit or dispute ended.

@@ -36,7 +36,7 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     assert!(v["api"].as_str().unwrap().starts_with("http://127.0.0.1:"));
     let jobs = v["jobs"].as_array().unwrap();
     let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["primes", "mandelbrot", "classifier", "svg-render", "embeddings", "chat"]);
+    assert_eq!(names, ["primes", "mandelbrot", "classifier", "svg-render", "training", "embeddings", "chat"]);
     assert!(v["gateway"].as_str().unwrap().ends_with("/v1"));
     assert!(!v["chat"]["reply"].as_str().unwrap().trim().is_empty(), "{}", v["chat"]);
     let embeddings = std::fs::read_to_string(dir.0.join("results/embeddings/results.jsonl")).unwrap();
@@ -67,6 +67,11 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     }
     let frame = dir.0.join("results/mandelbrot/task-2/frame-2.png");
     assert_eq!(&std::fs::read(frame).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let curve = dir.0.join("results/training/loss.png");
+    assert_eq!(&std::fs::read(curve).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "the training demo's loss curve");
+    let training = jobs.iter().find(|j| j["name"] == "training").unwrap();
+    let last = training["training"]["rounds"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["eval_accuracy"].as_f64().unwrap() > 0.8, "{last}");
     let svg = dir.0.join("results/svg-render/task-0/scene.png");
     assert_eq!(&std::fs::read(svg).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     assert!(stderr.contains("settled:"), "the path is shown: {stderr}");

@@ -13,7 +13,7 @@ use crate::harness::*;
 const OPENAI: &str = "openai==3.57.0";
 
 /// A Python environment with the `openai` client, made once per target directory.
-fn python_with_openai() -> PathBuf {
+pub(crate) fn python_with_openai() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-openai");
     let py = venv.join("bin").join("python");
     let lock =
@@ -34,9 +34,9 @@ fn python_with_openai() -> PathBuf {
     py
 }
 
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
@@ -47,7 +47,7 @@ impl Drop for Gateway {
     }
 }
 
-fn start_gateway(root: &Path, api: &str, port: u16) -> Gateway {
+pub(crate) fn start_gateway(root: &Path, api: &str, port: u16) -> Gateway {
     start_gateway_with(root, api, port, &["--timeout-secs", "120"])
 }
 

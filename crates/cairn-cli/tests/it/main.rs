@@ -6,4 +6,5 @@ mod compute;
 mod harness;
 mod inference;
 mod node;
+mod training;
 mod verification;

@@ -38,6 +38,9 @@ pub fn detect(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .collect();
+    if path.join("model.json").is_file() && path.join("checkpoint.safetensors").is_file() {
+        return trained(path);
+    }
     let config = path.join("config.json");
     if !config.is_file() {
         return match ggufs.as_slice() {
@@ -67,6 +70,24 @@ pub fn detect(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
         files.push((name.to_string(), p));
     }
     Ok((Family::Bert, files))
+}
+
+/// A model trained on Cairn (`cairn job result` writes its final round to `model/`): a
+/// language model is served for chat; a classifier has no OpenAI endpoint to serve it on.
+fn trained(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
+    let files: Vec<(String, PathBuf)> =
+        ["model.json", "checkpoint.safetensors"].iter().map(|n| (n.to_string(), path.join(n))).collect();
+    let read = |p: &PathBuf| std::fs::read(p).map_err(io(p));
+    let model =
+        crate::train::load_trained(&read(&files[0].1)?, &read(&files[1].1)?, &candle_core::Device::Cpu)
+            .map_err(|e| unsupported(format!("{}: {e}", path.display())))?;
+    if !matches!(model.card, crate::train::ModelCard::Gpt { .. }) {
+        return Err(unsupported(format!(
+            "{} holds a classifier; only trained language models are served (chat completions)",
+            path.display()
+        )));
+    }
+    Ok((Family::CairnGpt, files))
 }
 
 fn gguf(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
@@ -244,6 +265,7 @@ pub fn install_demo(dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<DemoModel
                 std::fs::rename(&tmp, &joined).map_err(io(&joined))?;
                 joined
             }
+            Family::CairnGpt => return Err(unsupported("trained models are not demo downloads")),
         };
         progress(&format!("packaging {name}"));
         let (id, _) = import(&source, name, &path)?;

@@ -224,7 +224,7 @@ impl InferenceExecutor {
                     }
                 }
             },
-            Family::Gemma3 => match line.chat() {
+            Family::Gemma3 | Family::CairnGpt => match line.chat() {
                 Err(e) => ResultLine::failed(index, custom_id, e),
                 Ok(req) => {
                     let seed = req.seed.unwrap_or_else(|| derive_seed(seed, index));

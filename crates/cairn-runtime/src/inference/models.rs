@@ -43,6 +43,8 @@ pub enum ModelTokenizer {
     Bert(Box<Tokenizer>),
     /// SentencePiece BPE rebuilt from the GGUF's vocabulary and scores.
     Gemma(Box<GemmaTokenizer>),
+    /// The characters of a model trained on Cairn, and its context.
+    Chars(Vec<char>, usize),
 }
 
 impl ModelTokenizer {
@@ -59,6 +61,12 @@ impl ModelTokenizer {
                     .map_err(|e| tok_err(format!("GGUF: {}", one_line(e))))?;
                 Ok(ModelTokenizer::Gemma(Box::new(GemmaTokenizer::from_gguf(&ct)?)))
             }
+            Family::CairnGpt => match serde_json::from_slice(&pkg.read("model.json")?) {
+                Ok(crate::train::ModelCard::Gpt { vocab, context, .. }) => {
+                    Ok(ModelTokenizer::Chars(vocab.chars().collect(), context as usize))
+                }
+                _ => Err(tok_err("model.json does not describe a language model")),
+            },
         }
     }
 
@@ -70,7 +78,9 @@ impl ModelTokenizer {
     pub fn count_embedding(&self, text: &str) -> Result<usize, ReqError> {
         match self {
             ModelTokenizer::Bert(t) => Ok(t.encode_fast(text, true).map_err(ReqError::invalid)?.len()),
-            ModelTokenizer::Gemma(_) => Err(ReqError::invalid("this model does not make embeddings")),
+            ModelTokenizer::Gemma(_) | ModelTokenizer::Chars(..) => {
+                Err(ReqError::invalid("this model does not make embeddings"))
+            }
         }
     }
 
@@ -81,6 +91,7 @@ impl ModelTokenizer {
     pub fn count_chat(&self, messages: &[ChatMessage]) -> Result<usize, ReqError> {
         match self {
             ModelTokenizer::Gemma(t) => Ok(t.chat_prompt(messages)?.len()),
+            ModelTokenizer::Chars(vocab, _) => Ok(char_prompt(vocab, messages)?.len()),
             ModelTokenizer::Bert(_) => Err(ReqError::invalid("this model does not chat")),
         }
     }
@@ -90,8 +101,35 @@ impl ModelTokenizer {
         match self {
             ModelTokenizer::Bert(_) => BERT_CONTEXT,
             ModelTokenizer::Gemma(_) => GEMMA_CONTEXT,
+            // A character model slides its window: any prompt fits.
+            ModelTokenizer::Chars(..) => usize::MAX,
         }
     }
+}
+
+/// A character model's prompt: the messages' text, one per line, as token ids. A character
+/// the model never saw is refused (it has no id).
+fn char_prompt(vocab: &[char], messages: &[ChatMessage]) -> Result<Vec<u32>, ReqError> {
+    if messages.is_empty() {
+        return Err(ReqError::param("messages", "messages must not be empty"));
+    }
+    let text = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+    let mut ids = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match vocab.iter().position(|v| *v == c).and_then(|i| u32::try_from(i).ok()) {
+            Some(i) => ids.push(i),
+            None => {
+                return Err(ReqError::param(
+                    "messages",
+                    format!("the model's vocabulary has no {c:?} (it knows {} characters)", vocab.len()),
+                ));
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(ReqError::param("messages", "the prompt is empty"));
+    }
+    Ok(ids)
 }
 
 fn bert_tokenizer(json: &[u8]) -> Result<Tokenizer> {
@@ -281,6 +319,7 @@ impl GemmaTokenizer {
 pub(crate) enum Loaded {
     Bert { model: Box<BertModel>, tokenizer: Box<Tokenizer>, device: Device },
     Gemma { weights: Box<ModelWeights>, tokenizer: Box<GemmaTokenizer>, device: Device },
+    Trained { model: Box<crate::train::Trained>, vocab: Vec<char> },
 }
 
 impl std::fmt::Debug for Loaded {
@@ -288,6 +327,7 @@ impl std::fmt::Debug for Loaded {
         f.write_str(match self {
             Loaded::Bert { .. } => "Loaded::Bert",
             Loaded::Gemma { .. } => "Loaded::Gemma",
+            Loaded::Trained { .. } => "Loaded::Trained",
         })
     }
 }
@@ -351,6 +391,20 @@ impl Loaded {
                     device: device.clone(),
                 })
             }
+            Family::CairnGpt => {
+                let model = crate::train::load_trained(
+                    &pkg.read("model.json")?,
+                    &pkg.read("checkpoint.safetensors")?,
+                    device,
+                )?;
+                let vocab = match &model.card {
+                    crate::train::ModelCard::Gpt { vocab, .. } => vocab.chars().collect(),
+                    crate::train::ModelCard::Mlp { .. } => {
+                        return Err(RunError::InvalidWorkload("a classifier cannot chat".into()));
+                    }
+                };
+                Ok(Loaded::Trained { model: Box::new(model), vocab })
+            }
         }
     }
 
@@ -387,6 +441,9 @@ impl Loaded {
         messages: &[ChatMessage],
         p: &GenParams,
     ) -> Result<std::result::Result<Generation, ReqError>> {
+        if let Loaded::Trained { model, vocab } = self {
+            return trained_chat(model, vocab, messages, p);
+        }
         let Loaded::Gemma { weights, tokenizer, device } = self else {
             return Ok(Err(ReqError::invalid("this model does not chat")));
         };
@@ -399,14 +456,7 @@ impl Loaded {
         }
         let room = GEMMA_CONTEXT.saturating_sub(prompt.len());
         let max_new = p.max_tokens.unwrap_or(room).min(room);
-        let sampling = if p.temperature <= 0.0 {
-            Sampling::ArgMax
-        } else if p.top_p < 1.0 {
-            Sampling::TopP { p: p.top_p, temperature: p.temperature }
-        } else {
-            Sampling::All { temperature: p.temperature }
-        };
-        let mut sampler = LogitsProcessor::from_sampling(p.seed, sampling);
+        let mut sampler = LogitsProcessor::from_sampling(p.seed, sampling(p));
         // A fresh KV cache per request: the clone shares the weights.
         let mut model = (**weights).clone();
         let mut ids: Vec<u32> = Vec::new();
@@ -446,4 +496,52 @@ impl Loaded {
         };
         Ok(Ok(Generation { text, ids, prompt_tokens: prompt.len(), finish }))
     }
+}
+
+fn sampling(p: &GenParams) -> Sampling {
+    if p.temperature <= 0.0 {
+        Sampling::ArgMax
+    } else if p.top_p < 1.0 {
+        Sampling::TopP { p: p.top_p, temperature: p.temperature }
+    } else {
+        Sampling::All { temperature: p.temperature }
+    }
+}
+
+/// Continue a prompt with a character model trained on Cairn: each step reads the last
+/// `context` characters (no cache: the models are small), seeded sampling as for Gemma. A
+/// character model has no end token, so it stops at `max_tokens` or a stop sequence.
+fn trained_chat(
+    model: &crate::train::Trained,
+    vocab: &[char],
+    messages: &[ChatMessage],
+    p: &GenParams,
+) -> Result<std::result::Result<Generation, ReqError>> {
+    let prompt = match char_prompt(vocab, messages) {
+        Ok(ids) => ids,
+        Err(e) => return Ok(Err(e)),
+    };
+    let max_new = p.max_tokens.unwrap_or(super::DEFAULT_MAX_TOKENS);
+    let mut sampler = LogitsProcessor::from_sampling(p.seed, sampling(p));
+    let mut all = prompt.clone();
+    let mut ids: Vec<u32> = Vec::new();
+    while ids.len() < max_new {
+        let logits = model.logits(&all)?;
+        let logits = Tensor::new(logits.as_slice(), &Device::Cpu).map_err(engine)?;
+        let next = sampler.sample(&logits).map_err(engine)?;
+        ids.push(next);
+        all.push(next);
+        if !p.stop.is_empty() {
+            let text = model.decode(&ids);
+            if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                return Ok(Ok(Generation {
+                    text: text[..cut].to_string(),
+                    ids,
+                    prompt_tokens: prompt.len(),
+                    finish: "stop",
+                }));
+            }
+        }
+    }
+    Ok(Ok(Generation { text: model.decode(&ids), ids, prompt_tokens: prompt.len(), finish: "length" }))
 }

@@ -27,6 +27,10 @@ pub enum Family {
     Bert,
     /// Gemma 3 text generation from a GGUF file (`model.gguf`, tokenizer inside).
     Gemma3,
+    /// A character-level language model trained on Cairn (`model.json`, `checkpoint.safetensors`:
+    /// the final round's output of a `train` job).
+    #[serde(rename = "cairn-gpt")]
+    CairnGpt,
 }
 
 impl Family {
@@ -34,7 +38,7 @@ impl Family {
     pub fn task(self) -> &'static str {
         match self {
             Family::Bert => "embeddings",
-            Family::Gemma3 => "chat",
+            Family::Gemma3 | Family::CairnGpt => "chat",
         }
     }
 
@@ -42,6 +46,7 @@ impl Family {
         match self {
             Family::Bert => &["config.json", "model.safetensors", "tokenizer.json"],
             Family::Gemma3 => &["model.gguf"],
+            Family::CairnGpt => &["model.json", "checkpoint.safetensors"],
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod inference;
 mod sandbox;
+mod train;
 mod workloads;
 
 use std::path::PathBuf;

@@ -7,4 +7,5 @@ mod common;
 mod lifecycle;
 mod properties;
 mod staking_rewards;
+mod training;
 mod verification;

@@ -36,6 +36,7 @@ enum Action {
     Unbond { who: u64, amount: u64 },
     Submit { client: u64, tasks: u32, price: u64, window: u32, attempts: u32, none: bool },
     SubmitInvalid { client: u64 },
+    SubmitTrain { client: u64, rounds: u32, width: u32, attempts: u32, none: bool },
     Bid { provider: u64, pick: usize, price: u64 },
     Commit { pick: usize, honest: bool, liar: u64 },
     Cancel { who: u64, job: usize },
@@ -69,6 +70,8 @@ fn action() -> impl Strategy<Value = Action> {
         4 => (c.clone(), 1u32..5, 1u64..80, 0u32..3, 1u32..4, any::<bool>())
             .prop_map(|(client, tasks, price, window, attempts, none)| Action::Submit { client, tasks, price, window, attempts, none }),
         1 => c.clone().prop_map(|client| Action::SubmitInvalid { client }),
+        2 => (c.clone(), 1u32..4, 1u32..3, 1u32..4, any::<bool>())
+            .prop_map(|(client, rounds, width, attempts, none)| Action::SubmitTrain { client, rounds, width, attempts, none }),
         3 => (p.clone(), 0usize..16, 1u64..100).prop_map(|(provider, pick, price)| Action::Bid { provider, pick, price }),
         8 => (0usize..16, prop::bool::weighted(0.8), p.clone()).prop_map(|(pick, honest, liar)| Action::Commit { pick, honest, liar }),
         1 => (who.clone(), 0usize..8).prop_map(|(who, job)| Action::Cancel { who, job }),
@@ -193,6 +196,16 @@ impl World {
                 if none {
                     s.verification = VerificationLevel::None;
                 }
+                signed(&mut self.chain, &actor(client), TxBody::SubmitJob(SubmitJob { spec: s }))
+            }
+            Action::SubmitTrain { client, rounds, width, attempts, none } => {
+                let s = cairn_types::JobSpec::from_yaml(&format!(
+                    "kind: train\nworkload: {}\nmax_price_per_task: 30 CRN\ntasks: {}\ndeadline_blocks: 4\nmax_attempts: {attempts}\nverification: {}\ntrain:\n  model: {{ arch: mlp, hidden: 8 }}\n  optimizer: {{ learning_rate: 0.01 }}\n  rounds: {rounds}\n  width: {width}\n",
+                    ContentId::of(b"data.csv"),
+                    rounds * (width + 1),
+                    if none { "none" } else { "standard" },
+                ))
+                .unwrap();
                 signed(&mut self.chain, &actor(client), TxBody::SubmitJob(SubmitJob { spec: s }))
             }
             Action::SubmitInvalid { client } => {

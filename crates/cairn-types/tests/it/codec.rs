@@ -28,7 +28,16 @@ fn spec() -> JobSpec {
         constraints: Constraints { regions: vec!["DE".parse().unwrap()], attributes: BTreeMap::new() },
         verification: VerificationLevel::Standard,
         hints: vec!["http://127.0.0.1:7000".into()],
+        train: None,
     }
+}
+
+fn train_spec() -> JobSpec {
+    JobSpec::from_yaml(&format!(
+        "kind: train\nworkload: {}\nmax_price_per_task: 0.05 CRN\ntasks: 9\ntrain:\n  model: {{ arch: gpt, layers: 2, d_model: 64, heads: 4, context: 32 }}\n  optimizer: {{ learning_rate: 3e-3, weight_decay: 0.01 }}\n  rounds: 3\n  width: 2\n  local_steps: 20\n  batch_size: 16\n  seed: 7\n",
+        ContentId::of(b"shakespeare.txt")
+    ))
+    .unwrap()
 }
 
 fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
@@ -55,6 +64,7 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
         ("transfer_tx.hex", transfer.encode()),
         ("submit_job_tx.hex", submit.encode()),
         ("job_spec.hex", spec().encode()),
+        ("train_job_spec.hex", train_spec().encode()),
         ("block.hex", block.encode()),
     ];
     // Every other transaction body, one signed transaction each.
@@ -160,8 +170,8 @@ fn error_codes_match_the_golden_list() {
 #[test]
 fn golden_vectors_decode_to_their_values_and_verify() {
     let values = golden_values();
-    let [(_, t), (_, s), (_, j), (_, b)] = <[_; 4]>::try_from(values[..4].to_vec()).unwrap();
-    for (name, bytes) in &values[4..] {
+    let [(_, t), (_, s), (_, j), (_, tj), (_, b)] = <[_; 5]>::try_from(values[..5].to_vec()).unwrap();
+    for (name, bytes) in &values[5..] {
         assert!(Tx::decode(bytes).unwrap().verify_signature().is_ok(), "{name}");
     }
     let tx = Tx::decode(&t).unwrap();
@@ -169,6 +179,7 @@ fn golden_vectors_decode_to_their_values_and_verify() {
     assert_eq!(tx.nonce, 7);
     assert!(Tx::decode(&s).unwrap().verify_signature().is_ok());
     assert_eq!(JobSpec::decode(&j).unwrap(), spec());
+    assert_eq!(JobSpec::decode(&tj).unwrap(), train_spec());
     assert_eq!(Block::decode(&b).unwrap().txs, vec![tx]);
 }
 
@@ -239,6 +250,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 },
                 verification: VerificationLevel::Strict,
                 hints: vec![],
+                train: None,
             },
         )
 }

@@ -1,0 +1,78 @@
+//! The auditor role: re-run the tasks the chain assigns for audit and submit the verdict.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_state::model::TaskState;
+use cairn_types::{ContentId, Metering, SubmitAudit, TxBody, TxStatus};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::daemon::{Ctx, spec_of};
+
+#[derive(Deserialize)]
+struct AuditsView {
+    audits: Vec<AuditView>,
+}
+
+#[derive(Deserialize)]
+struct AuditView {
+    task: cairn_state::model::Task,
+    claimed: ContentId,
+    due: u64,
+}
+
+/// Answer the chain's audit assignments: re-run each task in the same deterministic runtime
+/// and submit the output root before the verdict deadline.
+pub(crate) async fn audits(ctx: &Arc<Ctx>) {
+    let me = ctx.me;
+    let Ok(v) = ctx.client.get::<AuditsView>(&format!("/api/providers/{me}/audits")).await else { return };
+    for a in v.audits {
+        let key = (a.task.id, a.due);
+        if !ctx.auditing.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+            continue;
+        }
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            audit(&c, a).await;
+            c.auditing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+    }
+}
+
+async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
+    let task = a.task;
+    let worker = match &task.state {
+        TaskState::Committed { provider, .. } | TaskState::Settled { provider, .. } => Some(*provider),
+        _ => None,
+    };
+    let (output, metering) = if ctx.cfg.behaviour.reruns_audit(worker.as_ref()) {
+        let Ok(permit) = ctx.slots.acquire().await else { return };
+        let Some(spec) = spec_of(ctx, &task.job).await else {
+            warn!(task = %task.id.short(), "cannot read the audited job's spec");
+            return;
+        };
+        let ran = crate::pipeline::execute(ctx, &task, &spec, false).await;
+        drop(permit);
+        match ran {
+            Ok((output, units, output_bytes)) => (output, Metering { units, output_bytes }),
+            Err(e) => {
+                // Tried again after a pause (the assignment stays listed until its deadline).
+                warn!(task = %task.id.short(), error = %e, "cannot re-run the audited task; retrying in 15 s");
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                return;
+            }
+        }
+    } else {
+        (a.claimed, Metering::default())
+    };
+    let body = TxBody::SubmitAudit(SubmitAudit { task: task.id, output, metering });
+    match ctx.sender.submit_and_wait(body, Duration::from_secs(60)).await {
+        Ok(TxStatus::Ok) => {
+            let verdict = if output == a.claimed { "match" } else { "mismatch" };
+            info!(task = %task.id.short(), output = %output.short(), verdict, "audit submitted");
+        }
+        Ok(other) => warn!(task = %task.id.short(), ?other, "audit verdict refused"),
+        Err(e) => warn!(task = %task.id.short(), error = %e, "audit verdict not accepted"),
+    }
+}

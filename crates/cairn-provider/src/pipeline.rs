@@ -1,0 +1,107 @@
+//! The executor pipeline: fetch a task's workload and inputs (verified), run it in the
+//! executor for its kind, and keep the output bundle in the blob store.
+
+use std::sync::Arc;
+
+use cairn_runtime::{Executor, TaskRun};
+use cairn_state::model::Task;
+use cairn_types::{Canonical, ContentId, JobSpec, WorkloadKind};
+use tracing::{info, warn};
+
+use crate::daemon::{Ctx, MAX_BLOB};
+use crate::ledger::now_ms;
+use crate::{Error, Result};
+
+/// Fetch a blob from the job's hints and the node, verified.
+pub(crate) async fn fetch(
+    ctx: &Ctx,
+    spec: &JobSpec,
+    id: &ContentId,
+    size: Option<u64>,
+) -> Result<std::path::PathBuf> {
+    let mut sources = spec.hints.clone();
+    sources.push(ctx.cfg.node.clone());
+    Ok(ctx.fetcher.fetch(&ctx.blobs, id, size, MAX_BLOB, &sources).await?)
+}
+
+/// Run a task and store its output bundle. With `forge`, the output is then falsified
+/// (adversary behaviours only).
+pub(crate) async fn execute(
+    ctx: &Ctx,
+    task: &Task,
+    spec: &JobSpec,
+    forge: bool,
+) -> Result<(ContentId, u64, u64)> {
+    if forge && !ctx.cfg.behaviour.runs_work() {
+        // A plausible result without the work: a clean exit and nothing written.
+        let mut bundle = cairn_types::OutputBundle::default();
+        bundle.files.insert(cairn_types::OutputBundle::EXIT.into(), b"ok".to_vec());
+        let bytes = bundle.encode();
+        let output = ctx.blobs.put_bytes(&bytes)?;
+        warn!(task = %task.id.short(), behaviour = ctx.cfg.behaviour.name(), "skipped the work");
+        return Ok((output, 1, bytes.len() as u64));
+    }
+    let workload = fetch(ctx, spec, &spec.workload, None).await?;
+    let mut inputs = Vec::new();
+    for i in &spec.inputs {
+        inputs.push((i.name.clone(), fetch(ctx, spec, &i.id, Some(i.size)).await?));
+    }
+    if let Some(i) = spec.task_inputs.get(task.index as usize) {
+        inputs.push((i.name.clone(), fetch(ctx, spec, &i.id, Some(i.size)).await?));
+    }
+    inputs.extend(crate::train::inputs(ctx, spec, task).await?);
+    ctx.ledger(|l| {
+        if let Some(e) = l.tasks.get_mut(&task.id) {
+            e.started_ms = Some(now_ms());
+        }
+    });
+    let run = TaskRun {
+        workload: spec.workload,
+        inputs,
+        args: spec.args.clone(),
+        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        task_index: task.index,
+        tasks: spec.tasks,
+        limits: spec.limits.clone(),
+        memory_mb: spec.resources.memory_mb,
+        seed: task.id.0,
+        train: spec.train.as_deref().cloned(),
+    };
+    let exec: Arc<dyn Executor> = match spec.kind {
+        WorkloadKind::Inference => ctx.infer.clone(),
+        WorkloadKind::Train => ctx.train.clone(),
+        _ => ctx.exec.clone(),
+    };
+    let id = spec.workload;
+    let ran = tokio::task::spawn_blocking(move || {
+        if !exec.is_prepared(&id) {
+            exec.prepare_file(&id, &workload)?;
+        }
+        exec.run(&run)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("executor thread: {e}")))?;
+    let outcome = match ran {
+        Ok(o) => o,
+        // The job itself cannot run (not a module, output over its cap): every honest provider
+        // and auditor gets the same, so the failure is the result, committed and paid like one.
+        Err(e) if let Some(exit) = e.committable_exit() => {
+            warn!(task = %task.id.short(), error = %e, "the job cannot run; committing the failure as its result");
+            let mut bundle = cairn_types::OutputBundle::default();
+            bundle.files.insert(cairn_types::OutputBundle::EXIT.into(), exit.into_bytes());
+            cairn_runtime::Outcome { bundle, units: 0, wall_ms: 0 }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut bundle = outcome.bundle;
+    if forge {
+        let mut out = bundle.files.get(cairn_types::OutputBundle::STDOUT).cloned().unwrap_or_default();
+        out.extend_from_slice(b"\n(forged)");
+        bundle.files.insert(cairn_types::OutputBundle::STDOUT.into(), out);
+        warn!(task = %task.id.short(), behaviour = ctx.cfg.behaviour.name(), "forged the output");
+    }
+    let bytes = bundle.encode();
+    let output = ctx.blobs.put_bytes(&bytes)?;
+    info!(task = %task.id.short(), output = %output.short(), units = outcome.units, ms = outcome.wall_ms, exit = bundle.exit().unwrap_or("?"), "task ran");
+    Ok((output, outcome.units, bytes.len() as u64))
+}
