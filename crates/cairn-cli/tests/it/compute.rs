@@ -80,8 +80,13 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     assert!(verification["confirmed"].as_u64().unwrap() > 0, "{verification}");
     assert_eq!(verification["slashed"], serde_json::json!([]), "{verification}");
     assert!(stderr.contains("results confirmed by an independent re-run"), "{stderr}");
-    // Providers competed on price: the three posted prices all appear.
-    assert!(stderr.contains("at 0.05 CRN") && stderr.contains("at 0.08 CRN"), "{stderr}");
+    // Providers competed on price: the WASM jobs' tasks went at more than one posted price.
+    let wasm_prices: std::collections::BTreeSet<String> = jobs
+        .iter()
+        .filter(|j| j["kind"] == "wasm")
+        .flat_map(|j| j["tasks"].as_array().unwrap().iter().map(|t| t["price"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(wasm_prices.contains("0.05 CRN") && wasm_prices.len() >= 2, "{wasm_prices:?}");
 }
 
 fn fund(api: &str, root: &std::path::Path, to: &SecretKey, amount: &str) {
@@ -449,4 +454,54 @@ fn a_devnet_whose_provider_cannot_start_says_which_and_why() {
     assert!(stderr.contains("provider-1 exited"), "{stderr}");
     // The end of the provider's own log is shown, so the user need not go looking for it.
     assert!(stderr.contains("provider.log") && stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
+fn sigterm_to_the_devnet_stops_every_process_it_started() {
+    let dir = TempDir::new("sigterm");
+    let base = free_base(2);
+    let log = std::fs::File::create(dir.0.join("devnet.log")).unwrap();
+    let mut devnet = std::process::Command::new(BIN)
+        .args(["devnet", "--fresh", "--no-demo", "--no-models", "--providers", "1", "--home"])
+        .arg(&dir.0)
+        .args(["--p2p-port", &base.to_string(), "--api-port", &(base + 100).to_string()])
+        .args(["--provider-port", &(base + 200).to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{}", base + 100);
+    let provider = format!("http://127.0.0.1:{}", base + 200);
+    let up = |url: &str| {
+        rt().block_on(async {
+            reqwest::Client::new()
+                .get(url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(up(&format!("{api}/api/status")) && up(&format!("{provider}/provider/status"))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the devnet did not come up: {}",
+            std::fs::read_to_string(dir.0.join("devnet.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &devnet.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = devnet.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "exits as a SIGTERM'd process would: {status:?}");
+    // Its validator and provider went with it: neither answers any more.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!up(&format!("{api}/api/status")), "the validator still runs");
+    assert!(!up(&format!("{provider}/provider/status")), "the provider still runs");
 }
