@@ -225,22 +225,7 @@ fn now_ms() -> u64 {
 }
 
 async fn jobs(a: JobsArgs) -> Result<()> {
-    let layout = crate::devnet::Layout {
-        validators: 1,
-        providers: 3,
-        p2p_port: 27_400,
-        api_port: 27_410,
-        provider_port: 27_420,
-        models: Vec::new(),
-        params: Vec::new(),
-    };
-    let mut net = crate::devnet::start(&a.home, &layout, true, &[])?;
-    crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
-    crate::devnet::start_providers(&mut net, 3, Duration::from_secs(60)).await?;
-    let client = Client::new(&net.apis[0]);
-    let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
-    let dir = net.root.join("bench");
-    std::fs::create_dir_all(&dir)?;
+    let (net, client, faucet, dir) = bench_network(&a.home, 27_400).await?;
     std::fs::write(dir.join("sieve.wasm"), include_bytes!("../../../testdata/wasm/sieve.wasm"))?;
     let manifest = "kind: wasm\nworkload: sieve.wasm\nargs: [\"100000\"]\nmax_price_per_task: 0.2 CRN\nverification: none\n";
     let resolved = crate::manifest::resolve(manifest, &dir, client.base()).await?;
@@ -333,6 +318,31 @@ async fn jobs(a: JobsArgs) -> Result<()> {
 }
 
 type JobIdHex = String;
+
+/// A fresh devnet for a benchmark: one validator and three providers on ports from `port`
+/// (p2p, API and providers ten apart), the faucet's key, and a work directory.
+pub(crate) async fn bench_network(
+    home: &std::path::Path,
+    port: u16,
+) -> Result<(crate::devnet::Network, Client, SecretKey, PathBuf)> {
+    let layout = crate::devnet::Layout {
+        validators: 1,
+        providers: 3,
+        p2p_port: port,
+        api_port: port + 10,
+        provider_port: port + 20,
+        models: Vec::new(),
+        params: Vec::new(),
+    };
+    let mut net = crate::devnet::start(home, &layout, true, &[])?;
+    crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
+    crate::devnet::start_providers(&mut net, 3, Duration::from_secs(60)).await?;
+    let client = Client::new(&net.apis[0]);
+    let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
+    let dir = net.root.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok((net, client, faucet, dir))
+}
 
 /// `cairn bench inference`.
 #[derive(Debug, Args)]
@@ -551,7 +561,7 @@ async fn inference(a: InferenceArgs) -> Result<()> {
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

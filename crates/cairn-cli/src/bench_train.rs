@@ -29,6 +29,13 @@ pub(crate) struct TrainArgs {
     /// Skip the verification-overhead run (it needs a warm-up of many small jobs).
     #[arg(long)]
     no_audits: bool,
+    /// Verification level of the timed jobs: `standard` (each result waits for its audit draw
+    /// in the next block before the tasks reading it open) or `none`.
+    #[arg(long, default_value = "standard")]
+    verification: String,
+    /// Repetitions of each measurement (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
     /// Where the network lives while measured.
     #[arg(long, default_value = ".cairn/bench-train")]
     home: PathBuf,
@@ -42,6 +49,7 @@ fn plan(
     rounds: u32,
     width: u32,
     local_steps: u32,
+    verification: &str,
 ) -> Result<(String, &'static [u8], &'static str)> {
     let (arch, data, file) = match model {
         "digits" => (
@@ -57,7 +65,7 @@ fn plan(
         other => bail!("--model must be digits or lm, not {other:?}"),
     };
     let yaml = format!(
-        "kind: train\nworkload: {file}\nmax_price_per_task: 0.05 CRN\ndeadline_blocks: 600\nverification: none\nlimits: {{ wall_ms: 600000 }}\ntrain:\n  model: {arch}\n  rounds: {rounds}\n  width: {width}\n  local_steps: {local_steps}\n  seed: 3\n"
+        "kind: train\nworkload: {file}\nmax_price_per_task: 0.05 CRN\ndeadline_blocks: 600\nverification: {verification}\nlimits: {{ wall_ms: 600000 }}\ntrain:\n  model: {arch}\n  rounds: {rounds}\n  width: {width}\n  local_steps: {local_steps}\n  seed: 3\n"
     );
     Ok((yaml, data, file))
 }
@@ -99,42 +107,35 @@ fn in_process(yaml: &str, data: &[u8]) -> Result<f64> {
 }
 
 pub(crate) async fn run(a: TrainArgs) -> Result<()> {
-    let layout = crate::devnet::Layout {
-        validators: 1,
-        providers: 3,
-        p2p_port: 27_600,
-        api_port: 27_610,
-        provider_port: 27_620,
-        models: Vec::new(),
-        params: Vec::new(),
-    };
-    let mut net = crate::devnet::start(&a.home, &layout, true, &[])?;
-    crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
-    crate::devnet::start_providers(&mut net, 3, Duration::from_secs(60)).await?;
-    let client = Client::new(&net.apis[0]);
-    let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
-    let dir = net.root.join("bench");
-    std::fs::create_dir_all(&dir)?;
+    let (_net, client, faucet, dir) = crate::bench::bench_network(&a.home, 27_600).await?;
     std::fs::write(dir.join("digits.csv"), DIGITS)?;
     std::fs::write(dir.join("macbeth.txt"), MACBETH)?;
 
+    if !matches!(a.verification.as_str(), "standard" | "none") {
+        bail!("--verification must be standard or none");
+    }
     println!(
-        "| width W | rounds | steps / shard task | devnet (s) | per round (s) | one process, same steps (s) | ratio | overhead per round (ms) |"
+        "| width W | rounds | steps / shard task | verification | devnet (s) | per round (s) | one process, same steps (s) | ratio | overhead per round (ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     for width in [1u32, 2] {
         let local = a.steps_per_round.checked_div(width).unwrap_or(1).max(1);
-        let (yaml, data, _) = plan(&a.model, a.rounds, width, local)?;
-        // Interleave: the process measurement right before the devnet one, same machine state.
-        let local_s = in_process(&yaml, data)?;
-        let (net_s, _) = run_job(&client, &faucet, &dir, &yaml).await?;
+        let (yaml, data, _) = plan(&a.model, a.rounds, width, local, &a.verification)?;
+        // Interleaved rep by rep, so both see the same machine state; medians reported.
+        let (mut locals, mut nets) = (Vec::new(), Vec::new());
+        for _ in 0..a.reps.max(1) {
+            locals.push(in_process(&yaml, data)?);
+            nets.push(run_job(&client, &faucet, &dir, &yaml).await?.0);
+        }
+        let (local_s, net_s) = (crate::bench::median(&mut locals), crate::bench::median(&mut nets));
         let rounds = f64::from(a.rounds);
         // With W shards in parallel, the devnet's compute per round is one shard's; the
         // overhead is what the market adds on top of the same total steps in one process.
-        let overhead_ms = (net_s - local_s).max(0.0) / rounds * 1_000.0;
+        let overhead_ms = (net_s - local_s) / rounds * 1_000.0;
         println!(
-            "| {width} | {} | {local} | {net_s:.2} | {:.2} | {local_s:.2} | {:.2} | {overhead_ms:.0} |",
+            "| {width} | {} | {local} | {} | {net_s:.2} | {:.2} | {local_s:.2} | {:.2} | {overhead_ms:.0} |",
             a.rounds,
+            a.verification,
             net_s / rounds,
             net_s / local_s
         );
@@ -162,8 +163,7 @@ pub(crate) async fn run(a: TrainArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (yaml, _, _) = plan(&a.model, a.audit_rounds, 2, a.steps_per_round / 2)?;
-    let yaml = yaml.replace("verification: none", "verification: standard");
+    let (yaml, _, _) = plan(&a.model, a.audit_rounds, 2, a.steps_per_round / 2, "standard")?;
     let from = client.status().await?.height;
     let (_, job) = run_job(&client, &faucet, &dir, &yaml).await?;
     while !crate::job::finished(&crate::job::job_view(&client, &job).await?) {

@@ -167,23 +167,25 @@ pub(crate) fn finished(v: &JobView) -> bool {
     v.tasks.iter().all(|t| t.state.is_final())
 }
 
+/// A progress bar drawn with `template` (hidden when `quiet`).
+pub(crate) fn progress_bar(quiet: bool, template: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
 /// Follow a job with a progress bar until it finishes (a training job round by round).
 pub(crate) async fn watch(client: &Client, job: &JobId, quiet: bool) -> Result<JobView> {
     if job_view(client, job).await?.job.kind == cairn_types::WorkloadKind::Train {
         return crate::train::watch(client, job, quiet).await;
     }
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks done  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = progress_bar(quiet, "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks done  {msg}");
     loop {
         let v = job_view(client, job).await?;
         bar.set_length(v.tasks.len() as u64);

@@ -82,18 +82,8 @@ pub(crate) fn describe(round: u32, b: &OutputBundle) -> String {
 pub(crate) async fn watch(client: &Client, job: &JobId, quiet: bool) -> Result<JobView> {
     let store = crate::job::cache()?;
     let mut rounds = Rounds::default();
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rounds  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar =
+        crate::job::progress_bar(quiet, "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rounds  {msg}");
     loop {
         let v = job_view(client, job).await?;
         let rounds_total = plan(&v)?.rounds;

@@ -89,6 +89,14 @@ impl App {
         mirror.with_view(parent, read).unwrap_or_else(|| read(&*mirror))
     }
 
+    /// Whether the state after `parent` has work scheduled for the end of block `height`.
+    fn work_due(&self, parent: &sha256::Digest, height: u64) -> bool {
+        let mirror = self.shared.mirror.read().unwrap_or_else(|p| p.into_inner());
+        let key = cairn_state::keys::due_count(height);
+        let read = |view: &dyn StateView| view.get(&key).ok().flatten().is_some();
+        mirror.with_view(parent, read).unwrap_or_else(|| read(&*mirror))
+    }
+
     /// The certificate to embed for the parent named by `ctx`: none for genesis, otherwise
     /// from the certificate cache, waiting up to [`PARENT_CERT_WAIT`] for it to arrive.
     async fn parent_cert<E: Clock>(&self, rt: &E, ctx: &Ctx) -> Option<ParentCert> {
@@ -144,11 +152,14 @@ where
             return None;
         };
         // Empty blocks cost every node a database commit: give transactions a moment to
-        // arrive, but propose as soon as one does.
+        // arrive, but propose as soon as one does — or at once when the state has work due at
+        // this height (an audit draw after a commit, an auction close, a deadline), which
+        // clients are waiting on (a training round opens only after its inputs' audit draw).
         let wait_until = _rt.current() + self.empty_block_wait;
+        let work_due = self.work_due(&parent.digest(), height);
         loop {
             let empty = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-            if !empty || _rt.current() >= wait_until {
+            if !empty || work_due || _rt.current() >= wait_until {
                 break;
             }
             _rt.sleep(std::time::Duration::from_millis(5)).await;

@@ -338,23 +338,7 @@ fn one_provider_running_a_frame(name: &str) -> (TempDir, NodeProc, ProviderProc,
     let provider = ProviderProc::start(&dir.0.join("provider-0"));
     let client_key = SecretKey::from_seed([43; 32]);
     std::fs::write(dir.0.join("me.key"), hex::encode(client_key.seed())).unwrap();
-    rt().block_on(async {
-        let c = node.client();
-        c.wait_for_height(2, READY).await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while c.get::<serde_json::Value>("/api/providers").await.unwrap()["providers"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the provider did not register:\n{}",
-                provider.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    wait_for_providers(&node, std::slice::from_ref(&provider));
     fund(&node.api, &dir.0, &client_key, "100 CRN");
     std::fs::copy(testdata("wasm/mandelbrot.wasm"), dir.0.join("mandelbrot.wasm")).unwrap();
     let spec = dir.0.join("frame.yaml");

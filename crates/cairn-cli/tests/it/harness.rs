@@ -224,6 +224,28 @@ impl ProviderProc {
     }
 }
 
+/// Wait until the node is past height 2 and lists every one of `providers` (failing with the
+/// first one's log after a minute).
+pub(crate) fn wait_for_providers(node: &NodeProc, providers: &[ProviderProc]) {
+    rt().block_on(async {
+        let c = node.client();
+        c.wait_for_height(2, READY).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let v: serde_json::Value = c.get("/api/providers").await.unwrap_or_default();
+            if v["providers"].as_array().is_some_and(|l| l.len() >= providers.len()) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "providers did not register:\n{}",
+                providers.first().map(ProviderProc::log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
 /// Run `cairn` with arguments; returns (success, stdout, stderr).
 /// Submit the job spec at `spec` (paying with `key`) without watching it; returns its id.
 pub(crate) fn submit_spec(spec: &Path, api: &str, key: &Path) -> cairn_types::JobId {

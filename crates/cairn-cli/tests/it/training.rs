@@ -77,24 +77,7 @@ fn a_training_job_converges_repeats_bit_for_bit_and_survives_a_provider_killed_m
     let node = NodeProc::start(&dir.0.join("validator-0"), base + 100);
     let mut providers: Vec<ProviderProc> =
         (0..3).map(|i| ProviderProc::start(&dir.0.join(format!("provider-{i}")))).collect();
-    rt().block_on(async {
-        let c = node.client();
-        c.wait_for_height(2, READY).await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while c.get::<serde_json::Value>("/api/providers").await.unwrap()["providers"]
-            .as_array()
-            .unwrap()
-            .len()
-            < 3
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "providers did not register:\n{}",
-                providers[0].log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    wait_for_providers(&node, &providers);
     let client_key = SecretKey::from_seed([7; 32]);
     let key = dir.0.join("me.key");
     std::fs::write(&key, hex::encode(client_key.seed())).unwrap();

@@ -477,16 +477,11 @@ impl Loaded {
                 break;
             }
             ids.push(next);
-            if !p.stop.is_empty() {
-                let text = tokenizer.decode(&ids).unwrap_or_default();
-                if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                    return Ok(Ok(Generation {
-                        text: text[..cut].to_string(),
-                        ids,
-                        prompt_tokens: prompt.len(),
-                        finish: "stop",
-                    }));
-                }
+            if !p.stop.is_empty()
+                && let Some(g) =
+                    stopped(tokenizer.decode(&ids).unwrap_or_default(), &ids, prompt.len(), &p.stop)
+            {
+                return Ok(Ok(g));
             }
             input = vec![next];
         }
@@ -496,6 +491,12 @@ impl Loaded {
         };
         Ok(Ok(Generation { text, ids, prompt_tokens: prompt.len(), finish }))
     }
+}
+
+/// The generation cut before its first stop sequence, if `text` has one.
+fn stopped(text: String, ids: &[u32], prompt_tokens: usize, stop: &[String]) -> Option<Generation> {
+    let cut = stop.iter().filter_map(|s| text.find(s.as_str())).min()?;
+    Some(Generation { text: text[..cut].to_string(), ids: ids.to_vec(), prompt_tokens, finish: "stop" })
 }
 
 fn sampling(p: &GenParams) -> Sampling {
@@ -531,16 +532,10 @@ fn trained_chat(
         let next = sampler.sample(&logits).map_err(engine)?;
         ids.push(next);
         all.push(next);
-        if !p.stop.is_empty() {
-            let text = model.decode(&ids);
-            if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                return Ok(Ok(Generation {
-                    text: text[..cut].to_string(),
-                    ids,
-                    prompt_tokens: prompt.len(),
-                    finish: "stop",
-                }));
-            }
+        if !p.stop.is_empty()
+            && let Some(g) = stopped(model.decode(&ids), &ids, prompt.len(), &p.stop)
+        {
+            return Ok(Ok(g));
         }
     }
     Ok(Ok(Generation { text: model.decode(&ids), ids, prompt_tokens: prompt.len(), finish: "length" }))
