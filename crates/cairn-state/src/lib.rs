@@ -45,8 +45,10 @@ pub mod keys;
 mod market;
 pub mod model;
 mod params;
+mod penalty;
 mod registry;
 mod rewards;
+mod sortition;
 mod staking;
 mod storage;
 pub mod store;
@@ -61,8 +63,8 @@ use cairn_types::{
 pub use exec::{Execution, execute, simulate};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator};
 pub use params::Params;
+pub use sortition::audit_probability_bps;
 pub use store::{AuthenticatedKv, MemProof, MemStore, StateView, StoreError, WriteSet, commit_writes};
-pub use verify::audit_probability_bps;
 
 use model::{Account, Audit, Deal, Job, KnownAnswer, Lease, Meta, Provider, Stake, Task, Totals};
 

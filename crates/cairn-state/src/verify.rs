@@ -25,21 +25,19 @@
 use std::collections::BTreeMap;
 
 use cairn_types::{
-    Address, Amount, AuditKind, AuditOutcome, CommitResult, ContentId, ErrorCode, Event,
-    INFERENCE_CLASS_ATTRIBUTE, JobSpec, OpenDispute, SlashReason, SubmitAudit, TaskId, VerificationLevel,
-    WorkloadKind, hash_domain,
+    Address, AuditKind, AuditOutcome, CommitResult, ContentId, ErrorCode, Event, JobSpec, OpenDispute,
+    SlashReason, SubmitAudit, TaskId, VerificationLevel, WorkloadKind, hash_domain,
 };
 
 use crate::ctx::{Ctx, Exec, invariant};
 use crate::escrow;
 use crate::keys;
 use crate::market;
-use crate::model::{Audit, Due, Job, KnownAnswer, Provider, Task, TaskState};
+use crate::model::{Audit, Due, Job, KnownAnswer, Task, TaskState};
+use crate::penalty::{add_to_pool, mark_failed, pay_auditor, slash};
 use crate::registry;
 use crate::rewards;
-use crate::staking;
-
-const BPS: u64 = 10_000;
+use crate::sortition::{BPS, audit_probability_bps, draw, draw_auditors};
 
 pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec<()> {
     let mut t = market::task(ctx, &c.task)?.ok_or(ErrorCode::TaskNotFound)?;
@@ -140,91 +138,6 @@ fn put_record(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
 fn delete_record(ctx: &mut Ctx<'_>, a: &Audit) {
     let key = if a.kind == AuditKind::Canary { keys::canary(&a.task) } else { keys::audit(&a.task) };
     ctx.delete(key);
-}
-
-/// A number in `0..n` from this block's beacon (`n > 0`).
-fn draw(ctx: &Ctx<'_>, domain: &'static str, task: &TaskId, round: u32, n: u128) -> u128 {
-    let h = hash_domain(domain, &[&ctx.beacon.0, &task.0, &round.to_le_bytes()]);
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    u128::from_le_bytes(b).checked_rem(n).unwrap_or(0)
-}
-
-/// Audit probability in basis points for a result of `worker` at `level`.
-pub fn audit_probability_bps(
-    params: &crate::Params,
-    worker: &crate::model::Reputation,
-    level: VerificationLevel,
-) -> u64 {
-    match level {
-        VerificationLevel::None => 0,
-        VerificationLevel::Strict => BPS,
-        VerificationLevel::Standard => {
-            let results = worker.total_valid.saturating_add(worker.total_failed);
-            if results < params.audit_first_results {
-                return BPS;
-            }
-            let by_streak = BPS.checked_div(worker.consecutive_valid.saturating_add(1)).unwrap_or(BPS);
-            by_streak.max(u64::from(params.audit_p_min_bps)).min(BPS)
-        }
-    }
-}
-
-/// Draw up to `count` auditors by bonded stake, without replacement, among live providers that
-/// could run `spec` for `client`, leaving out `exclude`. An inference or training result is
-/// re-run only in its `worker`'s class ([`INFERENCE_CLASS_ATTRIBUTE`]): bitwise equality, which alone may slash,
-/// holds only there.
-#[allow(clippy::too_many_arguments)]
-fn draw_auditors(
-    ctx: &Ctx<'_>,
-    spec: &JobSpec,
-    client: &Address,
-    worker: &Address,
-    exclude: &[Address],
-    task: &TaskId,
-    round: u32,
-    count: u32,
-) -> Exec<Vec<Address>> {
-    let classed = matches!(spec.kind, WorkloadKind::Inference | WorkloadKind::Train);
-    let class = if classed {
-        registry::get(ctx, worker)?.and_then(|w| w.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE).cloned())
-    } else {
-        None
-    };
-    let mut pool: Vec<(Address, u128)> = Vec::new();
-    for addr in registry::index(ctx)? {
-        if exclude.contains(&addr) || addr == *worker {
-            continue;
-        }
-        let p = registry::get(ctx, &addr)?.ok_or_else(|| invariant("indexed provider missing"))?;
-        if !registry::fits(ctx, &p, spec, client) {
-            continue;
-        }
-        if classed && p.info.attributes.get(INFERENCE_CLASS_ATTRIBUTE) != class.as_ref() {
-            continue;
-        }
-        let stake = staking::stake(ctx, &addr)?.bonded.base_units();
-        if stake > 0 {
-            pool.push((addr, stake));
-        }
-    }
-    let mut picked = Vec::new();
-    for i in 0..count {
-        let total = pool.iter().try_fold(0u128, |acc, (_, s)| acc.checked_add(*s));
-        let Some(total) = total.filter(|t| *t > 0) else { break };
-        let seed = round.checked_mul(128).and_then(|r| r.checked_add(i)).unwrap_or(u32::MAX);
-        let mut r = draw(ctx, "cairn auditor sortition v1", task, seed, total);
-        let mut at = 0;
-        for (j, (_, s)) in pool.iter().enumerate() {
-            if r < *s {
-                at = j;
-                break;
-            }
-            r = r.saturating_sub(*s);
-        }
-        picked.push(pool.remove(at).0);
-    }
-    Ok(picked)
 }
 
 /// The worker whose result a random audit or its panel checks (the first address drawn).
@@ -589,14 +502,6 @@ fn decide_dispute(ctx: &mut Ctx<'_>, a: Audit) -> Exec<()> {
     abandon(ctx, t, &j, &spec)
 }
 
-fn mark_failed(ctx: &mut Ctx<'_>, who: &Address) -> Exec<()> {
-    if let Some(mut p) = registry::get(ctx, who)? {
-        fail(&mut p);
-        registry::put(ctx, &p)?;
-    }
-    Ok(())
-}
-
 /// No majority: nobody is slashed, the bond goes back, and the unverified result is not paid —
 /// the task re-runs elsewhere or is refunded.
 fn undecided(ctx: &mut Ctx<'_>, a: &Audit, t: Task, j: &Job, spec: &JobSpec) -> Exec<()> {
@@ -659,75 +564,5 @@ fn release_settlement(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
 fn missed(ctx: &mut Ctx<'_>, task: &TaskId, auditor: &Address) -> Exec<()> {
     mark_failed(ctx, auditor)?;
     ctx.emit(Event::AuditorMissed { task: *task, auditor: *auditor });
-    Ok(())
-}
-
-fn fail(p: &mut Provider) {
-    p.reputation.consecutive_valid = 0;
-    p.reputation.total_failed = p.reputation.total_failed.saturating_add(1);
-}
-
-fn add_to_pool(ctx: &mut Ctx<'_>, amount: Amount) -> Exec<()> {
-    let mut totals = ctx.totals()?;
-    totals.audit_pool = totals.audit_pool.checked_add(amount).ok_or_else(|| invariant("pool overflow"))?;
-    ctx.set_totals(&totals)
-}
-
-/// Pay an auditor whose verdict matched the outcome: the task's price (it did the same work),
-/// as far as the audit pool reaches.
-fn pay_auditor(ctx: &mut Ctx<'_>, task: &TaskId, auditor: &Address, price: Amount) -> Exec<()> {
-    let mut totals = ctx.totals()?;
-    let amount = price.min(totals.audit_pool);
-    totals.audit_pool =
-        totals.audit_pool.checked_sub(amount).ok_or_else(|| invariant("audit pool underflow"))?;
-    ctx.set_totals(&totals)?;
-    crate::bank::credit(ctx, auditor, amount)?;
-    ctx.emit(Event::AuditorPaid { task: *task, auditor: *auditor, amount });
-    Ok(())
-}
-
-/// Slash `exposure_multiplier × price` (capped by the stake, bonded and unbonding): a share
-/// to `finders`, a share to `client`, the rest burned.
-fn slash(
-    ctx: &mut Ctx<'_>,
-    who: &Address,
-    task: &TaskId,
-    reason: SlashReason,
-    price: Amount,
-    finders: &[Address],
-    client: Option<Address>,
-) -> Exec<()> {
-    let want = price.checked_mul(u128::from(ctx.params.exposure_multiplier)).unwrap_or(Amount::MAX);
-    let amount = staking::slash(ctx, who, want)?;
-    let mut to_auditors = Amount::ZERO;
-    if let Ok(n) = u128::try_from(finders.len())
-        && n > 0
-    {
-        let share =
-            amount.checked_bps(ctx.params.slash_auditor_bps).ok_or_else(|| invariant("slash share"))?;
-        let each = share.checked_div(n).unwrap_or(Amount::ZERO);
-        for f in finders {
-            crate::bank::credit(ctx, f, each)?;
-            to_auditors = to_auditors.checked_add(each).ok_or_else(|| invariant("slash overflow"))?;
-        }
-    }
-    let to_client = match client {
-        Some(c) => {
-            let share =
-                amount.checked_bps(ctx.params.slash_client_bps).ok_or_else(|| invariant("slash share"))?;
-            crate::bank::credit(ctx, &c, share)?;
-            share
-        }
-        None => Amount::ZERO,
-    };
-    let burned = amount
-        .checked_sub(to_auditors)
-        .and_then(|a| a.checked_sub(to_client))
-        .ok_or_else(|| invariant("slash split above amount"))?;
-    let mut totals = ctx.totals()?;
-    totals.burned = totals.burned.checked_add(burned).ok_or_else(|| invariant("burn overflow"))?;
-    ctx.set_totals(&totals)?;
-    mark_failed(ctx, who)?;
-    ctx.emit(Event::Slashed { who: *who, task: *task, reason, amount, to_auditors, to_client, burned });
     Ok(())
 }
