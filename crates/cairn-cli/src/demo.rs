@@ -349,10 +349,7 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
         if v.job.kind == cairn_types::WorkloadKind::Train {
             let w = crate::train::result(&client, v, &net.root.join("results").join(name)).await?;
             if let Some(m) = w.rounds.last() {
-                let acc = m
-                    .eval_accuracy
-                    .map(|a| format!(", held-out accuracy {:.1}%", a * 100.0))
-                    .unwrap_or_default();
+                let acc = crate::train::accuracy(m);
                 say(
                     json,
                     &format!(

@@ -466,8 +466,7 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                 let w = crate::train::result(&client, &v, &a.out).await?;
                 if !a.api.json {
                     for m in &w.rounds {
-                        let acc = m.eval_accuracy.map(|x| format!(", accuracy {:.1}%", x * 100.0)).unwrap_or_default();
-                        println!("round {}: held-out loss {:.4}{acc}", m.round + 1, m.eval_loss);
+                        println!("round {}: held-out loss {:.4}{}", m.round + 1, m.eval_loss, crate::train::accuracy(m));
                     }
                     println!("metrics in {}", w.metrics.display());
                     if let Some(c) = &w.curve {

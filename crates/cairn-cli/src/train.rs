@@ -61,11 +61,16 @@ impl Rounds {
     }
 }
 
+/// `, accuracy 91.6%` for a classifier's round, nothing for a language model's.
+pub(crate) fn accuracy(m: &Metrics) -> String {
+    m.eval_accuracy.map(|a| format!(", accuracy {:.1}%", a * 100.0)).unwrap_or_default()
+}
+
 /// One line about a round.
 pub(crate) fn describe(round: u32, b: &OutputBundle) -> String {
     match decode_metrics(b) {
         Some(m) => {
-            let acc = m.eval_accuracy.map(|a| format!(", accuracy {:.1}%", a * 100.0)).unwrap_or_default();
+            let acc = accuracy(&m);
             format!(
                 "round {}: step {}, train loss {:.4}, held-out loss {:.4}{acc}",
                 round + 1,

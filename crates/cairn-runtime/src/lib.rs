@@ -79,6 +79,11 @@ impl RunError {
     }
 }
 
+/// A mutex's guard, poisoned or not (executors keep only caches behind their locks).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Result type of this crate.
 pub type Result<T, E = RunError> = std::result::Result<T, E>;
 

@@ -31,7 +31,7 @@ pub use request::{
     commit_tokens, parse_results,
 };
 
-use crate::{Executor, Outcome, Result, RunError, TaskRun};
+use crate::{Executor, Outcome, Result, RunError, TaskRun, lock};
 use models::{GenParams, Loaded};
 
 /// The task input holding the requests.
@@ -122,10 +122,6 @@ impl std::fmt::Debug for InferenceExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InferenceExecutor").field("cfg", &self.cfg).finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl InferenceExecutor {

@@ -63,7 +63,7 @@ use cairn_types::{ContentId, OutputBundle, TrainRole, TrainSpec, WorkloadKind};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::{Executor, Outcome, Result, RunError, TaskRun};
+use crate::{Executor, Outcome, Result, RunError, TaskRun, lock};
 pub use data::{Dataset, SplitMix64};
 pub use models::{Gpt, Mlp, Model, ModelCard, Trained, Weights, load_trained};
 pub use state::{HostTensor, TensorFile, TrainState};
@@ -122,11 +122,8 @@ pub struct TrainRecord {
 /// The run id of training `spec` on dataset `dataset`.
 pub fn run_id(dataset: &ContentId, spec: &TrainSpec) -> String {
     let spec_bytes = borsh::to_vec(spec).unwrap_or_default();
-    hex_of(&cairn_types::hash_domain("cairn train run v1", &[dataset.as_bytes(), &spec_bytes]))
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    cairn_types::Hash32(cairn_types::hash_domain("cairn train run v1", &[dataset.as_bytes(), &spec_bytes]))
+        .to_hex()
 }
 
 /// The metrics of an aggregation bundle (`None` for anything else, failures included).
@@ -185,10 +182,6 @@ impl Default for TrainExecutor {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl TrainExecutor {
