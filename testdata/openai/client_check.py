@@ -79,7 +79,7 @@ def error_of(fn):
 report["errors"] = {
     "unknown_model": error_of(lambda: client.embeddings.create(model="no-such-model", input="x")),
     "too_long": error_of(
-        lambda: client.chat.completions.create(model=chat_model, messages=[{"role": "user", "content": "stone " * 900}], max_tokens=4)
+        lambda: client.chat.completions.create(model=chat_model, messages=[{"role": "user", "content": "stone " * 5000}], max_tokens=4)
     ),
     "unsupported": error_of(
         lambda: client.chat.completions.create(model=chat_model, messages=[{"role": "user", "content": "hi"}], n=2)

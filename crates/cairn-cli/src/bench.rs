@@ -18,7 +18,7 @@ pub(crate) enum BenchCommand {
     /// Submit-to-running and submit-to-settled latency of jobs on a devnet.
     Jobs(JobsArgs),
     /// Inference: in-process candle vs the provider's executor vs a market job; model loads.
-    Inference(InferenceArgs),
+    Inference(crate::bench_inference::InferenceArgs),
     /// Training: a devnet job vs the same loop in one process, scaling with W, audit overhead.
     Train(crate::bench_train::TrainArgs),
 }
@@ -59,7 +59,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
     let a = match cmd {
         BenchCommand::Chain(a) => a,
         BenchCommand::Jobs(j) => return crate::runtime()?.block_on(jobs(j)),
-        BenchCommand::Inference(i) => return crate::runtime()?.block_on(inference(i)),
+        BenchCommand::Inference(i) => return crate::runtime()?.block_on(crate::bench_inference::run(i)),
         BenchCommand::Train(t) => return crate::runtime()?.block_on(crate::bench_train::run(t)),
     };
     let rt = crate::runtime()?;
@@ -344,230 +344,13 @@ pub(crate) async fn bench_network(
     Ok((net, client, faucet, dir))
 }
 
-/// `cairn bench inference`.
-#[derive(Debug, Args)]
-pub(crate) struct InferenceArgs {
-    /// Sentences embedded per measurement.
-    #[arg(long, default_value_t = 64)]
-    embeddings: usize,
-    /// Tokens generated per measurement.
-    #[arg(long, default_value_t = 128)]
-    tokens: usize,
-    /// Skip the market measurement (in-process and executor only).
-    #[arg(long)]
-    no_market: bool,
-    /// Repetitions of each warm measurement (medians are reported).
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    /// Where the network lives while measured.
-    #[arg(long, default_value = ".cairn/bench-inference")]
-    home: PathBuf,
-}
-
-const BENCH_PROMPT: &str = "Write a long story about a hiker who builds cairns along a mountain trail.";
-
-fn bench_sentence(i: usize) -> String {
-    format!("Sentence number {i} describes stones, trails and the weather on day {}.", i * 7 % 31)
-}
-
-fn requests_file(dir: &std::path::Path, lines: &[serde_json::Value]) -> Result<PathBuf> {
-    let path = dir.join("requests.jsonl");
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-/// Submit `lines` as a one-task inference job and time it from submission to a committed result.
-async fn market_job(
-    client: &Client,
-    key: &SecretKey,
-    dir: &std::path::Path,
-    model: &crate::catalog::ServedModel,
-    lines: &[serde_json::Value],
-) -> Result<(f64, cairn_types::JobId)> {
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(dir.join("batch.jsonl"), &text)?;
-    let manifest = format!(
-        "kind: inference\nworkload: {}\nrequests: batch.jsonl\nrequests_per_task: {}\nmax_price_per_task: 1 CRN\nverification: none\ndeadline_blocks: 600\nlimits:\n  wall_ms: 600000\n",
-        model.id,
-        lines.len()
-    );
-    let resolved = crate::manifest::resolve(&manifest, dir, client.base()).await?;
-    let t0 = Instant::now();
-    let job = crate::job::submit(client, key, resolved.spec).await?;
-    loop {
-        let v = crate::job::job_view(client, &job).await?;
-        if v.tasks.iter().all(|t| crate::job::output_of(t).is_some()) {
-            return Ok((t0.elapsed().as_secs_f64(), job));
-        }
-        if crate::job::finished(&v) {
-            bail!("the benchmark job ended without output");
-        }
-        if t0.elapsed() > Duration::from_secs(900) {
-            bail!("the benchmark job did not finish");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn inference(a: InferenceArgs) -> Result<()> {
-    use cairn_runtime::inference::import::{GEMMA, MINILM};
-    use cairn_runtime::inference::{Engine, ModelPackage};
-    use cairn_runtime::{Executor as _, InferenceConfig, InferenceExecutor, TaskRun};
-    let store = crate::model::ModelStore::open_default()?;
-    let models = store.install_demo(false)?;
-    let find = |n: &str| models.iter().find(|m| m.header.name == n).cloned().context("demo model missing");
-    let (minilm, gemma) = (find(MINILM)?, find(GEMMA)?);
-    let dir = a.home.join("work");
-    std::fs::create_dir_all(&dir)?;
-    let device = cairn_runtime::inference::Device::Cpu;
-    let embed_lines: Vec<serde_json::Value> =
-        (0..a.embeddings).map(|i| serde_json::json!({ "input": bench_sentence(i) })).collect();
-    let chat_line = serde_json::json!({
-        "messages": [{ "role": "user", "content": BENCH_PROMPT }], "max_tokens": a.tokens, "temperature": 0,
-    });
-
-    // In process, straight on candle (`Engine`), against the provider's executor (task files
-    // in; JSON results, commitments and the bundle out), interleaved rep by rep so both see the
-    // same machine state; medians reported.
-    let exec = InferenceExecutor::new(InferenceConfig::cpu(dir.join("exec")));
-    let mut loads = Vec::new();
-    let mut timings: Vec<(f64, f64)> = Vec::new();
-    let mut generated = 0;
-    for (m, lines) in [(&minilm, embed_lines.clone()), (&gemma, vec![chat_line.clone()])] {
-        let t = Instant::now();
-        let engine = Engine::load(&ModelPackage::open(&m.path)?, &device)?;
-        let direct_load = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        exec.prepare_file(&m.id, &m.path)?;
-        exec.preload(&m.id)?;
-        let exec_load = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        cairn_runtime::inference::ModelTokenizer::load(&ModelPackage::open(&m.path)?)?;
-        let tokenizer_load = t.elapsed().as_secs_f64();
-        loads.push((direct_load, exec_load, tokenizer_load));
-        let req = requests_file(&dir, &lines)?;
-        let mut task = TaskRun::new(m.id, cairn_types::Limits { wall_ms: 600_000, ..Default::default() });
-        task.inputs.push(("requests.jsonl".into(), req));
-        let (mut direct, mut executor) = (Vec::new(), Vec::new());
-        for _ in 0..a.reps.max(1) {
-            let t = Instant::now();
-            if m.header.name == MINILM {
-                for i in 0..a.embeddings {
-                    engine.embed(&bench_sentence(i))?;
-                }
-            } else {
-                generated = engine.chat(BENCH_PROMPT, a.tokens)?.1;
-            }
-            direct.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            exec.run(&task)?;
-            executor.push(t.elapsed().as_secs_f64());
-        }
-        timings.push((median(&mut direct), median(&mut executor)));
-    }
-    drop(exec);
-
-    // The market: a devnet with one provider serving both models.
-    let mut market = None;
-    let mut market_added = None;
-    if !a.no_market {
-        let layout = crate::devnet::Layout {
-            validators: 1,
-            providers: 1,
-            p2p_port: 27_500,
-            api_port: 27_510,
-            provider_port: 27_520,
-            models: vec![(minilm.id, minilm.path.clone()), (gemma.id, gemma.path.clone())],
-            params: Vec::new(),
-        };
-        let mut net = crate::devnet::start(&a.home.join("net"), &layout, true, &[])?;
-        crate::devnet::wait_ready(&mut net, 2, Duration::from_secs(60)).await?;
-        crate::devnet::start_providers(&mut net, 1, Duration::from_secs(120)).await?;
-        let client = Client::new(&net.apis[0]);
-        let faucet = crate::keys::read_seed_file(&net.root.join("faucet.key"))?;
-        let served = crate::catalog::served_models(&client).await?;
-        let (sm, sg) =
-            (crate::catalog::find(&served, MINILM)?.clone(), crate::catalog::find(&served, GEMMA)?.clone());
-        // Each warm job's time minus the provider's own run time (from its log) is what the
-        // market adds: transactions, blocks, fetching inputs, committing.
-        let log = net.root.join("provider-0").join("provider.log");
-        let mut runs = Vec::new();
-        for (m, lines) in [(&sm, embed_lines.as_slice()), (&sg, std::slice::from_ref(&chat_line))] {
-            let cold = market_job(&client, &faucet, &dir, m, lines).await?.0;
-            let mut warm = Vec::new();
-            let mut added = Vec::new();
-            for _ in 0..a.reps.max(1) {
-                let (secs, job) = market_job(&client, &faucet, &dir, m, lines).await?;
-                warm.push(secs);
-                if let Some(ran) = provider_run_secs(&log, &cairn_types::TaskId::derive(&job, 0)) {
-                    added.push(secs - ran);
-                }
-            }
-            runs.push((cold, median(&mut warm), median(&mut added)));
-        }
-        let ((embed_cold, embed_warm, embed_added), (gen_cold, gen_warm, gen_added)) = (runs[0], runs[1]);
-        market_added = Some((embed_added, gen_added));
-        market = Some((embed_cold, embed_warm, gen_cold, gen_warm));
-        drop(net);
-    }
-
-    let n = a.embeddings as f64;
-    let k = generated as f64;
-    println!("Medians of {} rep(s).", a.reps.max(1));
-    println!();
-    println!(
-        "| model | measure | in-process (candle) | provider executor | ratio | market job, warm | market adds (job − provider's run) | budget (1.05× + 200 ms) | market job, cold |"
-    );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    let row = |name: &str, what: &str, direct: f64, exec: f64, units: f64, m: Option<(f64, f64, f64)>| {
-        let (warm, over, cold) = m.map_or(("–".into(), "–".into(), "–".into()), |(c, w, added)| {
-            (format!("{:.0} ms", w * 1e3), format!("{:.0} ms", added * 1e3), format!("{:.0} ms", c * 1e3))
-        });
-        println!(
-            "| {name} | {what} | {:.1}/s ({:.0} ms) | {:.1}/s ({:.0} ms) | {:.2}× | {warm} | {over} | {:.0} ms | {cold} |",
-            units / direct,
-            direct * 1e3,
-            units / exec,
-            exec * 1e3,
-            exec / direct,
-            (direct * 1.05 + 0.2) * 1e3,
-        );
-    };
-    row(
-        MINILM,
-        &format!("{} embeddings", a.embeddings),
-        timings[0].0,
-        timings[0].1,
-        n,
-        market.zip(market_added).map(|(m, x)| (m.0, m.1, x.0)),
-    );
-    row(
-        GEMMA,
-        &format!("{generated} tokens"),
-        timings[1].0,
-        timings[1].1,
-        k,
-        market.zip(market_added).map(|(m, x)| (m.2, m.3, x.1)),
-    );
-    println!();
-    println!(
-        "| model | cold load in-process | executor cold start (hash check + load) | tokenizer only (gateway) |"
-    );
-    println!("|---|---:|---:|---:|");
-    for (name, (d, e, t)) in [MINILM, GEMMA].iter().zip(&loads) {
-        println!("| {name} | {:.0} ms | {:.0} ms | {:.0} ms |", d * 1e3, e * 1e3, t * 1e3);
-    }
-    Ok(())
-}
-
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// How long the provider says it ran `task` (its `task ran … ms=` log line).
-fn provider_run_secs(log: &std::path::Path, task: &cairn_types::TaskId) -> Option<f64> {
+pub(crate) fn provider_run_secs(log: &std::path::Path, task: &cairn_types::TaskId) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
     let key = format!("task ran task={}", task.short());
     let line = text.lines().find(|l| l.contains(&key))?;

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_inference;
 mod bench_train;
 mod catalog;
 mod demo;

@@ -97,13 +97,17 @@ fn gguf(path: &Path) -> Result<(Family, Vec<(String, PathBuf)>)> {
     })?;
     let arch =
         ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-    if arch != "gemma3" {
-        return Err(unsupported(format!(
-            "{}: GGUF architecture {arch:?} is not supported (Cairn runs gemma3)",
-            path.display()
-        )));
-    }
-    Ok((Family::Gemma3, vec![("model.gguf".to_string(), path.to_path_buf())]))
+    let family = match arch.as_str() {
+        "gemma3" => Family::Gemma3,
+        "qwen2" => Family::Qwen2,
+        _ => {
+            return Err(unsupported(format!(
+                "{}: GGUF architecture {arch:?} is not supported (Cairn runs gemma3 and qwen2)",
+                path.display()
+            )));
+        }
+    };
+    Ok((family, vec![("model.gguf".to_string(), path.to_path_buf())]))
 }
 
 /// Build a package from local weights at `out`; returns its content id and family.
@@ -265,7 +269,7 @@ pub fn install_demo(dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<DemoModel
                 std::fs::rename(&tmp, &joined).map_err(io(&joined))?;
                 joined
             }
-            Family::CairnGpt => return Err(unsupported("trained models are not demo downloads")),
+            Family::Qwen2 | Family::CairnGpt => return Err(unsupported("not a demo download")),
         };
         progress(&format!("packaging {name}"));
         let (id, _) = import(&source, name, &path)?;

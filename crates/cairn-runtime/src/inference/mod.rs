@@ -12,9 +12,11 @@
 //! tolerance that can only escalate to a same-class re-run, never convict by itself.
 
 pub mod import;
+pub mod llm;
 pub mod models;
 pub mod package;
 pub mod request;
+pub mod tokenize;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,12 +26,13 @@ use std::time::Instant;
 use cairn_types::{ContentId, OutputBundle, WorkloadKind};
 pub use candle_core::Device;
 
-pub use models::{GEMMA_CONTEXT, ModelTokenizer};
+pub use models::ModelTokenizer;
 pub use package::{Family, ModelPackage, PackageHeader, hash_file, write_package};
 pub use request::{
     ChatMessage, ChatRequest, EmbeddingRequest, ReqError, RequestLine, ResultLine, commit_embeddings,
     commit_tokens, parse_results,
 };
+pub use tokenize::ChatTokenizer;
 
 use crate::{Executor, Outcome, Result, RunError, TaskRun, lock};
 use models::{GenParams, Loaded};
@@ -81,6 +84,11 @@ pub fn isa_class() -> String {
     {
         std::env::consts::ARCH.to_string()
     }
+}
+
+/// Threads the engine's CPU kernels use (`RAYON_NUM_THREADS`, else every core).
+pub fn engine_threads() -> usize {
+    candle_core::utils::get_num_threads()
 }
 
 /// Where the executor keeps its files and what it runs on.
@@ -220,7 +228,7 @@ impl InferenceExecutor {
                     }
                 }
             },
-            Family::Gemma3 | Family::CairnGpt => match line.chat() {
+            Family::Gemma3 | Family::Qwen2 | Family::CairnGpt => match line.chat() {
                 Err(e) => ResultLine::failed(index, custom_id, e),
                 Ok(req) => {
                     let seed = req.seed.unwrap_or_else(|| derive_seed(seed, index));
@@ -372,6 +380,80 @@ impl Engine {
     /// [`RunError::Runtime`] for anything the model refuses.
     pub fn embed(&self, text: &str) -> Result<Vec<f32>> {
         self.0.embed(text)?.map(|(v, _)| v).map_err(|e| RunError::Runtime(e.message))
+    }
+
+    /// The language model inside, for GGUF chat models.
+    pub fn llm(&self) -> Option<&llm::Llm> {
+        match &self.0 {
+            Loaded::Llm { llm, .. } => Some(llm),
+            _ => None,
+        }
+    }
+
+    /// The prompt ids of a one-message chat, as the model sees it (for a reference engine).
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] for a model that does not chat or a prompt it refuses.
+    pub fn chat_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        let Loaded::Llm { tokenizer, .. } = &self.0 else {
+            return Err(RunError::Runtime("not a GGUF chat model".into()));
+        };
+        let messages = [ChatMessage { role: "user".into(), content: prompt.into(), name: None }];
+        tokenizer.chat_prompt(&messages).map_err(|e| RunError::Runtime(e.message))
+    }
+
+    /// Greedy generation of exactly `tokens` tokens after `prompt` (end tokens banned), the
+    /// way a reference engine is timed: returns the ids, the prompt pass and the generation time.
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] for a model that does not chat or an engine failure.
+    pub fn generate_exact(
+        &self,
+        prompt: &[u32],
+        tokens: usize,
+    ) -> Result<(Vec<u32>, std::time::Duration, std::time::Duration)> {
+        let Loaded::Llm { llm, tokenizer } = &self.0 else {
+            return Err(RunError::Runtime("not a GGUF chat model".into()));
+        };
+        let banned: Vec<usize> = (0..llm.cfg.vocab).filter(|i| tokenizer.is_stop(*i as u32)).collect();
+        let t0 = Instant::now();
+        let mut seq = llm.sequence();
+        let mut row = llm.forward(&mut [(&mut seq, prompt)])?.pop().unwrap_or_default();
+        let prompt_time = t0.elapsed();
+        let mut ids = Vec::with_capacity(tokens);
+        while ids.len() < tokens {
+            for i in &banned {
+                row[*i] = f32::NEG_INFINITY;
+            }
+            let next = llm::Llm::argmax(&row);
+            ids.push(next);
+            row = llm.forward(&mut [(&mut seq, &[next])])?.pop().unwrap_or_default();
+        }
+        Ok((ids, prompt_time, t0.elapsed() - prompt_time))
+    }
+
+    /// Fed `prompt` and then another engine's greedy tokens `ids`, how many of those tokens this
+    /// engine would also have picked (end tokens banned as in [`Engine::generate_exact`]): a
+    /// check of the numerics that one early near-tie cannot derail.
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] for a model that does not chat or an engine failure.
+    pub fn agreement(&self, prompt: &[u32], ids: &[u32]) -> Result<usize> {
+        let Loaded::Llm { llm, tokenizer } = &self.0 else {
+            return Err(RunError::Runtime("not a GGUF chat model".into()));
+        };
+        let banned: Vec<usize> = (0..llm.cfg.vocab).filter(|i| tokenizer.is_stop(*i as u32)).collect();
+        let mut seq = llm.sequence();
+        let mut row = llm.forward(&mut [(&mut seq, prompt)])?.pop().unwrap_or_default();
+        let mut same = 0;
+        for id in ids {
+            for i in &banned {
+                row[*i] = f32::NEG_INFINITY;
+            }
+            same += usize::from(llm::Llm::argmax(&row) == *id);
+            row = llm.forward(&mut [(&mut seq, &[*id])])?.pop().unwrap_or_default();
+        }
+        Ok(same)
     }
 
     /// A greedy chat reply of at most `max_tokens`; returns the text and the tokens generated.

@@ -27,6 +27,8 @@ pub enum Family {
     Bert,
     /// Gemma 3 text generation from a GGUF file (`model.gguf`, tokenizer inside).
     Gemma3,
+    /// Qwen 2 / 2.5 chat from a GGUF file (`model.gguf`, tokenizer and template inside).
+    Qwen2,
     /// A character-level language model trained on Cairn (`model.json`, `checkpoint.safetensors`:
     /// the final round's output of a `train` job).
     #[serde(rename = "cairn-gpt")]
@@ -38,14 +40,23 @@ impl Family {
     pub fn task(self) -> &'static str {
         match self {
             Family::Bert => "embeddings",
-            Family::Gemma3 | Family::CairnGpt => "chat",
+            Family::Gemma3 | Family::Qwen2 | Family::CairnGpt => "chat",
+        }
+    }
+
+    /// The GGUF architecture of a GGUF family.
+    pub fn gguf_arch(self) -> Option<&'static str> {
+        match self {
+            Family::Gemma3 => Some("gemma3"),
+            Family::Qwen2 => Some("qwen2"),
+            Family::Bert | Family::CairnGpt => None,
         }
     }
 
     fn required(self) -> &'static [&'static str] {
         match self {
             Family::Bert => &["config.json", "model.safetensors", "tokenizer.json"],
-            Family::Gemma3 => &["model.gguf"],
+            Family::Gemma3 | Family::Qwen2 => &["model.gguf"],
             Family::CairnGpt => &["model.json", "checkpoint.safetensors"],
         }
     }

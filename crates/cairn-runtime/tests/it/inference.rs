@@ -115,7 +115,7 @@ fn bad_requests_fail_alone_and_the_task_still_commits() {
     assert_eq!(r[3].error.as_ref().unwrap().code.as_deref(), Some("unsupported_parameter"));
     assert_eq!(r[4].custom_id.as_deref(), Some("req-9"));
     assert!(r[4].embeddings.is_some());
-    let prompt = format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "hello ".repeat(600));
+    let prompt = format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "hello ".repeat(5000));
     let (g, _) = run_lines(
         GEMMA,
         &[&prompt, r#"{"messages": []}"#, r#"{"messages": [{"role": "user", "content": "hi"}], "n": 2}"#],
@@ -128,7 +128,7 @@ fn bad_requests_fail_alone_and_the_task_still_commits() {
 #[test]
 fn gemma_tokenizer_round_trips_and_never_makes_control_tokens_from_text() {
     let pkg = ModelPackage::open(&model(GEMMA).path).unwrap();
-    let ModelTokenizer::Gemma(t) = ModelTokenizer::load(&pkg).unwrap() else { panic!("not gemma") };
+    let ModelTokenizer::Chat(t, _) = ModelTokenizer::load(&pkg).unwrap() else { panic!("not a chat model") };
     for s in ["Hello world", "  two  spaces\nand lines\n\n", "naïve café 東京 🚀", "<b>html</b> x=1"] {
         let ids = t.encode(s).unwrap();
         assert!(!ids.is_empty());
@@ -154,7 +154,7 @@ fn gemma_tokenizer_round_trips_and_never_makes_control_tokens_from_text() {
 #[test]
 fn gemma_tokenizer_matches_sentencepiece() {
     let pkg = ModelPackage::open(&model(GEMMA).path).unwrap();
-    let ModelTokenizer::Gemma(t) = ModelTokenizer::load(&pkg).unwrap() else { panic!("not gemma") };
+    let ModelTokenizer::Chat(t, _) = ModelTokenizer::load(&pkg).unwrap() else { panic!("not a chat model") };
     let cases: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(crate::testdata("gemma-tokens.json")).unwrap()).unwrap();
     assert!(cases.len() >= 12);
@@ -231,4 +231,56 @@ fn same_outputs_with_any_thread_count() {
         seen.push(std::fs::read_to_string(&out).unwrap());
     }
     assert_eq!(seen[0], seen[1], "1 thread vs 3 threads");
+}
+
+/// Continuous batching must not change a sequence's numbers: the same prompts decoded one at a
+/// time and all together (each at its own position) give bit-identical logits at every step.
+#[test]
+fn batched_decoding_gives_every_sequence_the_bits_it_gets_alone() {
+    use cairn_runtime::inference::{Device, Engine};
+    let engine = Engine::load(&ModelPackage::open(&model(GEMMA).path).unwrap(), &Device::Cpu).unwrap();
+    let llm = engine.llm().unwrap();
+    let prompts: Vec<Vec<u32>> = ["Hello", "Name three rivers in Europe and say where each flows.", "1 2 3"]
+        .iter()
+        .map(|p| engine.chat_prompt(p).unwrap())
+        .collect();
+    let steps = 6;
+    // Alone: each prompt, then greedy tokens one by one.
+    let mut alone: Vec<Vec<Vec<u32>>> = Vec::new();
+    let mut tokens: Vec<Vec<u32>> = Vec::new();
+    for p in &prompts {
+        let mut seq = llm.sequence();
+        let mut rows = vec![llm.forward(&mut [(&mut seq, p.as_slice())]).unwrap().remove(0)];
+        let mut toks = Vec::new();
+        for _ in 0..steps {
+            let next = cairn_runtime::inference::llm::Llm::argmax(rows.last().unwrap());
+            toks.push(next);
+            rows.push(llm.forward(&mut [(&mut seq, &[next][..])]).unwrap().remove(0));
+        }
+        alone.push(rows.iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect());
+        tokens.push(toks);
+    }
+    // Together: the prompts prefilled one by one (each is its own pass), then every decode step
+    // batched across all sequences at their different positions.
+    let mut seqs: Vec<_> = prompts.iter().map(|_| llm.sequence()).collect();
+    let mut together: Vec<Vec<Vec<u32>>> = vec![Vec::new(); prompts.len()];
+    for (i, p) in prompts.iter().enumerate() {
+        let r = llm.forward(&mut [(&mut seqs[i], p.as_slice())]).unwrap().remove(0);
+        together[i].push(r.iter().map(|v| v.to_bits()).collect());
+    }
+    for step in 0..steps {
+        let inputs: Vec<[u32; 1]> = tokens.iter().map(|t| [t[step]]).collect();
+        let mut batch: Vec<(&mut cairn_runtime::inference::llm::Sequence, &[u32])> =
+            seqs.iter_mut().zip(&inputs).map(|(s, t)| (s, &t[..])).collect();
+        let rows = llm.forward(&mut batch).unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            together[i].push(r.iter().map(|v| v.to_bits()).collect());
+        }
+    }
+    for i in 0..prompts.len() {
+        assert_eq!(alone[i].len(), together[i].len());
+        for (step, (a, b)) in alone[i].iter().zip(&together[i]).enumerate() {
+            assert!(a == b, "sequence {i} differs at step {step} when batched");
+        }
+    }
 }
