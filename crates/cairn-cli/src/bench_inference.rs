@@ -37,9 +37,13 @@ pub(crate) struct InferenceArgs {
     /// prompt and thread count, and print the ratios.
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// Only the engine-vs-reference comparison (skips embeddings, executor and market).
-    #[arg(long, requires = "reference")]
+    /// Only the engine-vs-reference comparison and the concurrency table (skips embeddings,
+    /// the executor and the market).
+    #[arg(long)]
     reference_only: bool,
+    /// Concurrent chat requests to one provider's executor (continuous batching), e.g. 1,4,16.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
 }
 
 /// The reference runner, shipped inside the binary so the benchmark runs from anywhere.
@@ -109,9 +113,12 @@ pub(crate) async fn run(a: InferenceArgs) -> Result<()> {
     let device = cairn_runtime::inference::Device::Cpu;
     if let Some(python) = &a.reference {
         reference(python, &gemma, &dir, a.tokens, a.reps)?;
-        if a.reference_only {
-            return Ok(());
-        }
+    }
+    if !a.concurrency.is_empty() {
+        concurrency(&gemma, &dir, a.tokens, &a.concurrency)?;
+    }
+    if a.reference_only {
+        return Ok(());
     }
     let embed_lines: Vec<serde_json::Value> =
         (0..a.embeddings).map(|i| serde_json::json!({ "input": bench_sentence(i) })).collect();
@@ -342,6 +349,82 @@ fn reference(
         "The two engines' greedy tokens agree for the first {same} of {tokens}; fed llama.cpp's tokens, Cairn picks the same next token {forced} times of {}.",
         ref_ids.len()
     );
+    println!();
+    Ok(())
+}
+
+/// Aggregate generation throughput of one provider's executor with `n` chat tasks at once (each
+/// one request of `tokens` greedy tokens): its decode loop batches them.
+fn concurrency(
+    model: &crate::model::StoredModel,
+    dir: &std::path::Path,
+    tokens: usize,
+    levels: &[usize],
+) -> Result<()> {
+    use cairn_runtime::{Executor as _, InferenceConfig, InferenceExecutor, TaskRun};
+    use std::sync::Arc;
+    let exec = Arc::new(InferenceExecutor::new(InferenceConfig::cpu(dir.join("concurrency"))));
+    exec.prepare_file(&model.id, &model.path)?;
+    exec.preload(&model.id)?;
+    let task = |i: usize| -> Result<TaskRun> {
+        let req = dir.join(format!("concurrent-{i}.jsonl"));
+        let line = serde_json::json!({
+            "messages": [{ "role": "user", "content": format!("{BENCH_PROMPT} Story number {i}.") }],
+            "max_tokens": tokens, "temperature": 0,
+        });
+        std::fs::write(&req, format!("{line}\n"))?;
+        let mut t = TaskRun::new(model.id, cairn_types::Limits { wall_ms: 3_600_000, ..Default::default() });
+        t.inputs.push(("requests.jsonl".into(), req));
+        t.seed = [i as u8; 32];
+        Ok(t)
+    };
+    // Warm the loop once.
+    exec.run(&task(0)?)?;
+    let mut rows = Vec::new();
+    for &n in levels {
+        let tasks: Vec<TaskRun> = (0..n.max(1)).map(task).collect::<Result<_>>()?;
+        let t0 = Instant::now();
+        let outs: Vec<Result<cairn_runtime::Outcome, cairn_runtime::RunError>> = std::thread::scope(|s| {
+            let hs: Vec<_> = tasks
+                .iter()
+                .map(|t| {
+                    let e = exec.clone();
+                    s.spawn(move || e.run(t))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| Err(cairn_runtime::RunError::Runtime("panicked".into())))
+                })
+                .collect()
+        });
+        let wall = t0.elapsed().as_secs_f64();
+        let mut generated = 0u64;
+        let mut slowest = 0f64;
+        for o in outs {
+            let o = o?;
+            slowest = slowest.max(o.wall_ms as f64 / 1e3);
+            let text =
+                String::from_utf8_lossy(o.bundle.files.get("results.jsonl").map_or(&[][..], Vec::as_slice))
+                    .to_string();
+            for r in cairn_runtime::inference::parse_results(&text)? {
+                generated += r.completion_tokens;
+            }
+        }
+        eprintln!("{n} concurrent: {generated} tokens in {wall:.1} s");
+        rows.push((n, generated, wall, slowest));
+    }
+    let single = rows.first().map_or(1.0, |r| r.1 as f64 / r.2);
+    println!("{} on one provider's executor, {tokens} greedy tokens per request:", model.header.name);
+    println!();
+    println!(
+        "| concurrent requests | tokens generated | wall | aggregate tok/s | vs first row | slowest request |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (n, g, w, slow) in rows {
+        let rate = g as f64 / w;
+        println!("| {n} | {g} | {w:.1} s | {rate:.1} | {:.2}× | {slow:.1} s |", rate / single);
+    }
     println!();
     Ok(())
 }

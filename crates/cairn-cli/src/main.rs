@@ -98,7 +98,29 @@ fn init_logging() {
         .try_init();
 }
 
+/// The engine's kernels ask for their thread count on every matrix product; without
+/// `RAYON_NUM_THREADS` each ask reads `/proc/cpuinfo` (a fifth of a decode step under load).
+/// Fix the count once, before any thread starts, by re-executing this same process image with
+/// it set (same pid, so signals and exit codes are untouched).
+#[cfg(unix)]
+fn pin_engine_threads() {
+    use std::os::unix::process::CommandExt as _;
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let n = cairn_runtime::inference::engine_threads();
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("RAYON_NUM_THREADS", n.to_string())
+        .exec();
+    // Only reached when the exec failed: carry on with the slower default.
+    eprintln!("warning: could not fix the engine's thread count ({err}); continuing");
+}
+
 fn main() {
+    #[cfg(unix)]
+    pin_engine_threads();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -11,6 +11,7 @@
 //! instruction-set class results must match bit for bit; across classes [`compare`] applies a
 //! tolerance that can only escalate to a same-class re-run, never convict by itself.
 
+pub mod batch;
 pub mod import;
 pub mod llm;
 pub mod models;
@@ -118,12 +119,20 @@ impl InferenceConfig {
     }
 }
 
+/// Where a task's generated tokens go as they are made: the task's seed (its id), the
+/// request's index in the task, and the event.
+pub type TaskTokenSink = Arc<dyn Fn(&[u8; 32], u64, &batch::TokenEvent) + Send + Sync>;
+
+/// A loaded model and, for GGUF chat models, its decode loop.
+type LoadedModel = (Arc<Loaded>, Option<batch::Batcher>);
+
 /// The `inference` executor.
 pub struct InferenceExecutor {
     cfg: InferenceConfig,
     packages: Mutex<BTreeMap<ContentId, ModelPackage>>,
-    loaded: Mutex<BTreeMap<ContentId, Arc<Loaded>>>,
+    loaded: Mutex<BTreeMap<ContentId, LoadedModel>>,
     loading: Mutex<()>,
+    sink: Mutex<Option<TaskTokenSink>>,
 }
 
 impl std::fmt::Debug for InferenceExecutor {
@@ -140,7 +149,18 @@ impl InferenceExecutor {
             packages: Mutex::new(BTreeMap::new()),
             loaded: Mutex::new(BTreeMap::new()),
             loading: Mutex::new(()),
+            sink: Mutex::new(None),
         }
+    }
+
+    /// What the decode loop of a loaded chat model has done.
+    pub fn batch_stats(&self, id: &ContentId) -> Option<Arc<batch::BatchStats>> {
+        lock(&self.loaded).get(id).and_then(|(_, b)| b.as_ref().map(|b| b.stats.clone()))
+    }
+
+    /// Send every generated token to `sink` as it is made (a provider's live streams).
+    pub fn set_token_sink(&self, sink: TaskTokenSink) {
+        *lock(&self.sink) = Some(sink);
     }
 
     /// True when it runs on a GPU.
@@ -167,7 +187,7 @@ impl InferenceExecutor {
         self.model(id).map(|_| ())
     }
 
-    fn model(&self, id: &ContentId) -> Result<Arc<Loaded>> {
+    fn model(&self, id: &ContentId) -> Result<LoadedModel> {
         if let Some(m) = lock(&self.loaded).get(id) {
             return Ok(m.clone());
         }
@@ -179,17 +199,19 @@ impl InferenceExecutor {
         let started = Instant::now();
         let m = Arc::new(Loaded::load(&pkg, &self.cfg.device)?);
         tracing::info!(model = %pkg.header.name, ms = started.elapsed().as_millis() as u64, "model loaded");
-        lock(&self.loaded).insert(*id, m.clone());
-        Ok(m)
+        // GGUF chat models decode in one shared loop, so concurrent tasks batch together.
+        let batcher = matches!(&*m, Loaded::Llm { .. }).then(|| batch::Batcher::start(m.clone()));
+        lock(&self.loaded).insert(*id, (m.clone(), batcher.clone()));
+        Ok((m, batcher))
     }
 
     fn serve_line(
         &self,
-        model: &Loaded,
+        (model, batcher): &LoadedModel,
         family: Family,
         line: &RequestLine,
         index: u64,
-        seed: &[u8; 32],
+        task_seed: &[u8; 32],
     ) -> Result<ResultLine> {
         let custom_id = line.custom_id.clone();
         Ok(match family {
@@ -231,7 +253,7 @@ impl InferenceExecutor {
             Family::Gemma3 | Family::Qwen2 | Family::CairnGpt => match line.chat() {
                 Err(e) => ResultLine::failed(index, custom_id, e),
                 Ok(req) => {
-                    let seed = req.seed.unwrap_or_else(|| derive_seed(seed, index));
+                    let seed = req.seed.unwrap_or_else(|| derive_seed(task_seed, index));
                     let params = GenParams {
                         max_tokens: Some(
                             req.max_new_tokens()
@@ -242,7 +264,23 @@ impl InferenceExecutor {
                         seed,
                         stop: req.stop.as_ref().map(request::OneOrMany::to_vec).unwrap_or_default(),
                     };
-                    match model.chat(&req.messages, &params)? {
+                    let generated = match (&**model, batcher) {
+                        (Loaded::Llm { tokenizer, .. }, Some(b)) => {
+                            match tokenizer.chat_prompt(&req.messages) {
+                                Err(e) => Ok(Err(e)),
+                                Ok(prompt) => {
+                                    let on_token = lock(&self.sink).clone().map(|sink| {
+                                        let task = *task_seed;
+                                        let f: batch::TokenFn = Arc::new(move |e| sink(&task, index, e));
+                                        f
+                                    });
+                                    b.generate(prompt, params, on_token)
+                                }
+                            }
+                        }
+                        _ => model.chat(&req.messages, &params),
+                    };
+                    match generated? {
                         Err(e) => ResultLine::failed(index, custom_id, e),
                         Ok(g) => ResultLine {
                             index,

@@ -271,39 +271,7 @@ impl Loaded {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        let context = llm.cfg.context;
-        if prompt.len() >= context {
-            return Ok(Err(ReqError::context(prompt.len(), context)));
-        }
-        let room = context.saturating_sub(prompt.len());
-        let max_new = p.max_tokens.unwrap_or(room).min(room);
-        let mut sampler = LogitsProcessor::from_sampling(p.seed, sampling(p));
-        let mut seq = llm.sequence();
-        let mut ids: Vec<u32> = Vec::new();
-        let mut finish = "length";
-        let mut input = prompt.clone();
-        while ids.len() < max_new {
-            let row = llm.forward(&mut [(&mut seq, input.as_slice())])?.pop().unwrap_or_default();
-            let logits = Tensor::from_vec(row, llm.cfg.vocab, &Device::Cpu).map_err(engine)?;
-            let next = sampler.sample(&logits).map_err(engine)?;
-            if tokenizer.is_stop(next) {
-                finish = "stop";
-                break;
-            }
-            ids.push(next);
-            if !p.stop.is_empty()
-                && let Some(g) =
-                    stopped(tokenizer.decode(&ids).unwrap_or_default(), &ids, prompt.len(), &p.stop)
-            {
-                return Ok(Ok(g));
-            }
-            input = vec![next];
-        }
-        let text = match tokenizer.decode(&ids) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(Ok(Generation { text, ids, prompt_tokens: prompt.len(), finish }))
+        super::batch::generate(llm, tokenizer, &prompt, p, None)
     }
 }
 
@@ -313,7 +281,7 @@ fn stopped(text: String, ids: &[u32], prompt_tokens: usize, stop: &[String]) -> 
     Some(Generation { text: text[..cut].to_string(), ids: ids.to_vec(), prompt_tokens, finish: "stop" })
 }
 
-fn sampling(p: &GenParams) -> Sampling {
+pub(crate) fn sampling(p: &GenParams) -> Sampling {
     if p.temperature <= 0.0 {
         Sampling::ArgMax
     } else if p.top_p < 1.0 {

@@ -284,3 +284,74 @@ fn batched_decoding_gives_every_sequence_the_bits_it_gets_alone() {
         }
     }
 }
+
+/// Concurrent tasks on one executor decode in one batch; each gets exactly the answer it gets
+/// alone, and its live token stream spells the committed answer.
+#[test]
+fn concurrent_tasks_batch_and_stream_the_answers_they_get_alone() {
+    use cairn_runtime::inference::batch::TokenEvent;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    let m = model(GEMMA);
+    let exec = Arc::new(InferenceExecutor::new(InferenceConfig::cpu(scratch("batching"))));
+    exec.prepare_file(&m.id, &m.path).unwrap();
+    type Streams = BTreeMap<([u8; 32], u64), Vec<TokenEvent>>;
+    let streams: Arc<Mutex<Streams>> = Arc::default();
+    let s = streams.clone();
+    exec.set_token_sink(Arc::new(move |task, index, e| {
+        s.lock().unwrap().entry((*task, index)).or_default().push(e.clone());
+    }));
+    let lines = [
+        r#"{"messages": [{"role": "user", "content": "Tell me about stones."}], "max_tokens": 24, "temperature": 0}"#,
+        r#"{"messages": [{"role": "user", "content": "Count: one, two,"}], "max_tokens": 16, "temperature": 0.8, "seed": 7}"#,
+        r#"{"messages": [{"role": "user", "content": "Write a poem about rivers."}], "max_tokens": 30, "temperature": 1.0, "seed": 3, "stop": ["\n"]}"#,
+        r#"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}"#,
+    ];
+    let task = |i: usize| {
+        let dir = scratch(&format!("batching-{i}"));
+        let req = dir.join("requests.jsonl");
+        std::fs::write(&req, format!("{}\n", lines[i])).unwrap();
+        let mut t = TaskRun::new(m.id, Limits::default()).input("requests.jsonl", &req);
+        t.seed = [i as u8 + 1; 32];
+        t
+    };
+    let results = |o: cairn_runtime::Outcome| -> Vec<ResultLine> {
+        parse_results(std::str::from_utf8(&o.bundle.files[RESULTS_FILE]).unwrap()).unwrap()
+    };
+    let together: Vec<Vec<ResultLine>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..lines.len())
+            .map(|i| {
+                let (exec, t) = (exec.clone(), task(i));
+                sc.spawn(move || exec.run(&t).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| results(h.join().unwrap())).collect()
+    });
+    let streamed = std::mem::take(&mut *streams.lock().unwrap());
+    let peak = exec.batch_stats(&m.id).unwrap().peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(peak >= 2, "the four tasks never decoded together (peak batch {peak})");
+    for i in 0..lines.len() {
+        let alone = results(exec.run(&task(i)).unwrap());
+        assert_eq!(together[i], alone, "task {i} differs when batched");
+        let r = &together[i][0];
+        assert!(r.error.is_none(), "{:?}", r.error);
+        let events = &streamed[&([i as u8 + 1; 32], 0)];
+        let ids: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Token { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Token { delta, .. } => Some(delta.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(Some(&ids), r.token_ids.as_ref(), "task {i}: streamed ids");
+        assert_eq!(Some(&text), r.text.as_ref(), "task {i}: streamed text");
+        assert!(matches!(events.last(), Some(TokenEvent::Done { .. })), "task {i}: the stream ends");
+    }
+}
