@@ -5,6 +5,7 @@ Usage: OPENAI_BASE_URL=http://127.0.0.1:PORT/v1 python client_check.py EMBED_MOD
 
 import base64
 import json
+import time
 import struct
 import sys
 
@@ -47,6 +48,7 @@ report["chat"] = {
     "object": chat.object,
 }
 
+t0 = time.monotonic()
 stream = client.chat.completions.create(
     model=chat_model,
     messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}],
@@ -55,16 +57,25 @@ stream = client.chat.completions.create(
     stream=True,
     stream_options={"include_usage": True},
 )
-pieces, finish, usage = [], None, None
+pieces, finish, usage, first, done, cairn = [], None, None, None, None, None
 for chunk in stream:
     if chunk.usage is not None:
         usage = chunk.usage.total_tokens
+    extra = chunk.model_extra or {}
+    if "cairn" in extra:
+        cairn = extra["cairn"]
     for c in chunk.choices:
         if c.delta.content:
             pieces.append(c.delta.content)
+            if first is None:
+                first = time.monotonic() - t0
         if c.finish_reason:
             finish = c.finish_reason
-report["stream"] = {"content": "".join(pieces), "chunks": len(pieces), "finish_reason": finish, "total_tokens": usage}
+            done = time.monotonic() - t0
+report["stream"] = {
+    "content": "".join(pieces), "chunks": len(pieces), "finish_reason": finish, "total_tokens": usage,
+    "first_token_s": first, "done_s": done, "cairn_stream": (cairn or {}).get("stream"),
+}
 
 
 def error_of(fn):

@@ -20,6 +20,8 @@ pub(crate) struct ServedModel {
     pub(crate) providers: Vec<(Address, Amount)>,
     /// The serving providers' endpoints (each serves the package from its blob store).
     pub(crate) endpoints: Vec<String>,
+    /// Each serving provider's endpoint.
+    pub(crate) endpoint_of: BTreeMap<Address, String>,
 }
 
 impl ServedModel {
@@ -56,7 +58,9 @@ pub(crate) async fn served_models(client: &Client) -> Result<BTreeMap<ContentId,
                 task: task.to_string(),
                 providers: Vec::new(),
                 endpoints: Vec::new(),
+                endpoint_of: BTreeMap::new(),
             });
+            e.endpoint_of.insert(p.owner, p.info.endpoint.clone());
             e.providers.push((p.owner, price));
             e.endpoints.push(p.info.endpoint.clone());
         }

@@ -53,6 +53,9 @@ pub(crate) struct Ctx {
     pub(crate) specs: Mutex<BTreeMap<JobId, JobSpec>>,
     pub(crate) pricing: Box<dyn PricingPolicy>,
     pub(crate) slots: Semaphore,
+    /// Inference tasks run at once: they share each model's decode loop, which batches them.
+    pub(crate) infer_slots: Semaphore,
+    pub(crate) streams: Arc<crate::streams::Streams>,
     pub(crate) wake: Notify,
 }
 
@@ -136,6 +139,9 @@ pub async fn run(home: &Path) -> Result<()> {
     let blobs = Arc::new(BlobStore::open(home.blobs())?);
     let fetcher = Fetcher::new();
     let infer = Arc::new(InferenceExecutor::new(inference_config(&cfg, &home)));
+    let streams = Arc::new(crate::streams::Streams::new(key.clone()));
+    let sink = streams.clone();
+    infer.set_token_sink(Arc::new(move |task, index, ev| sink.token(&TaskId(*task), index, ev)));
     let model_attrs = prepare_models(&cfg, &blobs, &fetcher, &infer).await?;
     let ctx = Arc::new(Ctx {
         me: key.address(),
@@ -156,6 +162,8 @@ pub async fn run(home: &Path) -> Result<()> {
         specs: Mutex::new(BTreeMap::new()),
         pricing,
         slots: Semaphore::new(cfg.max_parallel),
+        infer_slots: Semaphore::new(cfg.max_parallel.max(cairn_runtime::inference::batch::MAX_BATCH)),
+        streams,
         wake: Notify::new(),
         cfg,
     });
@@ -189,17 +197,24 @@ async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
         Error::Config(format!("cannot listen on {} (`listen` in provider.toml): {e}", ctx.cfg.listen))
     })?;
     let status_ctx = ctx.clone();
-    let app = cairn_blobs::router(ctx.blobs.clone(), 1 << 20).route(
-        "/provider/status",
-        axum::routing::get(move || {
-            let c = status_ctx.clone();
-            async move {
-                let tasks = c.ledger.lock().unwrap_or_else(|p| p.into_inner()).tasks.clone();
-                let active = c.active.lock().unwrap_or_else(|p| p.into_inner()).len();
-                axum::Json(serde_json::json!({ "provider": c.me, "active": active, "tasks": tasks }))
-            }
-        }),
-    );
+    let assigned_ctx = ctx.clone();
+    let assigned = Arc::new(move |t: &TaskId| {
+        assigned_ctx.active.lock().unwrap_or_else(|p| p.into_inner()).contains(t)
+            || assigned_ctx.ledger.lock().unwrap_or_else(|p| p.into_inner()).tasks.contains_key(t)
+    });
+    let app = cairn_blobs::router(ctx.blobs.clone(), 1 << 20)
+        .merge(crate::streams::router(ctx.streams.clone(), assigned))
+        .route(
+            "/provider/status",
+            axum::routing::get(move || {
+                let c = status_ctx.clone();
+                async move {
+                    let tasks = c.ledger.lock().unwrap_or_else(|p| p.into_inner()).tasks.clone();
+                    let active = c.active.lock().unwrap_or_else(|p| p.into_inner()).len();
+                    axum::Json(serde_json::json!({ "provider": c.me, "active": active, "tasks": tasks }))
+                }
+            }),
+        );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "blob endpoint stopped");
@@ -438,12 +453,13 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
                     },
                 )
             });
-            let Ok(_permit) = ctx.slots.acquire().await else { return };
             let Some(spec) = spec_of(ctx, &task.job).await else {
                 warn!(task = %task.id.short(), "cannot read the job spec; will retry");
                 ctx.ledger(|l| l.tasks.remove(&task.id));
                 return;
             };
+            let slots = if spec.kind == WorkloadKind::Inference { &ctx.infer_slots } else { &ctx.slots };
+            let Ok(_permit) = slots.acquire().await else { return };
             let forge = ctx.cfg.behaviour.cheats_on(&task.id);
             match crate::pipeline::execute(ctx, &task, &spec, forge).await {
                 Ok(r) => {

@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod ledger;
 mod pipeline;
 pub mod sender;
+mod streams;
 mod train;
 
 pub use bids::{Posted, PricingPolicy, Undercut};

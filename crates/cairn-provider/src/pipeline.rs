@@ -80,8 +80,11 @@ pub(crate) async fn execute(
         exec.run(&run)
     })
     .await
-    .map_err(|e| Error::Config(format!("executor thread: {e}")))?;
-    let outcome = match ran {
+    .map_err(|e| Error::Config(format!("executor thread: {e}")));
+    if spec.kind == WorkloadKind::Inference {
+        ctx.streams.end_task(&task.id);
+    }
+    let outcome = match ran? {
         Ok(o) => o,
         // The job itself cannot run (not a module, output over its cap): every honest provider
         // and auditor gets the same, so the failure is the result, committed and paid like one.

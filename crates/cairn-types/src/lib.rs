@@ -58,6 +58,7 @@ mod job;
 mod keys;
 mod provider;
 mod receipt;
+pub mod stream;
 mod train;
 mod tx;
 

@@ -253,6 +253,11 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
     // Same request, greedy: the stream carries the same verified answer.
     assert_eq!(r["stream"]["content"], chat["content"]);
     assert!(r["stream"]["chunks"].as_u64().unwrap() >= 1);
+    // Tokens came live from the provider's signed stream, and the commitment matched them.
+    let live = &r["stream"]["cairn_stream"];
+    assert!(live["tokens"].as_u64().unwrap() >= 1, "{live}");
+    assert_eq!(live["verified"], true, "{live}");
+    assert!(r["stream"]["first_token_s"].as_f64().unwrap() <= r["stream"]["done_s"].as_f64().unwrap());
     assert_eq!(r["stream"]["total_tokens"], chat["usage"]["total_tokens"]);
     let errs = &r["errors"];
     assert_eq!(

@@ -13,7 +13,6 @@ use anyhow::{Context as _, Result};
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -40,6 +39,8 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::catalog::{ServedModel, served_models};
+
+mod stream;
 use crate::keys::KeyArgs;
 
 /// `cairn gateway`.
@@ -75,6 +76,8 @@ struct Metrics {
     requests: Family<Labels, Counter>,
     latency: Histogram,
     tokens: Counter,
+    first_token: Histogram,
+    stream_mismatch: Counter,
 }
 
 impl Metrics {
@@ -86,12 +89,26 @@ impl Metrics {
         registry.register("request_seconds", "Time to answer a served request", latency.clone());
         let tokens = Counter::default();
         registry.register("tokens", "Prompt and completion tokens served", tokens.clone());
-        Metrics { registry, requests, latency, tokens }
+        let first_token = Histogram::new([0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]);
+        registry.register(
+            "first_token_seconds",
+            "Time from a streamed chat request to its first token",
+            first_token.clone(),
+        );
+        let stream_mismatch = Counter::default();
+        registry.register(
+            "stream_mismatches",
+            "Streams whose provider committed other tokens than it streamed and signed",
+            stream_mismatch.clone(),
+        );
+        Metrics { registry, requests, latency, tokens, first_token, stream_mismatch }
     }
 }
 
 struct Gateway {
     client: Client,
+    /// For providers' live streams.
+    http: reqwest::Client,
     sender: Sender,
     fetcher: Fetcher,
     cache: BlobStore,
@@ -227,6 +244,12 @@ impl Gateway {
 
     /// Run one request as a one-task job and return its verified result.
     async fn serve(&self, m: &ServedModel, body: &Value) -> Result<Served, ApiError> {
+        let job = self.submit(m, body).await?;
+        self.wait_result(job, Instant::now() + self.timeout).await
+    }
+
+    /// Submit one request as a one-task job; returns the job once the chain has taken it.
+    async fn submit(&self, m: &ServedModel, body: &Value) -> Result<JobId, ApiError> {
         let unavailable =
             |e: &dyn std::fmt::Display| ApiError::server(StatusCode::BAD_GATEWAY, "node_unavailable", e);
         let line = format!("{body}\n").into_bytes();
@@ -266,7 +289,6 @@ impl Gateway {
                 unavailable(&e)
             }
         })?;
-        let deadline = Instant::now() + self.timeout;
         // Inclusion is waited for on its own clock: a job that lands must be seen, so that it
         // can be cancelled if its result is late.
         let (_, receipt) = self
@@ -291,6 +313,14 @@ impl Gateway {
             }
             Receipt::EndBlock { .. } => return Err(unavailable(&"unexpected receipt")),
         };
+        Ok(job)
+    }
+
+    /// Wait for the job's committed output, fetch it (verified) and read its result; cancel
+    /// (refunding) the job at `deadline`.
+    async fn wait_result(&self, job: JobId, deadline: Instant) -> Result<Served, ApiError> {
+        let unavailable =
+            |e: &dyn std::fmt::Display| ApiError::server(StatusCode::BAD_GATEWAY, "node_unavailable", e);
         loop {
             let v =
                 crate::job::job_view(&self.client, &job).await.map_err(|e| unavailable(&format!("{e:#}")))?;
@@ -461,7 +491,7 @@ async fn chat(State(g): Gw, body: Bytes) -> Response {
     finish(&g, "chat_completions", started, r)
 }
 
-async fn chat_inner(g: &Gateway, body: &[u8]) -> Result<Response, ApiError> {
+async fn chat_inner(g: &Arc<Gateway>, body: &[u8]) -> Result<Response, ApiError> {
     let line = parse_body(body)?;
     let req: ChatRequest = line.chat().map_err(ApiError::bad)?;
     let m = g.model(req.model.as_deref(), "chat").await?;
@@ -477,6 +507,15 @@ async fn chat_inner(g: &Gateway, body: &[u8]) -> Result<Response, ApiError> {
     job_req.user = None;
     let job_body = serde_json::to_value(&job_req)
         .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    if req.stream == Some(true) {
+        let include_usage = req
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        return stream::chat(g, m, &job_body, include_usage).await;
+    }
     let s = g.serve(&m, &job_body).await?;
     if let Some(e) = s.result.error.clone() {
         return Err(ApiError::bad(e));
@@ -491,46 +530,12 @@ async fn chat_inner(g: &Gateway, body: &[u8]) -> Result<Response, ApiError> {
         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
         "total_tokens": r.prompt_tokens.saturating_add(r.completion_tokens),
     });
-    if req.stream != Some(true) {
-        return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": m.name,
-            "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason, "logprobs": null }],
-            "usage": usage, "cairn": s.cairn(),
-        }))
-        .into_response());
-    }
-    // Streaming: the verified, committed answer sent as chunks in OpenAI's format.
-    let chunk = |delta: Value, finish: Value| {
-        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name,
-                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }] })
-    };
-    let mut events = vec![chunk(json!({ "role": "assistant", "content": "" }), Value::Null)];
-    let mut piece = String::new();
-    for c in text.chars() {
-        piece.push(c);
-        if c.is_whitespace() && !piece.trim().is_empty() {
-            events.push(chunk(json!({ "content": std::mem::take(&mut piece) }), Value::Null));
-        }
-    }
-    if !piece.is_empty() {
-        events.push(chunk(json!({ "content": piece }), Value::Null));
-    }
-    let mut last = chunk(json!({}), Value::String(finish_reason));
-    last["cairn"] = s.cairn();
-    events.push(last);
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if include_usage {
-        events.push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name, "choices": [], "usage": usage }));
-    }
-    let mut out: Vec<Result<SseEvent, std::convert::Infallible>> =
-        events.into_iter().map(|e| Ok(SseEvent::default().data(e.to_string()))).collect();
-    out.push(Ok(SseEvent::default().data("[DONE]")));
-    Ok(Sse::new(futures::stream::iter(out)).into_response())
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": m.name,
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason, "logprobs": null }],
+        "usage": usage, "cairn": s.cairn(),
+    }))
+    .into_response())
 }
 
 async fn metrics(State(g): Gw) -> Response {
@@ -581,6 +586,10 @@ pub(crate) fn run(a: GatewayArgs) -> Result<()> {
         let g = Arc::new(Gateway {
             sender: Sender::new(client.clone(), key.clone(), chain, fee),
             client,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .context("building the HTTP client")?,
             fetcher: Fetcher::new(),
             cache: BlobStore::open(&cache_dir)?,
             local_models: crate::model::ModelStore::open_default().ok(),
