@@ -63,6 +63,46 @@ pub(crate) struct GatewayArgs {
     /// Where fetched outputs and model tokenizers are cached.
     #[arg(long)]
     cache: Option<std::path::PathBuf>,
+    /// Requests served at once; more wait in a queue.
+    #[arg(long, default_value_t = 32)]
+    max_inflight: usize,
+    /// Requests that may wait; past that a request is answered 429 with `retry-after`.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+}
+
+/// Admission: at most `max_inflight` requests run; up to `max_queue` more wait for a slot;
+/// the rest are told to come back later (429 + `retry-after`) instead of piling jobs onto the
+/// load that is already late, and instead of timing out (which clients retry, adding load).
+struct Admission {
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_queue: usize,
+}
+
+impl Admission {
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, SeqCst) >= self.max_queue {
+            self.waiting.fetch_sub(1, SeqCst);
+            return Err(ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                error: ReqError {
+                    code: Some("rate_limit_exceeded".into()),
+                    kind: "rate_limit_error".into(),
+                    ..ReqError::invalid("The gateway is at capacity; retry after a second.")
+                },
+            });
+        }
+        let p = self.slots.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, SeqCst);
+        p.map_err(|_| {
+            ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the gateway is stopping")
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +146,7 @@ impl Metrics {
 }
 
 struct Gateway {
+    admission: Admission,
     client: Client,
     /// For providers' live streams.
     http: reqwest::Client,
@@ -156,7 +197,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error }))).into_response()
+        let mut r = (self.status, Json(json!({ "error": self.error }))).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
@@ -419,6 +465,10 @@ async fn get_model(State(g): Gw, UrlPath(name): UrlPath<String>) -> Response {
 
 async fn embeddings(State(g): Gw, body: Bytes) -> Response {
     let started = Instant::now();
+    let _slot = match g.admission.admit().await {
+        Ok(p) => p,
+        Err(e) => return finish(&g, "embeddings", started, Err(e)),
+    };
     let r = embeddings_inner(&g, &body).await;
     finish(&g, "embeddings", started, r)
 }
@@ -487,11 +537,19 @@ async fn embeddings_inner(g: &Gateway, body: &[u8]) -> Result<Response, ApiError
 
 async fn chat(State(g): Gw, body: Bytes) -> Response {
     let started = Instant::now();
-    let r = chat_inner(&g, &body).await;
+    let slot = match g.admission.admit().await {
+        Ok(p) => p,
+        Err(e) => return finish(&g, "chat_completions", started, Err(e)),
+    };
+    let r = chat_inner(&g, &body, slot).await;
     finish(&g, "chat_completions", started, r)
 }
 
-async fn chat_inner(g: &Arc<Gateway>, body: &[u8]) -> Result<Response, ApiError> {
+async fn chat_inner(
+    g: &Arc<Gateway>,
+    body: &[u8],
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
     let line = parse_body(body)?;
     let req: ChatRequest = line.chat().map_err(ApiError::bad)?;
     let m = g.model(req.model.as_deref(), "chat").await?;
@@ -514,7 +572,7 @@ async fn chat_inner(g: &Arc<Gateway>, body: &[u8]) -> Result<Response, ApiError>
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        return stream::chat(g, m, &job_body, include_usage).await;
+        return stream::chat(g, m, &job_body, include_usage, slot).await;
     }
     let s = g.serve(&m, &job_body).await?;
     if let Some(e) = s.result.error.clone() {
@@ -584,6 +642,11 @@ pub(crate) fn run(a: GatewayArgs) -> Result<()> {
         let cache_dir =
             a.cache.clone().unwrap_or_else(|| crate::keys::default_keystore().with_file_name("gateway"));
         let g = Arc::new(Gateway {
+            admission: Admission {
+                slots: Arc::new(tokio::sync::Semaphore::new(a.max_inflight.max(1))),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                max_queue: a.max_queue,
+            },
             sender: Sender::new(client.clone(), key.clone(), chain, fee),
             client,
             http: reqwest::Client::builder()

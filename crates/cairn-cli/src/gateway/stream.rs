@@ -40,13 +40,18 @@ pub(super) async fn chat(
     m: ServedModel,
     body: &Value,
     include_usage: bool,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     // Errors up to here are plain HTTP errors; once the job exists, the stream carries them.
     let job = g.submit(&m, body).await?;
     let (tx, rx) = mpsc::channel::<Value>(256);
     let g2 = g.clone();
-    tokio::spawn(async move { relay(g2, m, job, tx, include_usage, started).await });
+    // The request keeps its admission slot until its stream has ended.
+    tokio::spawn(async move {
+        relay(g2, m, job, tx, include_usage, started).await;
+        drop(slot);
+    });
     let events = futures::stream::unfold((rx, false), |(mut rx, done)| async move {
         if done {
             return None;

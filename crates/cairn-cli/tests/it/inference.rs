@@ -324,6 +324,52 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
     assert_eq!(escrow, Amount::ZERO, "{view}");
     drop(slow);
 
+    // Past its queue the gateway answers 429 with retry-after (it does not pile jobs onto the
+    // load), and a bad value names its parameter in words.
+    let busy = start_gateway_with(root, &api, base + 302, &["--max-inflight", "1", "--max-queue", "0"]);
+    let answers = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let one = |n: usize| {
+            let c = c.clone();
+            let url = format!("{}/chat/completions", busy.url);
+            async move {
+                let r = c
+                    .post(url)
+                    .json(&serde_json::json!({
+                        "model": "gemma-3-270m", "max_tokens": 24, "temperature": 0,
+                        "messages": [{ "role": "user", "content": format!("Say {n}.") }],
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (r.status().as_u16(), retry, r.json::<serde_json::Value>().await.unwrap())
+            }
+        };
+        futures::future::join_all((0..4).map(one)).await
+    });
+    assert!(answers.iter().any(|a| a.0 == 200), "{answers:?}");
+    let limited: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert!(!limited.is_empty(), "{answers:?}");
+    for (_, retry, body) in limited {
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    }
+    let (status, body) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/chat/completions", busy.url))
+            .json(&serde_json::json!({
+                "model": "gemma-3-270m", "max_tokens": -5, "messages": [{ "role": "user", "content": "hi" }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    });
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("max_tokens")), "{body}");
+    assert!(!body["error"]["message"].as_str().unwrap().contains("u64"), "{body}");
+    drop(busy);
+
     // Prometheus metrics count what happened.
     let metrics = rt.block_on(async {
         reqwest::get(format!("http://127.0.0.1:{}/metrics", base + 300)).await.unwrap().text().await.unwrap()

@@ -343,7 +343,7 @@ impl RequestLine {
     /// # Errors
     /// [`ReqError`] for unknown fields, wrong types or bad values.
     pub fn embedding(&self) -> Result<EmbeddingRequest, ReqError> {
-        let r: EmbeddingRequest = serde_json::from_value(self.body.clone()).map_err(body_error)?;
+        let r: EmbeddingRequest = parse_body(&self.body)?;
         r.check()?;
         Ok(r)
     }
@@ -353,10 +353,30 @@ impl RequestLine {
     /// # Errors
     /// As [`embedding`](Self::embedding).
     pub fn chat(&self) -> Result<ChatRequest, ReqError> {
-        let r: ChatRequest = serde_json::from_value(self.body.clone()).map_err(body_error)?;
+        let r: ChatRequest = parse_body(&self.body)?;
         r.check()?;
         Ok(r)
     }
+}
+
+/// Read a request body, naming the parameter at fault when a value has the wrong type or range.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &serde_json::Value) -> Result<T, ReqError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let field = e.path().iter().next().map(|s| s.to_string()).filter(|f| !f.is_empty() && f != "?");
+        let inner = e.into_inner();
+        let base = body_error(inner);
+        match field {
+            Some(f) if base.param.is_none() => {
+                let what = base.message.trim_start_matches("invalid request body: ");
+                let what = what
+                    .replace("expected u64", "expected a non-negative integer")
+                    .replace("expected u32", "expected a non-negative integer")
+                    .replace("expected f64", "expected a number");
+                ReqError::param(&f, format!("Invalid value for '{f}': {what}."))
+            }
+            _ => base,
+        }
+    })
 }
 
 /// A serde error on a request body, as OpenAI words it.
@@ -472,6 +492,19 @@ pub fn parse_results(text: &str) -> Result<Vec<ResultLine>, ReqError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_bad_value_names_its_parameter_in_plain_words() {
+        let e = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        assert!(e.message.contains("non-negative integer"), "{}", e.message);
+        assert!(!e.message.contains("u64"), "{}", e.message);
+        let e =
+            chat(r#"{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = chat(r#"{"messages": [{"role": "user", "content": 5}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+    }
 
     fn chat(body: &str) -> Result<ChatRequest, ReqError> {
         RequestLine::parse(body)?.chat()
