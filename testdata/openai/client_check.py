@@ -15,6 +15,7 @@ import urllib.request
 import openai
 
 embed_model, chat_model = sys.argv[1], sys.argv[2]
+instruct_model = sys.argv[3] if len(sys.argv) > 3 else None
 client = openai.OpenAI(api_key="cairn-local", max_retries=0, timeout=300)
 report = {"openai_version": openai.__version__}
 
@@ -47,6 +48,16 @@ report["chat"] = {
     "usage": chat.usage.model_dump(),
     "object": chat.object,
 }
+
+if instruct_model:
+    # The question a new user asks first (FINDINGS #2): an instruction-tuned model answers it.
+    r = client.chat.completions.create(
+        model=instruct_model,
+        messages=[{"role": "user", "content": "What is the capital of France? Answer with one word."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    report["instruct"] = {"content": r.choices[0].message.content, "finish_reason": r.choices[0].finish_reason}
 
 t0 = time.monotonic()
 stream = client.chat.completions.create(

@@ -112,7 +112,7 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
 /// A short chat completion through the gateway; returns the reply and the job it ran as.
 async fn chat_via_gateway(gateway: &str, json_out: bool) -> Result<(String, JobId, Value)> {
     let body = json!({
-        "model": cairn_runtime::inference::import::GEMMA,
+        "model": cairn_runtime::inference::import::QWEN,
         "messages": [{ "role": "user", "content": "Write one short sentence about mountains." }],
         "max_tokens": 32,
         "temperature": 0,

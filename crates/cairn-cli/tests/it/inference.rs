@@ -226,7 +226,7 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
     let gateway_addr = address_of(&root.join("gateway.key"));
     let out = Command::new(&py)
         .arg(testdata("openai/client_check.py"))
-        .args(["all-MiniLM-L6-v2", "gemma-3-270m"])
+        .args(["all-MiniLM-L6-v2", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct"])
         .env("OPENAI_BASE_URL", &gw.url)
         .output()
         .unwrap();
@@ -237,7 +237,12 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
         std::fs::read_to_string(&gw.log).unwrap_or_default()
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["models"], serde_json::json!(["all-MiniLM-L6-v2", "gemma-3-270m"]));
+    assert_eq!(
+        r["models"],
+        serde_json::json!(["all-MiniLM-L6-v2", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct"])
+    );
+    assert_eq!(r["instruct"]["content"].as_str().map(str::trim), Some("Paris"), "{}", r["instruct"]);
+    assert_eq!(r["instruct"]["finish_reason"], "stop");
     let e = &r["embeddings"];
     assert_eq!((e["count"].as_u64(), e["dims"].as_u64()), (Some(3), Some(384)));
     assert_eq!(e["indices"], serde_json::json!([0, 1, 2]));

