@@ -120,6 +120,7 @@ pub(crate) async fn run(a: InferenceArgs) -> Result<()> {
     if a.reference_only {
         return Ok(());
     }
+    embeddings_batching(&minilm, &dir, a.embeddings, a.reps)?;
     let embed_lines: Vec<serde_json::Value> =
         (0..a.embeddings).map(|i| serde_json::json!({ "input": bench_sentence(i) })).collect();
     let chat_line = serde_json::json!({
@@ -425,6 +426,62 @@ fn concurrency(
         let rate = g as f64 / w;
         println!("| {n} | {g} | {w:.1} s | {rate:.1} | {:.2}× | {slow:.1} s |", rate / single);
     }
+    println!();
+    Ok(())
+}
+
+/// One request's inputs embedded one at a time (how every input ran before) against in padded
+/// batches, in-process and through the executor (one request carrying all the inputs).
+fn embeddings_batching(
+    model: &crate::model::StoredModel,
+    dir: &std::path::Path,
+    n: usize,
+    reps: usize,
+) -> Result<()> {
+    use cairn_runtime::inference::{Engine, ModelPackage};
+    use cairn_runtime::{Executor as _, InferenceConfig, InferenceExecutor, TaskRun};
+    let engine = Engine::load(&ModelPackage::open(&model.path)?, &cairn_runtime::inference::Device::Cpu)?;
+    let texts: Vec<String> = (0..n).map(bench_sentence).collect();
+    let exec = InferenceExecutor::new(InferenceConfig::cpu(dir.join("embed-batch")));
+    exec.prepare_file(&model.id, &model.path)?;
+    exec.preload(&model.id)?;
+    let req = requests_file(dir, &[serde_json::json!({ "input": texts })])?;
+    let mut task = TaskRun::new(model.id, cairn_types::Limits { wall_ms: 600_000, ..Default::default() });
+    task.inputs.push(("requests.jsonl".into(), req));
+    let (mut one, mut batched, mut executor) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        for s in &texts {
+            engine.embed(s)?;
+        }
+        one.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        engine.embed_batch(&texts)?;
+        batched.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        exec.run(&task)?;
+        executor.push(t.elapsed().as_secs_f64());
+    }
+    let (o, b, e) = (median(&mut one), median(&mut batched), median(&mut executor));
+    let k = n as f64;
+    println!("{} embeddings of {n} sentences, medians of {}:", model.header.name, reps.max(1));
+    println!();
+    println!("| path | time | embeddings/s | vs one at a time |");
+    println!("|---|---:|---:|---:|");
+    println!("| one at a time, in-process | {:.0} ms | {:.1} | 1.00× |", o * 1e3, k / o);
+    println!(
+        "| batched ({} per batch), in-process | {:.0} ms | {:.1} | {:.2}× |",
+        cairn_runtime::inference::models::EMBED_BATCH,
+        b * 1e3,
+        k / b,
+        o / b
+    );
+    println!(
+        "| batched, provider executor (one request) | {:.0} ms | {:.1} | {:.2}× |",
+        e * 1e3,
+        k / e,
+        o / e
+    );
     println!();
     Ok(())
 }

@@ -217,25 +217,14 @@ impl InferenceExecutor {
         Ok(match family {
             Family::Bert => match line.embedding() {
                 Err(e) => ResultLine::failed(index, custom_id, e),
-                Ok(req) => {
-                    let mut vecs = Vec::new();
-                    let mut tokens = 0u64;
-                    let mut failure = None;
-                    for text in req.input.to_vec() {
-                        match model.embed(&text)? {
-                            Ok((v, n)) => {
-                                vecs.push(v);
-                                tokens = tokens.saturating_add(n as u64);
-                            }
-                            Err(e) => {
-                                failure = Some(ReqError { param: Some("input".into()), ..e });
-                                break;
-                            }
-                        }
+                Ok(req) => match model.embed_many(&req.input.to_vec())? {
+                    Err(e) => {
+                        ResultLine::failed(index, custom_id, ReqError { param: Some("input".into()), ..e })
                     }
-                    match failure {
-                        Some(e) => ResultLine::failed(index, custom_id, e),
-                        None => ResultLine {
+                    Ok(done) => {
+                        let tokens = done.iter().map(|(_, n)| *n as u64).fold(0u64, u64::saturating_add);
+                        let vecs: Vec<Vec<f32>> = done.into_iter().map(|(v, _)| v).collect();
+                        ResultLine {
                             index,
                             custom_id,
                             commitment: Some(commit_embeddings(&vecs)),
@@ -246,9 +235,9 @@ impl InferenceExecutor {
                             prompt_tokens: tokens,
                             completion_tokens: 0,
                             error: None,
-                        },
+                        }
                     }
-                }
+                },
             },
             Family::Gemma3 | Family::Qwen2 | Family::CairnGpt => match line.chat() {
                 Err(e) => ResultLine::failed(index, custom_id, e),
@@ -418,6 +407,16 @@ impl Engine {
     /// [`RunError::Runtime`] for anything the model refuses.
     pub fn embed(&self, text: &str) -> Result<Vec<f32>> {
         self.0.embed(text)?.map(|(v, _)| v).map_err(|e| RunError::Runtime(e.message))
+    }
+
+    /// Embeddings of several sentences in padded batches (as the executor runs one request's
+    /// inputs).
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] for anything the model refuses.
+    pub fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let done = self.0.embed_many(texts)?.map_err(|e| RunError::Runtime(e.message))?;
+        Ok(done.into_iter().map(|(v, _)| v).collect())
     }
 
     /// The language model inside, for GGUF chat models.

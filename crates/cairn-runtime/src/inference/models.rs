@@ -17,6 +17,8 @@ use crate::{Result, RunError};
 
 /// BERT's position table.
 pub const BERT_CONTEXT: usize = 512;
+/// Inputs embedded together in one padded batch.
+pub const EMBED_BATCH: usize = 32;
 
 /// An engine error's first line: candle appends a backtrace when RUST_BACKTRACE is set, which
 /// would put machine-specific text into committed results and error messages.
@@ -253,6 +255,60 @@ impl Loaded {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(engine)?;
         Ok(Ok((v, n)))
+    }
+
+    /// Embeddings of several inputs, batched: inputs sorted by length (then position) and run
+    /// in padded batches of up to [`EMBED_BATCH`], each pooled over its own tokens only. The
+    /// batches follow from the inputs alone, so a re-run makes the same batches and the same
+    /// bits. Returns each vector and its tokens, in input order, or the first input refused.
+    pub(crate) fn embed_many(
+        &self,
+        texts: &[String],
+    ) -> Result<std::result::Result<Vec<(Vec<f32>, usize)>, ReqError>> {
+        let Loaded::Bert { model, tokenizer, device } = self else {
+            return Ok(Err(ReqError::invalid("this model does not make embeddings")));
+        };
+        let mut all: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
+        for text in texts {
+            let ids = match tokenizer.encode_fast(text.as_str(), true) {
+                Ok(e) => e.get_ids().to_vec(),
+                Err(e) => return Ok(Err(ReqError::invalid(e))),
+            };
+            if ids.len() > BERT_CONTEXT {
+                return Ok(Err(ReqError::context(ids.len(), BERT_CONTEXT)));
+            }
+            all.push(ids);
+        }
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by_key(|&i| (all[i].len(), i));
+        let mut out: Vec<(Vec<f32>, usize)> = vec![(Vec::new(), 0); all.len()];
+        for batch in order.chunks(EMBED_BATCH) {
+            let width = batch.iter().map(|&i| all[i].len()).max().unwrap_or(0);
+            let mut ids = Vec::with_capacity(batch.len() * width);
+            let mut mask = Vec::with_capacity(batch.len() * width);
+            for &i in batch {
+                let row = &all[i];
+                ids.extend_from_slice(row);
+                ids.resize(ids.len() + width - row.len(), 0);
+                mask.extend(std::iter::repeat_n(1u32, row.len()));
+                mask.resize(mask.len() + width - row.len(), 0);
+            }
+            let shape = (batch.len(), width);
+            let input = Tensor::from_vec(ids, shape, device).map_err(engine)?;
+            let mask = Tensor::from_vec(mask, shape, device).map_err(engine)?;
+            let types = input.zeros_like().map_err(engine)?;
+            let hidden = model.forward(&input, &types, Some(&mask)).map_err(engine)?;
+            let m = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(engine)?;
+            let summed = hidden.broadcast_mul(&m).and_then(|h| h.sum(1)).map_err(engine)?;
+            let counts = m.sum(1).map_err(engine)?;
+            let pooled = summed.broadcast_div(&counts).map_err(engine)?;
+            let norm = pooled.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(engine)?;
+            let rows = pooled.broadcast_div(&norm).and_then(|t| t.to_vec2::<f32>()).map_err(engine)?;
+            for (&i, v) in batch.iter().zip(rows) {
+                out[i] = (v, all[i].len());
+            }
+        }
+        Ok(Ok(out))
     }
 
     /// Generate a chat reply.

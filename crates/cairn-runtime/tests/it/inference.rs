@@ -355,3 +355,22 @@ fn concurrent_tasks_batch_and_stream_the_answers_they_get_alone() {
         assert!(matches!(events.last(), Some(TokenEvent::Done { .. })), "task {i}: the stream ends");
     }
 }
+
+/// One request's inputs are embedded in padded batches: the same vectors as one at a time
+/// (to float rounding), in input order, and the same bits on every run.
+#[test]
+fn batched_embeddings_match_one_at_a_time_and_repeat_bit_for_bit() {
+    use cairn_runtime::inference::{Device, Engine};
+    let engine = Engine::load(&ModelPackage::open(&model(MINILM).path).unwrap(), &Device::Cpu).unwrap();
+    let texts: Vec<String> =
+        (0..45).map(|i| format!("Sentence {i}: {}", "stones and trails ".repeat(1 + i % 7))).collect();
+    let batched = engine.embed_batch(&texts).unwrap();
+    assert_eq!(batched.len(), texts.len());
+    for (t, b) in texts.iter().zip(&batched) {
+        let alone = engine.embed(t).unwrap();
+        assert!(cos(&alone, b) > 0.99999, "{t}");
+    }
+    let again = engine.embed_batch(&texts).unwrap();
+    let bits = |v: &[Vec<f32>]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&batched), bits(&again));
+}
