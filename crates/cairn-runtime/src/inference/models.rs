@@ -17,6 +17,9 @@ use crate::{Result, RunError};
 
 /// BERT's position table.
 pub const BERT_CONTEXT: usize = 512;
+/// An embedding and the tokens it took.
+pub(crate) type Embedded = (Vec<f32>, usize);
+
 /// Inputs embedded together in one padded batch.
 pub const EMBED_BATCH: usize = 32;
 
@@ -264,7 +267,7 @@ impl Loaded {
     pub(crate) fn embed_many(
         &self,
         texts: &[String],
-    ) -> Result<std::result::Result<Vec<(Vec<f32>, usize)>, ReqError>> {
+    ) -> Result<std::result::Result<Vec<Embedded>, ReqError>> {
         let Loaded::Bert { model, tokenizer, device } = self else {
             return Ok(Err(ReqError::invalid("this model does not make embeddings")));
         };
