@@ -171,6 +171,7 @@ pub(crate) async fn run(a: InferenceArgs) -> Result<()> {
     // The market: a devnet with one provider serving both models.
     let mut market = None;
     let mut market_added = None;
+    let mut streamed = None;
     if !a.no_market {
         let layout = crate::devnet::Layout {
             validators: 1,
@@ -211,11 +212,33 @@ pub(crate) async fn run(a: InferenceArgs) -> Result<()> {
         let ((embed_cold, embed_warm, embed_added), (gen_cold, gen_warm, gen_added)) = (runs[0], runs[1]);
         market_added = Some((embed_added, gen_added));
         market = Some((embed_cold, embed_warm, gen_cold, gen_warm));
+        streamed = Some(gateway_first_token(&mut net, &chat_name, a.tokens, a.reps).await?);
         drop(net);
     }
 
     let n = a.embeddings as f64;
     let k = generated as f64;
+    if let Some((first, total, n)) = streamed {
+        let engine = cairn_runtime::inference::Engine::load(&ModelPackage::open(&gemma.path)?, &device)?;
+        let prompt = engine.chat_prompt(BENCH_PROMPT)?;
+        let mut pass = Vec::new();
+        for _ in 0..a.reps.max(1) {
+            pass.push(engine.generate_exact(&prompt, 1)?.1.as_secs_f64());
+        }
+        let pass = median(&mut pass);
+        println!(
+            "Streamed through the gateway (a devnet, one provider), {chat_name}, medians of {}:",
+            a.reps.max(1)
+        );
+        println!();
+        println!("| measure | time |");
+        println!("|---|---:|");
+        println!("| in-process prompt pass ({} tokens) | {:.0} ms |", prompt.len(), pass * 1e3);
+        println!("| gateway: request to first token | {:.0} ms |", first * 1e3);
+        println!("| gateway: first token minus prompt pass | {:.0} ms |", (first - pass) * 1e3);
+        println!("| gateway: whole stream ({n} tokens) | {:.0} ms |", total * 1e3);
+        println!();
+    }
     println!("Medians of {} rep(s).", a.reps.max(1));
     println!();
     println!(
@@ -484,4 +507,55 @@ fn embeddings_batching(
     );
     println!();
     Ok(())
+}
+
+/// Streamed chat completions through a gateway on the bench network: the time to the first
+/// content chunk and to the end (medians), and the tokens of the last stream.
+async fn gateway_first_token(
+    net: &mut crate::devnet::Network,
+    model: &str,
+    tokens: usize,
+    reps: usize,
+) -> Result<(f64, f64, u64)> {
+    let base = crate::devnet::start_gateway(net, 27_530, Duration::from_secs(60)).await?;
+    let http = reqwest::Client::new();
+    let (mut firsts, mut totals, mut n) = (Vec::new(), Vec::new(), 0u64);
+    // One warm-up, then the measured reps.
+    for rep in 0..=reps.max(1) {
+        let body = serde_json::json!({
+            "model": model, "max_tokens": tokens, "temperature": 0, "stream": true,
+            "messages": [{ "role": "user", "content": BENCH_PROMPT }],
+        });
+        let t0 = Instant::now();
+        let mut resp = http.post(format!("{base}/chat/completions")).json(&body).send().await?;
+        if !resp.status().is_success() {
+            bail!("the gateway answered {}", resp.status());
+        }
+        let (mut first, mut buf, mut chunks) = (None, String::new(), 0u64);
+        while let Some(bytes) = resp.chunk().await? {
+            buf.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let Some(data) = frame.trim().strip_prefix("data: ") else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { continue };
+                if v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+                    chunks += 1;
+                    first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                }
+                if let Some(s) = v["cairn"]["stream"]["tokens"].as_u64() {
+                    n = s;
+                }
+            }
+        }
+        let total = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "stream {rep}: first token {:.0} ms, {chunks} chunks, {total:.2} s",
+            first.unwrap_or(0.0) * 1e3
+        );
+        if rep > 0 {
+            firsts.push(first.unwrap_or(total));
+            totals.push(total);
+        }
+    }
+    Ok((median(&mut firsts), median(&mut totals), n))
 }

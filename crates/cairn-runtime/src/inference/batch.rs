@@ -46,6 +46,7 @@ pub enum TokenEvent {
 pub(crate) struct Decoding {
     seq: Sequence,
     sampler: LogitsProcessor,
+    greedy: bool,
     prompt_len: usize,
     max_new: usize,
     stop: Vec<String>,
@@ -72,6 +73,7 @@ impl Decoding {
         Ok(Decoding {
             seq: llm.sequence(),
             sampler: LogitsProcessor::from_sampling(p.seed, sampling(p)),
+            greedy: p.temperature <= 0.0,
             prompt_len,
             max_new: p.max_tokens.unwrap_or(room).min(room),
             stop: p.stop.clone(),
@@ -93,9 +95,15 @@ impl Decoding {
 
     /// Take the logits after the latest token: pick the next one and apply the stop rules.
     fn accept(&mut self, row: Vec<f32>, tok: &ChatTokenizer) -> Result<()> {
-        let n = row.len();
-        let logits = Tensor::from_vec(row, n, &Device::Cpu).map_err(|e| RunError::Runtime(e.to_string()))?;
-        let next = self.sampler.sample(&logits).map_err(|e| RunError::Runtime(e.to_string()))?;
+        let next = if self.greedy {
+            // Greedy: the first largest logit, without a tensor of the whole vocabulary.
+            Llm::argmax(&row)
+        } else {
+            let n = row.len();
+            let logits =
+                Tensor::from_vec(row, n, &Device::Cpu).map_err(|e| RunError::Runtime(e.to_string()))?;
+            self.sampler.sample(&logits).map_err(|e| RunError::Runtime(e.to_string()))?
+        };
         if tok.is_stop(next) {
             self.end("stop");
             return Ok(());

@@ -211,6 +211,39 @@ impl<R: Read + Seek> Tensors<'_, R> {
         Linear::new(t, k, padded)
     }
 
+    /// Several weights read by the same input, as one product when they can be stacked (all
+    /// `Q8_0` rows of one width after conversion): one pass over the input instead of several.
+    /// Each output column is still its own weight row's dot product.
+    pub(crate) fn projections(&mut self, names: &[&str]) -> Result<Proj> {
+        let k = self.ct.tensor_infos.get(names[0]).and_then(|i| i.shape.dims().last().copied()).unwrap_or(0);
+        let mut parts = Vec::with_capacity(names.len());
+        for n in names {
+            parts.push(self.quantized(n)?);
+        }
+        let width = parts[0].1;
+        let stackable = parts
+            .iter()
+            .all(|(t, w)| t.dtype() == GgmlDType::Q8_0 && *w == width && t.shape().dims().len() == 2);
+        if !stackable || parts.len() < 2 {
+            return parts
+                .into_iter()
+                .map(|(t, w)| Linear::new(t, k, w))
+                .collect::<Result<Vec<_>>>()
+                .map(Proj::Split);
+        }
+        let mut bytes = Vec::new();
+        let mut sizes = Vec::with_capacity(parts.len());
+        for (t, _) in &parts {
+            bytes.extend_from_slice(&t.data().map_err(|e| invalid(super::super::models::one_line(e)))?);
+            sizes.push(t.shape().dims()[0]);
+        }
+        drop(parts);
+        let rows: usize = sizes.iter().sum();
+        let t = ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &bytes, vec![rows, width], self.device)
+            .map_err(|e| invalid(format!("{}: {}", names.join("+"), super::super::models::one_line(e))))?;
+        Ok(Proj::Fused(Linear::new(Arc::new(t), k, width)?, sizes))
+    }
+
     /// A small weight (norms, biases) as f32.
     pub(crate) fn dense(&mut self, name: &str) -> Result<Tensor> {
         self.quantized(name)?
@@ -251,6 +284,33 @@ impl Linear {
             return self.mm.forward(&Tensor::cat(&[&x, &x], 0)?)?.narrow(0, 0, 1);
         }
         self.mm.forward(&x)
+    }
+}
+
+/// Projections of one input: stacked into one product, or apart.
+pub(crate) enum Proj {
+    /// One product; the output columns of each part, in order.
+    Fused(Linear, Vec<usize>),
+    /// Separate products.
+    Split(Vec<Linear>),
+}
+
+impl Proj {
+    /// Each part's output, `(rows, n_part)`.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Proj::Split(ls) => ls.iter().map(|l| l.forward(x)).collect(),
+            Proj::Fused(l, sizes) => {
+                let y = l.forward(x)?;
+                let mut at = 0;
+                let mut out = Vec::with_capacity(sizes.len());
+                for n in sizes {
+                    out.push(y.narrow(1, at, *n)?.contiguous()?);
+                    at += n;
+                }
+                Ok(out)
+            }
+        }
     }
 }
 

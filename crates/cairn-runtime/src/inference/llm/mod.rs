@@ -14,8 +14,8 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
-use load::Linear;
 pub use load::{Arch, Config, MAX_SERVED_CONTEXT};
+use load::{Linear, Proj};
 
 use crate::{Result, RunError};
 
@@ -25,9 +25,8 @@ fn engine(e: impl std::fmt::Display) -> RunError {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Query, key and value.
+    qkv: Proj,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
@@ -36,8 +35,8 @@ struct Layer {
     wo: Linear,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// Gate and up.
+    gate_up: Proj,
     down: Linear,
     post_ffn_norm: Option<Tensor>,
     sliding: bool,
@@ -179,9 +178,7 @@ impl Llm {
             };
             layers.push(Layer {
                 attn_norm: t.dense(&n("attn_norm.weight"))?,
-                wq: t.linear(&n("attn_q.weight"))?,
-                wk: t.linear(&n("attn_k.weight"))?,
-                wv: t.linear(&n("attn_v.weight"))?,
+                qkv: t.projections(&[&n("attn_q.weight"), &n("attn_k.weight"), &n("attn_v.weight")])?,
                 bq: opt(&mut t, "attn_q.bias")?,
                 bk: opt(&mut t, "attn_k.bias")?,
                 bv: opt(&mut t, "attn_v.bias")?,
@@ -190,8 +187,7 @@ impl Llm {
                 wo: t.linear(&n("attn_output.weight"))?,
                 post_attn_norm: if gemma { Some(t.dense(&n("post_attention_norm.weight"))?) } else { None },
                 ffn_norm: t.dense(&n("ffn_norm.weight"))?,
-                gate: t.linear(&n("ffn_gate.weight"))?,
-                up: t.linear(&n("ffn_up.weight"))?,
+                gate_up: t.projections(&[&n("ffn_gate.weight"), &n("ffn_up.weight")])?,
                 down: t.linear(&n("ffn_down.weight"))?,
                 post_ffn_norm: if gemma { Some(t.dense(&n("post_ffw_norm.weight"))?) } else { None },
                 sliding: cfg.sliding(i),
@@ -248,16 +244,17 @@ impl Llm {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.eps).map_err(engine)?;
-            let proj = |w: &Linear, b: &Option<Tensor>| -> Result<Tensor> {
-                let y = w.forward(&h).map_err(engine)?;
+            let mut qkv = layer.qkv.forward(&h).map_err(engine)?.into_iter();
+            let mut next = |b: &Option<Tensor>| -> Result<Tensor> {
+                let y = qkv.next().ok_or_else(|| RunError::Runtime("missing projection".into()))?;
                 match b {
                     Some(b) => y.broadcast_add(b).map_err(engine),
                     None => Ok(y),
                 }
             };
-            let q = proj(&layer.wq, &layer.bq)?;
-            let k = proj(&layer.wk, &layer.bk)?;
-            let v = proj(&layer.wv, &layer.bv)?;
+            let q = next(&layer.bq)?;
+            let k = next(&layer.bk)?;
+            let v = next(&layer.bv)?;
             let mut outs = Vec::with_capacity(segs.len());
             for (si, &(off, len, start)) in segs.iter().enumerate() {
                 let cache = &mut batch[si].0.caches[li];
@@ -271,8 +268,10 @@ impl Llm {
             }
             x = (x + o).map_err(engine)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.eps).map_err(engine)?;
-            let g = layer.gate.forward(&h).map_err(engine)?;
-            let u = layer.up.forward(&h).map_err(engine)?;
+            let mut gu = layer.gate_up.forward(&h).map_err(engine)?.into_iter();
+            let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
+                return Err(RunError::Runtime("missing projection".into()));
+            };
             let g = match cfg.arch {
                 Arch::Gemma3 => g.gelu(),
                 Arch::Qwen2 => g.silu(),
