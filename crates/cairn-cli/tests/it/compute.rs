@@ -47,7 +47,7 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
         assert_eq!(l["index"], i as u64);
         assert_eq!(l["embeddings"][0].as_array().unwrap().len(), 384);
     }
-    assert!(stderr.contains("curl http://127.0.0.1:"), "a curl example is shown: {stderr}");
+    assert!(stderr.contains("curl -N http://127.0.0.1:"), "a streaming curl example is shown: {stderr}");
     for j in jobs {
         assert_eq!(j["state"], "settled", "{j}");
         let providers = j["providers"].as_array().unwrap();

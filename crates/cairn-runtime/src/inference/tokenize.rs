@@ -17,6 +17,24 @@ fn tok_err(e: impl std::fmt::Display) -> RunError {
     RunError::InvalidWorkload(format!("tokenizer: {}", one_line(e)))
 }
 
+/// GGUF token type of a user-defined piece (matched whole in text).
+const USER_DEFINED: i32 = 4;
+
+/// The user-defined pieces `keep` accepts, as tokens matched whole (never split by the model).
+fn atomic(tokens: &[String], types: &[i32], keep: impl Fn(&str) -> bool) -> Vec<tokenizers::AddedToken> {
+    tokens
+        .iter()
+        .zip(types)
+        .filter(|(s, t)| **t == USER_DEFINED && keep(s))
+        .map(|(s, _)| tokenizers::AddedToken::from(s.clone(), false).normalized(false))
+        .collect()
+}
+
+/// Ids of plain text: no special tokens added.
+fn plain_ids(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ReqError> {
+    Ok(tok.encode_fast(text, false).map_err(ReqError::invalid)?.get_ids().to_vec())
+}
+
 /// A chat model's tokenizer and template.
 #[derive(Debug)]
 pub enum ChatTokenizer {
@@ -126,7 +144,6 @@ impl GemmaTokenizer {
         let start_turn = find("<start_of_turn>")?;
         let end_turn = find("<end_of_turn>")?;
         const NORMAL: i32 = 1;
-        const USER: i32 = 4;
         // Merges: every split of a normal piece into two normal pieces, ranked by the merged
         // piece's score (higher first), ties by ids.
         let normal = |i: u32| types.get(i as usize) == Some(&NORMAL);
@@ -174,15 +191,9 @@ impl GemmaTokenizer {
             ),
             tokenizers::decoders::DecoderWrapper::Fuse(tokenizers::decoders::fuse::Fuse::new()),
         ])));
-        let user: Vec<tokenizers::AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            // SentencePiece matches user-defined pieces after spaces became `▁`, so the GGUF's
-            // space-run pieces ("  ", "   "…) never match text; only the others are atomic.
-            .filter(|(s, t)| **t == USER && !s.contains(' '))
-            .map(|(s, _)| tokenizers::AddedToken::from(s.clone(), false).normalized(false))
-            .collect();
-        tok.add_tokens(user).map_err(tok_err)?;
+        // SentencePiece matches user-defined pieces after spaces became `▁`, so the GGUF's
+        // space-run pieces ("  ", "   "…) never match text; only the others are atomic.
+        tok.add_tokens(atomic(&tokens, &types, |s| !s.contains(' '))).map_err(tok_err)?;
         Ok(GemmaTokenizer { tok, bos, eos, start_turn, end_turn })
     }
 
@@ -191,7 +202,7 @@ impl GemmaTokenizer {
     /// # Errors
     /// [`ReqError`] if the tokenizer fails on it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ReqError> {
-        Ok(self.tok.encode_fast(text, false).map_err(ReqError::invalid)?.get_ids().to_vec())
+        plain_ids(&self.tok, text)
     }
 
     /// Text of token ids, control tokens left out.
@@ -328,11 +339,10 @@ impl ChatMlTokenizer {
             stops.insert(end);
         }
         const NORMAL: i32 = 1;
-        const USER: i32 = 4;
         let control: BTreeSet<u32> = types
             .iter()
             .enumerate()
-            .filter(|(_, t)| **t != NORMAL && **t != USER)
+            .filter(|(_, t)| **t != NORMAL && **t != USER_DEFINED)
             .filter_map(|(i, _)| u32::try_from(i).ok())
             .collect();
         let vocab: Vocab = tokens
@@ -356,13 +366,7 @@ impl ChatMlTokenizer {
         ])));
         tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
         // User-defined pieces (`<tool_call>`…) are matched whole, as the model was trained.
-        let user: Vec<tokenizers::AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, t)| **t == USER)
-            .map(|(s, _)| tokenizers::AddedToken::from(s.clone(), false).normalized(false))
-            .collect();
-        tok.add_tokens(user).map_err(tok_err)?;
+        tok.add_tokens(atomic(&tokens, &types, |_| true)).map_err(tok_err)?;
         Ok(ChatMlTokenizer { tok, im_start, im_end, stops, control })
     }
 
@@ -371,7 +375,7 @@ impl ChatMlTokenizer {
     /// # Errors
     /// [`ReqError`] if the tokenizer fails on it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ReqError> {
-        Ok(self.tok.encode_fast(text, false).map_err(ReqError::invalid)?.get_ids().to_vec())
+        plain_ids(&self.tok, text)
     }
 
     /// Text of token ids, control tokens left out.
