@@ -373,6 +373,56 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
     });
     assert_eq!((status, body["error"]["param"].as_str()), (400, Some("max_tokens")), "{body}");
     assert!(!body["error"]["message"].as_str().unwrap().contains("u64"), "{body}");
+
+    // A client that hangs up mid-stream: the job still commits and settles (the client pays the
+    // task, as for any job), and the stream's slot is freed for the next request.
+    let job = rt.block_on(async {
+        let mut r = reqwest::Client::new()
+            .post(format!("{}/chat/completions", busy.url))
+            .json(&serde_json::json!({
+                "model": "qwen2.5-coder-0.5b-instruct", "max_tokens": 48, "temperature": 0, "stream": true,
+                "messages": [{ "role": "user", "content": "Tell a long story about stones." }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let mut buf = String::new();
+        while !buf.contains("\"content\":\"") || !buf.contains("chatcmpl-") {
+            let Some(b) = r.chunk().await.unwrap() else { break };
+            buf.push_str(&String::from_utf8_lossy(&b));
+        }
+        let job = buf.split("chatcmpl-").nth(1).unwrap()[..64].to_string();
+        drop(r); // hang up
+        job
+    });
+    let c = node.client();
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+            let states: Vec<String> = v["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["state"]["state"].as_str().unwrap().to_string())
+                .collect();
+            if states.iter().all(|s| s == "committed" || s == "settled") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the abandoned stream's job did not commit: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = reqwest::Client::new()
+            .post(format!("{}/chat/completions", busy.url))
+            .json(&serde_json::json!({
+                "model": "gemma-3-270m", "max_tokens": 4, "messages": [{ "role": "user", "content": "hi" }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "the hung-up stream's slot was freed");
+    });
     drop(busy);
 
     // Prometheus metrics count what happened.
