@@ -374,6 +374,40 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
     assert_eq!((status, body["error"]["param"].as_str()), (400, Some("max_tokens")), "{body}");
     assert!(!body["error"]["message"].as_str().unwrap().contains("u64"), "{body}");
 
+    // A thousand requests at once: the gateway admits what it can hold, answers the rest 429
+    // at once, and stays up.
+    let flood = rt.block_on(async {
+        let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let one = |n: usize| {
+            let c = c.clone();
+            let url = format!("{}/chat/completions", busy.url);
+            async move {
+                let body = serde_json::json!({
+                    "model": "gemma-3-270m", "max_tokens": 2,
+                    "messages": [{ "role": "user", "content": format!("{n}") }],
+                });
+                match c.post(url).json(&body).send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                }
+            }
+        };
+        futures::future::join_all((0..1000).map(one)).await
+    });
+    let count = |code: u16| flood.iter().filter(|c| **c == code).count();
+    assert!(
+        count(429) >= 900,
+        "most of the flood is turned away at once: {:?}",
+        (count(200), count(429), count(0))
+    );
+    assert_eq!(
+        count(200) + count(429),
+        1000,
+        "every request gets an answer: {:?}",
+        (count(200), count(429), count(0))
+    );
+    assert!(get_ok(&format!("{}/models", busy.url)), "the gateway still serves");
+
     // A client that hangs up mid-stream: the job still commits and settles (the client pays the
     // task, as for any job), and the stream's slot is freed for the next request.
     let job = rt.block_on(async {
