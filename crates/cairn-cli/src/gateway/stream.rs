@@ -25,6 +25,10 @@ use tracing::warn;
 use super::{ApiError, Gateway, now_secs};
 use crate::catalog::ServedModel;
 
+/// The longest stream frame read from a provider (an event is a few hundred bytes): a provider
+/// that sends more without a frame break is dropped rather than buffered.
+const MAX_FRAME: usize = 64 * 1024;
+
 /// What the client has been shown, and the provider's signed word for it.
 struct Shown {
     text: String,
@@ -200,6 +204,10 @@ async fn follow(
             _ => return true,
         };
         buf.push_str(&String::from_utf8_lossy(&bytes));
+        if buf.len() > MAX_FRAME {
+            warn!(task = %task.short(), provider = %provider, "a stream frame past 64 KiB; stream dropped");
+            return true;
+        }
         while let Some(end) = buf.find("\n\n") {
             let frame: String = buf.drain(..end + 2).collect();
             let data: String = frame
