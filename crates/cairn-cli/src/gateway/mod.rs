@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use axum::body::Bytes;
@@ -20,28 +20,20 @@ use base64::Engine as _;
 use cairn_blobs::{BlobStore, Fetcher};
 use cairn_client::Client;
 use cairn_provider::sender::Sender;
-use cairn_runtime::inference::{
-    ChatRequest, EmbeddingRequest, ModelPackage, ModelTokenizer, REQUESTS_FILE, RESULTS_FILE, ReqError,
-    RequestLine, ResultLine, parse_results,
-};
-use cairn_state::model::TaskState;
-use cairn_types::{
-    Amount, CancelJob, Constraints, ContentId, Event, InputRef, JobId, JobSpec, Limits, Receipt, Resources,
-    SubmitJob, TxBody, TxStatus, VerificationLevel, WorkloadKind,
-};
+use cairn_runtime::inference::{ChatRequest, EmbeddingRequest, ModelTokenizer, ReqError};
+use cairn_types::{Amount, ContentId};
 use clap::Args;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::catalog::{ServedModel, served_models};
 
+mod http;
+mod jobs;
 mod stream;
+
 use crate::keys::KeyArgs;
+use http::{Admission, ApiError, Metrics, now_secs, parse_body};
 
 /// `cairn gateway`.
 #[derive(Debug, Args)]
@@ -71,80 +63,6 @@ pub(crate) struct GatewayArgs {
     max_queue: usize,
 }
 
-/// Admission: at most `max_inflight` requests run; up to `max_queue` more wait for a slot;
-/// the rest are told to come back later (429 + `retry-after`) instead of piling jobs onto the
-/// load that is already late, and instead of timing out (which clients retry, adding load).
-struct Admission {
-    slots: Arc<tokio::sync::Semaphore>,
-    waiting: std::sync::atomic::AtomicUsize,
-    max_queue: usize,
-}
-
-impl Admission {
-    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(p);
-        }
-        if self.waiting.fetch_add(1, SeqCst) >= self.max_queue {
-            self.waiting.fetch_sub(1, SeqCst);
-            return Err(ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                error: ReqError {
-                    code: Some("rate_limit_exceeded".into()),
-                    kind: "rate_limit_error".into(),
-                    ..ReqError::invalid("The gateway is at capacity; retry after a second.")
-                },
-            });
-        }
-        let p = self.slots.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, SeqCst);
-        p.map_err(|_| {
-            ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the gateway is stopping")
-        })
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Labels {
-    endpoint: String,
-    status: u16,
-}
-
-struct Metrics {
-    registry: Registry,
-    requests: Family<Labels, Counter>,
-    latency: Histogram,
-    tokens: Counter,
-    first_token: Histogram,
-    stream_mismatch: Counter,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let mut registry = Registry::with_prefix("cairn_gateway");
-        let requests = Family::<Labels, Counter>::default();
-        registry.register("requests", "Requests by endpoint and HTTP status", requests.clone());
-        let latency = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
-        registry.register("request_seconds", "Time to answer a served request", latency.clone());
-        let tokens = Counter::default();
-        registry.register("tokens", "Prompt and completion tokens served", tokens.clone());
-        let first_token = Histogram::new([0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]);
-        registry.register(
-            "first_token_seconds",
-            "Time from a streamed chat request to its first token",
-            first_token.clone(),
-        );
-        let stream_mismatch = Counter::default();
-        registry.register(
-            "stream_mismatches",
-            "Streams whose provider committed other tokens than it streamed and signed",
-            stream_mismatch.clone(),
-        );
-        Metrics { registry, requests, latency, tokens, first_token, stream_mismatch }
-    }
-}
-
 struct Gateway {
     admission: Admission,
     client: Client,
@@ -159,275 +77,6 @@ struct Gateway {
     tokenizers: Mutex<BTreeMap<ContentId, Arc<ModelTokenizer>>>,
     loading: tokio::sync::Mutex<()>,
     metrics: Metrics,
-}
-
-/// An OpenAI-style error response.
-struct ApiError {
-    status: StatusCode,
-    error: ReqError,
-}
-
-impl ApiError {
-    fn bad(e: ReqError) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, error: e }
-    }
-    fn server(status: StatusCode, code: &str, msg: impl std::fmt::Display) -> Self {
-        ApiError {
-            status,
-            error: ReqError {
-                code: Some(code.into()),
-                kind: "server_error".into(),
-                ..ReqError::invalid(msg)
-            },
-        }
-    }
-    fn not_found(model: &str) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            error: ReqError {
-                param: Some("model".into()),
-                code: Some("model_not_found".into()),
-                ..ReqError::invalid(format!(
-                    "The model `{model}` does not exist or no provider on this network serves it."
-                ))
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(json!({ "error": self.error }))).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            r.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-        }
-        r
-    }
-}
-
-/// What the network did for a request.
-struct Served {
-    result: ResultLine,
-    job: JobId,
-    provider: cairn_types::Address,
-    price: Amount,
-    output: ContentId,
-}
-
-impl Served {
-    fn cairn(&self) -> Value {
-        json!({ "job": self.job, "provider": self.provider, "price": self.price, "output": self.output,
-                "commitment": self.result.commitment })
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn parse_body(bytes: &[u8]) -> Result<RequestLine, ApiError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad(ReqError::invalid(format!("We could not parse the JSON body of your request: {e}")))
-    })?;
-    if !v.is_object() {
-        return Err(ApiError::bad(ReqError::invalid("The request body must be a JSON object.")));
-    }
-    Ok(RequestLine { custom_id: None, body: v })
-}
-
-impl Gateway {
-    async fn model(&self, name: Option<&str>, task: &str) -> Result<ServedModel, ApiError> {
-        let Some(name) = name else {
-            return Err(ApiError::bad(ReqError::param("model", "Missing required parameter: 'model'.")));
-        };
-        let models = served_models(&self.client)
-            .await
-            .map_err(|e| ApiError::server(StatusCode::BAD_GATEWAY, "node_unavailable", format!("{e:#}")))?;
-        let m = crate::catalog::find(&models, name).map_err(|_| ApiError::not_found(name))?.clone();
-        if m.task != task {
-            return Err(ApiError::bad(ReqError::param(
-                "model",
-                format!("The model `{name}` serves {}, not {task}.", m.task),
-            )));
-        }
-        Ok(m)
-    }
-
-    /// The model's tokenizer: from the local model store, else its package fetched (verified)
-    /// from the node into the cache.
-    async fn tokenizer(&self, m: &ServedModel) -> Result<Arc<ModelTokenizer>, ApiError> {
-        if let Some(t) = self.tokenizers.lock().unwrap_or_else(|p| p.into_inner()).get(&m.id) {
-            return Ok(t.clone());
-        }
-        let _one = self.loading.lock().await;
-        if let Some(t) = self.tokenizers.lock().unwrap_or_else(|p| p.into_inner()).get(&m.id) {
-            return Ok(t.clone());
-        }
-        let local = self.local_models.as_ref().filter(|s| s.blobs.has(&m.id)).map(|s| s.blobs.path(&m.id));
-        // The node, then the providers that serve the model (a model imported by an operator
-        // may exist only in its providers' blob stores).
-        let sources: Vec<String> =
-            std::iter::once(self.client.base().to_string()).chain(m.endpoints.iter().cloned()).collect();
-        let path = match local {
-            Some(p) => p,
-            None => self
-                .fetcher
-                .fetch(&self.cache, &m.id, None, 8 << 30, &sources)
-                .await
-                .map_err(|e| ApiError::server(StatusCode::BAD_GATEWAY, "model_unavailable", e))?,
-        };
-        let t = tokio::task::spawn_blocking(move || {
-            ModelPackage::open(&path).and_then(|p| ModelTokenizer::load(&p))
-        })
-        .await
-        .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?
-        .map_err(|e| ApiError::server(StatusCode::BAD_GATEWAY, "model_unavailable", e))?;
-        let t = Arc::new(t);
-        self.tokenizers.lock().unwrap_or_else(|p| p.into_inner()).insert(m.id, t.clone());
-        Ok(t)
-    }
-
-    /// Run one request as a one-task job and return its verified result.
-    async fn serve(&self, m: &ServedModel, body: &Value) -> Result<Served, ApiError> {
-        let job = self.submit(m, body).await?;
-        self.wait_result(job, Instant::now() + self.timeout).await
-    }
-
-    /// Submit one request as a one-task job; returns the job once the chain has taken it.
-    async fn submit(&self, m: &ServedModel, body: &Value) -> Result<JobId, ApiError> {
-        let unavailable =
-            |e: &dyn std::fmt::Display| ApiError::server(StatusCode::BAD_GATEWAY, "node_unavailable", e);
-        let line = format!("{body}\n").into_bytes();
-        let size = line.len() as u64;
-        let input = self.fetcher.upload(self.client.base(), line).await.map_err(|e| unavailable(&e))?;
-        let (k, v) = m.attribute();
-        let spec = JobSpec {
-            kind: WorkloadKind::Inference,
-            workload: m.id,
-            inputs: Vec::new(),
-            task_inputs: vec![InputRef { name: REQUESTS_FILE.into(), id: input, size }],
-            args: Vec::new(),
-            env: BTreeMap::new(),
-            tasks: 1,
-            resources: Resources::default(),
-            limits: Limits::default(),
-            max_price_per_task: self.max_price,
-            // Generous: a provider may first load the model or finish other work; the
-            // gateway's own timeout cancels (and refunds) long before this matters.
-            deadline_blocks: 600,
-            bid_window: 0,
-            max_attempts: 3,
-            constraints: Constraints { regions: Vec::new(), attributes: BTreeMap::from([(k, v)]) },
-            verification: VerificationLevel::Standard,
-            hints: vec![self.client.base().to_string()],
-            train: None,
-        };
-        spec.validate().map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
-        let hash = self.sender.submit(TxBody::SubmitJob(SubmitJob { spec })).await.map_err(|e| {
-            if matches!(e.code(), Some("insufficient_funds" | "insufficient_balance")) {
-                ApiError::server(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "insufficient_quota",
-                    "The gateway's account cannot pay for this request.",
-                )
-            } else {
-                unavailable(&e)
-            }
-        })?;
-        // Inclusion is waited for on its own clock: a job that lands must be seen, so that it
-        // can be cancelled if its result is late.
-        let (_, receipt) = self
-            .client
-            .wait_for(&hash, self.timeout.max(Duration::from_secs(60)))
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let job = match receipt {
-            Receipt::Tx { status: TxStatus::Ok, events, .. } => events
-                .iter()
-                .find_map(|e| match e {
-                    Event::JobSubmitted { job, .. } => Some(*job),
-                    _ => None,
-                })
-                .ok_or_else(|| unavailable(&"the receipt names no job"))?,
-            Receipt::Tx { status: TxStatus::Failed(c) | TxStatus::Rejected(c), .. } => {
-                return Err(ApiError::server(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "insufficient_quota",
-                    format!("The chain refused the job: {c}"),
-                ));
-            }
-            Receipt::EndBlock { .. } => return Err(unavailable(&"unexpected receipt")),
-        };
-        Ok(job)
-    }
-
-    /// Wait for the job's committed output, fetch it (verified) and read its result; cancel
-    /// (refunding) the job at `deadline`.
-    async fn wait_result(&self, job: JobId, deadline: Instant) -> Result<Served, ApiError> {
-        let unavailable =
-            |e: &dyn std::fmt::Display| ApiError::server(StatusCode::BAD_GATEWAY, "node_unavailable", e);
-        loop {
-            let v =
-                crate::job::job_view(&self.client, &job).await.map_err(|e| unavailable(&format!("{e:#}")))?;
-            if let Some(t) = v.tasks.first() {
-                match &t.state {
-                    TaskState::Committed { provider, price, output, .. }
-                    | TaskState::Settled { provider, price, output, .. } => {
-                        let bundle = crate::job::fetch_output(&self.client, &self.cache, provider, output)
-                            .await
-                            .map_err(|e| unavailable(&format!("{e:#}")))?;
-                        let text = bundle
-                            .files
-                            .get(RESULTS_FILE)
-                            .map(|b| String::from_utf8_lossy(b).to_string())
-                            .unwrap_or_default();
-                        let result = parse_results(&text)
-                            .map_err(|e| unavailable(&e))?
-                            .into_iter()
-                            .next()
-                            .ok_or_else(|| unavailable(&"the output holds no result"))?;
-                        return Ok(Served {
-                            result,
-                            job,
-                            provider: *provider,
-                            price: *price,
-                            output: *output,
-                        });
-                    }
-                    TaskState::Refunded { reason, .. } => {
-                        return Err(ApiError::server(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no_provider",
-                            format!("No provider completed the request ({reason:?}); it was refunded."),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            if Instant::now() >= deadline {
-                if let Err(e) = self.sender.submit(TxBody::CancelJob(CancelJob { job })).await {
-                    warn!(job = %job.short(), error = %e, "cancelling a timed-out job failed");
-                }
-                return Err(ApiError::server(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    format!(
-                        "No result within {} s; job {job} was cancelled and its escrow refunded.",
-                        self.timeout.as_secs()
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn count(&self, endpoint: &str, status: StatusCode) {
-        self.metrics
-            .requests
-            .get_or_create(&Labels { endpoint: endpoint.into(), status: status.as_u16() })
-            .inc();
-    }
 }
 
 type Gw = State<Arc<Gateway>>;
