@@ -46,7 +46,7 @@ async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
         TaskState::Committed { provider, .. } | TaskState::Settled { provider, .. } => Some(*provider),
         _ => None,
     };
-    let (output, metering) = if ctx.cfg.behaviour.reruns_audit(worker.as_ref()) {
+    let (output, metering, streams) = if ctx.cfg.behaviour.reruns_audit(worker.as_ref()) {
         let Ok(permit) = ctx.slots.acquire().await else { return };
         let Some(spec) = spec_of(ctx, &task.job).await else {
             warn!(task = %task.id.short(), "cannot read the audited job's spec");
@@ -55,7 +55,10 @@ async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
         let ran = crate::pipeline::execute(ctx, &task, &spec, false).await;
         drop(permit);
         match ran {
-            Ok((output, units, output_bytes)) => (output, Metering { units, output_bytes }),
+            Ok((output, units, output_bytes)) => {
+                let streams = crate::pipeline::stream_ends(ctx, &task.id, &spec, &output);
+                (output, Metering { units, output_bytes }, streams)
+            }
             Err(e) => {
                 // Tried again after a pause (the assignment stays listed until its deadline).
                 warn!(task = %task.id.short(), error = %e, "cannot re-run the audited task; retrying in 15 s");
@@ -64,12 +67,13 @@ async fn audit(ctx: &Arc<Ctx>, a: AuditView) {
             }
         }
     } else {
-        (a.claimed, Metering::default())
+        (a.claimed, Metering::default(), Vec::new())
     };
-    let body = TxBody::SubmitAudit(SubmitAudit { task: task.id, output, metering });
+    let verdict =
+        if cairn_types::stream::claim(&output, &streams) == a.claimed { "match" } else { "mismatch" };
+    let body = TxBody::SubmitAudit(SubmitAudit { task: task.id, output, metering, streams });
     match ctx.sender.submit_and_wait(body, Duration::from_secs(60)).await {
         Ok(TxStatus::Ok) => {
-            let verdict = if output == a.claimed { "match" } else { "mismatch" };
             info!(task = %task.id.short(), output = %output.short(), verdict, "audit submitted");
         }
         Ok(other) => warn!(task = %task.id.short(), ?other, "audit verdict refused"),

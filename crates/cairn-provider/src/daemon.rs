@@ -139,7 +139,8 @@ pub async fn run(home: &Path) -> Result<()> {
     let blobs = Arc::new(BlobStore::open(home.blobs())?);
     let fetcher = Fetcher::new();
     let infer = Arc::new(InferenceExecutor::new(inference_config(&cfg, &home)));
-    let streams = Arc::new(crate::streams::Streams::new(key.clone()));
+    let lie = cfg.behaviour == cairn_types::Behaviour::StreamLies;
+    let streams = Arc::new(crate::streams::Streams::new(key.clone(), lie));
     let sink = streams.clone();
     infer.set_token_sink(Arc::new(move |task, index, ev| sink.token(&TaskId(*task), index, ev)));
     let model_attrs = prepare_models(&cfg, &blobs, &fetcher, &infer).await?;
@@ -493,10 +494,17 @@ async fn process(ctx: &Arc<Ctx>, task: Task) {
             }
         }
     };
+    // An inference result commits where each reply's live stream ended, from the stored output.
+    let Some(spec) = spec_of(ctx, &task.job).await else {
+        warn!(task = %task.id.short(), "cannot read the job spec to commit; will retry");
+        return;
+    };
+    let streams = crate::pipeline::stream_ends(ctx, &task.id, &spec, &output);
     let commit = TxBody::CommitResult(CommitResult {
         task: task.id,
         output,
         metering: Metering { units, output_bytes },
+        streams,
     });
     let mut delay = Duration::from_millis(200);
     loop {

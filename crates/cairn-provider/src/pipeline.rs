@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cairn_runtime::{Executor, TaskRun};
 use cairn_state::model::Task;
+use cairn_types::stream::StreamEnd;
 use cairn_types::{Canonical, ContentId, JobSpec, WorkloadKind};
 use tracing::{info, warn};
 
@@ -22,6 +23,26 @@ pub(crate) async fn fetch(
     let mut sources = spec.hints.clone();
     sources.push(ctx.cfg.node.clone());
     Ok(ctx.fetcher.fetch(&ctx.blobs, id, size, MAX_BLOB, &sources).await?)
+}
+
+/// The stream ends committed with an inference result: recomputed from the stored output
+/// bundle, so they are what the task's replies really were (empty for other kinds).
+pub(crate) fn stream_ends(
+    ctx: &Ctx,
+    task: &cairn_types::TaskId,
+    spec: &JobSpec,
+    output: &ContentId,
+) -> Vec<StreamEnd> {
+    if spec.kind != WorkloadKind::Inference {
+        return Vec::new();
+    }
+    match ctx.blobs.read(output).ok().and_then(|b| cairn_types::OutputBundle::decode(&b).ok()) {
+        Some(bundle) => cairn_runtime::inference::stream_ends(task, &bundle),
+        None => {
+            warn!(task = %task.short(), "cannot read the output bundle for its stream ends");
+            Vec::new()
+        }
+    }
 }
 
 /// Run a task and store its output bundle. With `forge`, the output is then falsified
@@ -73,6 +94,10 @@ pub(crate) async fn execute(
         _ => ctx.exec.clone(),
     };
     let id = spec.workload;
+    if spec.kind == WorkloadKind::Inference {
+        // A run starts its streams afresh: a retry must not extend the chains of an earlier try.
+        ctx.streams.begin_task(&task.id);
+    }
     let ran = tokio::task::spawn_blocking(move || {
         if !exec.is_prepared(&id) {
             exec.prepare_file(&id, &workload)?;

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, http::StatusCode};
 use cairn_runtime::inference::batch::TokenEvent;
-use cairn_types::stream::{StreamEvent, chain_next, chain_start};
+use cairn_types::stream::{MAX_STREAM_ENDS, StreamEvent, chain_next, chain_start};
 use cairn_types::{Hash32, SecretKey, TaskId};
 use tokio::sync::Notify;
 
@@ -43,6 +43,8 @@ struct TaskStream {
 /// The provider's live streams.
 pub(crate) struct Streams {
     key: SecretKey,
+    /// Sign a stream other than the reply (the `stream_lies` adversary).
+    lie: bool,
     tasks: Mutex<BTreeMap<TaskId, Arc<TaskStream>>>,
 }
 
@@ -57,8 +59,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Streams {
-    pub(crate) fn new(key: SecretKey) -> Self {
-        Streams { key, tasks: Mutex::new(BTreeMap::new()) }
+    pub(crate) fn new(key: SecretKey, lie: bool) -> Self {
+        Streams { key, lie, tasks: Mutex::new(BTreeMap::new()) }
     }
 
     fn stream(&self, task: &TaskId) -> Arc<TaskStream> {
@@ -88,12 +90,19 @@ impl Streams {
 
     /// A token (or the end of a reply) made by the engine for request `index` of `task`.
     pub(crate) fn token(&self, task: &TaskId, index: u64, ev: &TokenEvent) {
+        if index >= MAX_STREAM_ENDS as u64 {
+            // Not covered by the commitment: not streamed.
+            return;
+        }
         let s = self.stream(task);
         {
             let mut st = lock(&s.state);
             let (n, chain) = st.chains.get(&index).copied().unwrap_or((0, chain_start(task, index)));
             let e = match ev {
                 TokenEvent::Token { id, delta } => {
+                    // An adversary behaviour for drills: the second token shown is not the one made.
+                    let id = if self.lie && n == 1 { id ^ 1 } else { *id };
+                    let id = &id;
                     let (n, chain) = (n + 1, chain_next(&chain, *id));
                     st.chains.insert(index, (n, chain));
                     let sig = self.key.sign(&StreamEvent::signed_bytes(task, index, n, &chain, false));
@@ -115,6 +124,17 @@ impl Streams {
             st.events.push(e);
         }
         s.notify.notify_waiters();
+    }
+
+    /// A run of the task starts: forget the chains of any earlier try, so the new run's
+    /// tokens are signed from the start (a deterministic re-run signs the same points again).
+    pub(crate) fn begin_task(&self, task: &TaskId) {
+        let s = self.stream(task);
+        let mut st = lock(&s.state);
+        // A follower keeps its place: the re-run's events past it are the same tokens.
+        st.events.clear();
+        st.chains.clear();
+        st.ended = None;
     }
 
     /// The task has run (or failed here): its stream ends.

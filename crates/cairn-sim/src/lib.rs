@@ -431,6 +431,7 @@ impl Sim {
                 task,
                 output,
                 metering: Metering { units: UNITS, output_bytes: 32 },
+                streams: Vec::new(),
             }),
         );
         if lied && b == Behaviour::CommitThenVanish {
@@ -467,6 +468,7 @@ impl Sim {
                 task,
                 output,
                 metering: Metering { units: UNITS, output_bytes: 32 },
+                streams: Vec::new(),
             }),
         );
     }

@@ -137,6 +137,7 @@ fn market_mix(n: usize) -> (MemStore, Block) {
             task: t,
             output: ContentId::of(&t.0),
             metering: Metering::default(),
+            streams: Vec::new(),
         })
     };
     for t in &to_settle {

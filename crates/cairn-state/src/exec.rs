@@ -6,7 +6,9 @@ use cairn_types::{Block, Canonical, ErrorCode, MAX_TX_BYTES, Receipt, Tx, TxBody
 use crate::ctx::{Ctx, Exec, Fail};
 use crate::model::{Account, Due, Meta};
 use crate::store::{StateView, WriteSet};
-use crate::{Error, Params, Result, bank, escrow, keys, market, registry, rewards, staking, storage, verify};
+use crate::{
+    Error, Params, Result, bank, escrow, keys, market, registry, rewards, staking, storage, streams, verify,
+};
 
 /// What executing a block produced, before it is committed to a store.
 #[derive(Debug)]
@@ -162,6 +164,7 @@ fn dispatch(ctx: &mut Ctx<'_>, tx: &Tx) -> Exec<()> {
         TxBody::ProveStorage(p) => storage::prove(ctx, who, p),
         TxBody::OpenLease(o) => escrow::open_lease(ctx, who, tx.nonce, o),
         TxBody::CloseLease(c) => escrow::close_lease(ctx, who, c),
+        TxBody::ReportStream(r) => streams::report(ctx, who, r),
     }
 }
 

@@ -52,6 +52,7 @@ mod sortition;
 mod staking;
 mod storage;
 pub mod store;
+mod streams;
 pub mod testkit;
 mod verify;
 

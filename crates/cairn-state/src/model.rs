@@ -3,7 +3,7 @@
 use borsh::{BorshDeserialize, BorshSerialize};
 use cairn_types::{
     Address, Amount, AuditKind, ContentId, DealId, JobId, LeaseId, Metering, ProviderInfo, RefundReason,
-    TaskId, WorkloadKind,
+    TaskId, WorkloadKind, stream::StreamEnd,
 };
 use serde::{Deserialize, Serialize};
 
@@ -193,6 +193,9 @@ pub enum TaskState {
         output: ContentId,
         /// Metering reported.
         metering: Metering,
+        /// Where each reply's live stream ends (inference).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        streams: Vec<StreamEnd>,
         /// Height committed.
         committed_at: u64,
         /// Height it settles at if unchallenged.
@@ -306,7 +309,7 @@ pub struct KnownAnswer {
     pub job: JobId,
     /// Who ran it (never drawn to audit its own canary).
     pub worker: Address,
-    /// Its verified output.
+    /// Its verified claim: the output, bound to its stream ends where it has any.
     pub output: ContentId,
     /// Its price.
     pub price: Amount,

@@ -54,6 +54,7 @@ pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec
     if c.metering.units > spec.limits.fuel || c.metering.output_bytes > spec.limits.output_bytes {
         return Err(ErrorCode::InvalidBody.into());
     }
+    check_streams(&spec, &c.streams)?;
     // Running is over: the capacity is free again; the stake exposure stays until payment.
     let mut p = registry::get(ctx, who)?.ok_or_else(|| invariant("assigned provider missing"))?;
     registry::release_capacity(&mut p, &spec)?;
@@ -69,6 +70,7 @@ pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec
         price,
         output: c.output,
         metering: c.metering.clone(),
+        streams: c.streams.clone(),
         committed_at: ctx.height,
         settle_at,
     };
@@ -83,6 +85,23 @@ pub(crate) fn commit(ctx: &mut Ctx<'_>, who: &Address, c: &CommitResult) -> Exec
         market::accept(ctx, &t.id)?;
     }
     Ok(())
+}
+
+/// Stream ends come with inference results only, one per reply at most up to the cap.
+fn check_streams(spec: &JobSpec, ends: &[cairn_types::stream::StreamEnd]) -> Exec<()> {
+    let allowed = if spec.kind == WorkloadKind::Inference { cairn_types::stream::MAX_STREAM_ENDS } else { 0 };
+    if ends.len() > allowed || ends.iter().any(|e| e.n > spec.limits.fuel) {
+        return Err(ErrorCode::InvalidBody.into());
+    }
+    Ok(())
+}
+
+/// What audits of a committed task compare: its output, bound to its stream ends.
+pub(crate) fn claim_of(state: &TaskState) -> Option<ContentId> {
+    match state {
+        TaskState::Committed { output, streams, .. } => Some(cairn_types::stream::claim(output, streams)),
+        _ => None,
+    }
 }
 
 pub(crate) fn on_settle(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
@@ -122,7 +141,7 @@ pub(crate) fn on_settle(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
     market::accept(ctx, id)
 }
 
-fn audit(ctx: &Ctx<'_>, id: &TaskId) -> Exec<Option<Audit>> {
+pub(crate) fn audit(ctx: &Ctx<'_>, id: &TaskId) -> Exec<Option<Audit>> {
     ctx.get(&keys::audit(id))
 }
 
@@ -135,7 +154,7 @@ fn put_record(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
     ctx.put(key, a)
 }
 
-fn delete_record(ctx: &mut Ctx<'_>, a: &Audit) {
+pub(crate) fn delete_record(ctx: &mut Ctx<'_>, a: &Audit) {
     let key = if a.kind == AuditKind::Canary { keys::canary(&a.task) } else { keys::audit(&a.task) };
     ctx.delete(key);
 }
@@ -152,7 +171,8 @@ fn window_end(ctx: &Ctx<'_>) -> Exec<u64> {
 /// The beacon of the block after a commit decides on an audit and, with rate `φ`, a canary.
 pub(crate) fn on_audit_draw(ctx: &mut Ctx<'_>, id: &TaskId) -> Exec<()> {
     let t = market::task(ctx, id)?.ok_or_else(|| invariant("scheduled task missing"))?;
-    let TaskState::Committed { provider, price, output, .. } = t.state.clone() else { return Ok(()) };
+    let TaskState::Committed { provider, price, .. } = t.state.clone() else { return Ok(()) };
+    let output = claim_of(&t.state).ok_or_else(|| invariant("committed task without claim"))?;
     if audit(ctx, id)?.is_some() {
         return Ok(());
     }
@@ -279,8 +299,9 @@ pub(crate) fn submit_audit(ctx: &mut Ctx<'_>, who: &Address, s: &SubmitAudit) ->
     if s.metering.units > spec.limits.fuel || s.metering.output_bytes > spec.limits.output_bytes {
         return Err(ErrorCode::InvalidBody.into());
     }
+    check_streams(&spec, &s.streams)?;
     let slot = a.verdicts.get_mut(i).ok_or_else(|| invariant("verdict slot missing"))?;
-    *slot = Some(s.output);
+    *slot = Some(cairn_types::stream::claim(&s.output, &s.streams));
     ctx.emit(Event::AuditSubmitted { task: s.task, auditor: *who });
     if a.verdicts.iter().all(Option::is_some) { resolve(ctx, a) } else { put_record(ctx, &a) }
 }
@@ -300,9 +321,10 @@ pub(crate) fn open_dispute(ctx: &mut Ctx<'_>, who: &Address, d: &OpenDispute) ->
     if j.client != *who {
         return Err(ErrorCode::NotJobClient.into());
     }
-    let TaskState::Committed { provider, price, output, .. } = t.state.clone() else {
+    let TaskState::Committed { provider, price, .. } = t.state.clone() else {
         return Err(ErrorCode::DisputeNotAllowed.into());
     };
+    let output = claim_of(&t.state).ok_or_else(|| invariant("committed task without claim"))?;
     if t.accepted && j.kind == WorkloadKind::Train {
         // Later rounds already train on it: only the random audit before acceptance decides.
         return Err(ErrorCode::DisputeNotAllowed.into());
@@ -510,7 +532,7 @@ fn undecided(ctx: &mut Ctx<'_>, a: &Audit, t: Task, j: &Job, spec: &JobSpec) -> 
     abandon(ctx, t, j, spec)
 }
 
-fn return_bond(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
+pub(crate) fn return_bond(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
     match a.challenger {
         Some((client, bond)) => crate::bank::credit(ctx, &client, bond),
         None => Ok(()),
@@ -519,7 +541,7 @@ fn return_bond(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
 
 /// Drop a committed result without paying: release the worker's exposure, keep it off the
 /// task, and re-run or refund.
-fn abandon(ctx: &mut Ctx<'_>, mut t: Task, j: &Job, spec: &JobSpec) -> Exec<()> {
+pub(crate) fn abandon(ctx: &mut Ctx<'_>, mut t: Task, j: &Job, spec: &JobSpec) -> Exec<()> {
     let TaskState::Committed { provider, price, .. } = t.state.clone() else {
         return Err(invariant("abandoning a task that is not committed"));
     };
@@ -534,9 +556,9 @@ fn abandon(ctx: &mut Ctx<'_>, mut t: Task, j: &Job, spec: &JobSpec) -> Exec<()> 
 /// A confirmed result joins the known answers and settles at the end of its challenge window
 /// (or in the next block if that has passed).
 fn confirmed(ctx: &mut Ctx<'_>, t: &Task) -> Exec<()> {
-    if let TaskState::Committed { provider, price, output, .. } = &t.state {
+    if let (TaskState::Committed { provider, price, .. }, Some(output)) = (&t.state, claim_of(&t.state)) {
         let mut known: Vec<KnownAnswer> = ctx.get_or_default(keys::KNOWN_ANSWERS)?;
-        known.push(KnownAnswer { task: t.id, job: t.job, worker: *provider, output: *output, price: *price });
+        known.push(KnownAnswer { task: t.id, job: t.job, worker: *provider, output, price: *price });
         let cap = ctx.params.known_answers as usize;
         if known.len() > cap {
             let extra = known.len().saturating_sub(cap);

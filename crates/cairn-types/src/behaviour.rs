@@ -34,13 +34,16 @@ pub enum Behaviour {
     },
     /// Behaves until its first wrong output, then stops (no audits, no further work).
     CommitThenVanish,
+    /// Commits honest results, but the live token streams it signs show another second token
+    /// than the reply it commits.
+    StreamLies,
 }
 
 impl Behaviour {
     /// Whether it commits a wrong output for `task`.
     pub fn cheats_on(&self, task: &TaskId) -> bool {
         match self {
-            Behaviour::Honest | Behaviour::LazyAuditor => false,
+            Behaviour::Honest | Behaviour::LazyAuditor | Behaviour::StreamLies => false,
             Behaviour::WrongAlways
             | Behaviour::SkipWork
             | Behaviour::Colluder { .. }
@@ -76,6 +79,7 @@ impl Behaviour {
             Behaviour::LazyAuditor => "lazy_auditor",
             Behaviour::Colluder { .. } => "colluder",
             Behaviour::CommitThenVanish => "commit_then_vanish",
+            Behaviour::StreamLies => "stream_lies",
         }
     }
 }

@@ -80,6 +80,6 @@ pub use receipt::{AuditKind, AuditOutcome, ErrorCode, Event, Receipt, RefundReas
 pub use train::{Decimal, ModelArch, Optimizer, TrainRole, TrainSpec, train_limits};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,
-    Metering, Offer, OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, SubmitJob,
-    Transfer, Tx, TxBody, Unbond, UpdateProvider,
+    Metering, Offer, OpenDispute, OpenLease, ProveStorage, RegisterProvider, ReportStream, SubmitAudit,
+    SubmitJob, Transfer, Tx, TxBody, Unbond, UpdateProvider,
 };

@@ -162,6 +162,12 @@ error_codes! {
     RevealMismatch = 78, "reveal_mismatch", "revealed price and salt do not match the sealed bid";
     /// Reveals are taken only between the end of sealing and the auction's close.
     NotRevealTime = 79, "not_reveal_time", "bids are revealed after sealing ends and before the auction closes";
+    /// The reported reply has no committed stream end.
+    StreamNotCommitted = 80, "stream_not_committed", "the task's commitment has no stream for this reply";
+    /// The reported stream point is a prefix of the committed reply: nothing to slash.
+    StreamConsistent = 81, "stream_consistent", "the signed stream agrees with the committed reply";
+    /// The committed tokens given do not match the committed stream end.
+    StreamEvidenceInvalid = 82, "stream_evidence_invalid", "the tokens given are not the committed reply";
 }
 
 impl fmt::Display for ErrorCode {
@@ -258,6 +264,8 @@ pub enum SlashReason {
     WrongVerdict,
     /// An auditor approved a canary's wrong answer (or gave another wrong one).
     Canary,
+    /// A provider signed a live stream that differs from the reply it committed.
+    StreamMismatch,
 }
 
 /// Why an audit was assigned.
@@ -358,6 +366,9 @@ pub enum Event {
     BidSealed { task: TaskId, provider: Address },
     /// A validator's proven consensus fault cost it stake (burned).
     ValidatorSlashed { validator: Address, view: u64, kind: crate::FaultKind, amount: Amount },
+    /// A provider's signed live stream differed from the reply it committed (`index` in the
+    /// task), as `reporter` showed: it is slashed and the task re-runs or is refunded.
+    StreamMismatch { task: TaskId, provider: Address, index: u64, reporter: Address },
 }
 
 /// The result of a transaction, or of the block's end-of-block work.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Address, Amount, Canonical, ContentId, DealId, Hash32, JobId, JobSpec, LeaseId, ProviderInfo, Result,
-    SecretKey, Signature, TaskId, TxHash,
+    SecretKey, Signature, TaskId, TxHash, stream::StreamEnd,
 };
 
 /// Largest encoded transaction.
@@ -127,6 +127,10 @@ pub struct CommitResult {
     pub output: ContentId,
     /// What it cost to run.
     pub metering: Metering,
+    /// Where each reply's token stream ends (inference; empty for other kinds): see
+    /// [`crate::stream`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamEnd>,
 }
 
 /// An assigned auditor's own result for a task it re-ran.
@@ -138,6 +142,9 @@ pub struct SubmitAudit {
     pub output: ContentId,
     /// What it cost to re-run.
     pub metering: Metering,
+    /// The stream ends of the auditor's output, as in [`CommitResult::streams`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamEnd>,
 }
 
 /// Challenge a committed result, with a bond.
@@ -195,6 +202,30 @@ pub struct CloseLease {
     pub lease: LeaseId,
 }
 
+/// Evidence that a provider streamed tokens it did not commit: one point of its signed live
+/// stream (see [`crate::stream::StreamEvent`]) and, unless that point is the reply's end, the
+/// committed reply's token ids (from the committed output). Anyone holding the signed point
+/// may report it while the task is committed; a point that is not a prefix of the committed
+/// reply slashes the provider and the task re-runs or is refunded.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct ReportStream {
+    /// The task.
+    pub task: TaskId,
+    /// The reply's position in the task.
+    pub index: u64,
+    /// Tokens streamed at the signed point.
+    pub n: u64,
+    /// The chain the provider signed at that point.
+    pub chain: Hash32,
+    /// Whether the provider signed it as the reply's end.
+    pub last: bool,
+    /// The provider's signature over [`crate::stream::StreamEvent::signed_bytes`].
+    pub sig: Signature,
+    /// The committed reply's token ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<u32>,
+}
+
 /// Every transaction body. The order of variants is the wire tag: append, never reorder.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -231,6 +262,8 @@ pub enum TxBody {
     OpenLease(OpenLease),
     /// See [`CloseLease`].
     CloseLease(CloseLease),
+    /// See [`ReportStream`].
+    ReportStream(ReportStream),
 }
 
 impl TxBody {
@@ -253,6 +286,7 @@ impl TxBody {
             TxBody::ProveStorage(_) => "prove_storage",
             TxBody::OpenLease(_) => "open_lease",
             TxBody::CloseLease(_) => "close_lease",
+            TxBody::ReportStream(_) => "report_stream",
         }
     }
 }

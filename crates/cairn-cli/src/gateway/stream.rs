@@ -4,7 +4,8 @@
 //! the provider generates. When the task commits, the gateway fetches the committed result and
 //! checks that it is what was streamed: the chain over the committed token ids must equal the
 //! last signed chain. The final chunk says so (`cairn.stream.verified`); a provider that
-//! committed other tokens than it signed is counted and logged with the signed evidence.
+//! committed other tokens than it signed is reported to the chain with the signed evidence
+//! (`ReportStream`), which slashes it.
 //!
 //! If the stream breaks (the provider died), the task is re-run elsewhere with the same seed,
 //! so the committed answer continues what was shown; the rest is sent from it.
@@ -17,7 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use cairn_state::model::TaskState;
 use cairn_types::stream::{StreamEvent, chain_next, chain_of, chain_start};
-use cairn_types::{Address, Hash32, JobId, TaskId};
+use cairn_types::{Address, Hash32, JobId, ReportStream, TaskId, TxBody};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -36,6 +37,8 @@ struct Shown {
     chain: Hash32,
     /// The last verified event (the evidence, should the commitment differ).
     last: Option<StreamEvent>,
+    /// Who signed it.
+    last_by: Option<Address>,
     first_at: Option<Instant>,
 }
 
@@ -92,19 +95,27 @@ async fn relay(
         return;
     }
     let deadline = Instant::now() + g.timeout;
-    let mut shown =
-        Shown { text: String::new(), ids: Vec::new(), chain: Hash32::ZERO, last: None, first_at: None };
+    let mut shown = Shown {
+        text: String::new(),
+        ids: Vec::new(),
+        chain: Hash32::ZERO,
+        last: None,
+        last_by: None,
+        first_at: None,
+    };
     let mut streamed_from: Option<(Address, u32)> = None;
     // Follow the task: stream from each provider it is assigned to, until it commits.
     loop {
         if Instant::now() >= deadline {
             break;
         }
+        if tx.is_closed() {
+            return; // the client went away; the job settles on its own
+        }
         match assignment(&g, &job).await {
             Some((task, attempt, TaskState::Assigned { provider, .. }))
                 if streamed_from != Some((provider, attempt)) =>
             {
-                streamed_from = Some((provider, attempt));
                 if shown.ids.is_empty() {
                     shown.chain = chain_start(&task, 0);
                 }
@@ -115,10 +126,15 @@ async fn relay(
                         .ok()
                         .and_then(|all| all.get(&m.id).and_then(|s| s.endpoint_of.get(&provider).cloned())),
                 };
-                if let Some(endpoint) = endpoint
-                    && !follow(&g, &endpoint, &task, &provider, &mut shown, &tx, &chunk, started).await
-                {
-                    return; // the client went away; the job settles on its own
+                let Some(endpoint) = endpoint else {
+                    streamed_from = Some((provider, attempt));
+                    continue;
+                };
+                match follow(&g, &endpoint, &task, &provider, &mut shown, &tx, &chunk, started).await {
+                    Follow::Gone => return, // the client went away; the job settles on its own
+                    Follow::Done => streamed_from = Some((provider, attempt)),
+                    // The provider has not seen its assignment yet (or is restarting): ask again.
+                    Follow::NotYet => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
             Some((
@@ -148,9 +164,15 @@ async fn relay(
             let verified = shown.ids.len() <= ids.len()
                 && shown.ids[..] == ids[..shown.ids.len()]
                 && shown.last.as_ref().is_none_or(|e| chain_of(&task, 0, &ids[..e.n as usize]) == e.chain);
+            let mut reported = None;
             if !verified {
                 g.metrics.stream_mismatch.inc();
                 warn!(job = %job.short(), provider = %s.provider, evidence = ?shown.last, "the provider committed other tokens than it streamed and signed");
+                // The chain slashes on the provider's own signature: report the signed point
+                // with the committed tokens.
+                if let Some(e) = shown.last.as_ref().filter(|_| shown.last_by == Some(s.provider)) {
+                    reported = report(&g, &task, e, &ids).await;
+                }
             }
             // The rest of the answer, from the commitment.
             if let Some(rest) = text.strip_prefix(shown.text.as_str()).filter(|r| !r.is_empty()) {
@@ -163,7 +185,7 @@ async fn relay(
             let mut last = chunk(json!({}), Value::String(finish_reason));
             let mut cairn = s.cairn();
             cairn["stream"] = json!({
-                "tokens": shown.ids.len(), "verified": verified,
+                "tokens": shown.ids.len(), "verified": verified, "reported": reported,
                 "first_token_ms": shown.first_at.map(|t| t.duration_since(started).as_millis() as u64),
             });
             last["cairn"] = cairn;
@@ -179,8 +201,40 @@ async fn relay(
     }
 }
 
-/// Read one provider's stream of `task`, verify it, and relay it. Returns false when the
-/// client has gone.
+/// Report a signed stream point that the commitment contradicts; the transaction's hash.
+async fn report(g: &Gateway, task: &TaskId, e: &StreamEvent, committed: &[u32]) -> Option<String> {
+    let body = TxBody::ReportStream(ReportStream {
+        task: *task,
+        index: e.index,
+        n: e.n,
+        chain: e.chain,
+        last: e.finish.is_some(),
+        sig: e.sig,
+        tokens: committed.to_vec(),
+    });
+    match g.sender.submit(body).await {
+        Ok(hash) => {
+            warn!(task = %task.short(), tx = %hash, "reported the stream mismatch to the chain");
+            Some(hash.to_string())
+        }
+        Err(e) => {
+            warn!(task = %task.short(), error = %e, "could not report the stream mismatch");
+            None
+        }
+    }
+}
+
+/// How following a provider's stream ended.
+enum Follow {
+    /// The client has gone.
+    Gone,
+    /// The stream ended (or broke, or failed its checks): the commitment says the rest.
+    Done,
+    /// No stream to read yet.
+    NotYet,
+}
+
+/// Read one provider's stream of `task`, verify it, and relay it.
 #[allow(clippy::too_many_arguments)]
 async fn follow(
     g: &Gateway,
@@ -191,22 +245,22 @@ async fn follow(
     tx: &mpsc::Sender<Value>,
     chunk: &impl Fn(Value, Value) -> Value,
     started: Instant,
-) -> bool {
+) -> Follow {
     let url = format!("{}/streams/{task}", endpoint.trim_end_matches('/'));
-    let Ok(mut resp) = g.http.get(&url).send().await else { return true };
+    let Ok(mut resp) = g.http.get(&url).send().await else { return Follow::NotYet };
     if !resp.status().is_success() {
-        return true;
+        return Follow::NotYet;
     }
     let mut buf = String::new();
     loop {
         let bytes = match resp.chunk().await {
             Ok(Some(b)) => b,
-            _ => return true,
+            _ => return Follow::Done,
         };
         buf.push_str(&String::from_utf8_lossy(&bytes));
         if buf.len() > MAX_FRAME {
             warn!(task = %task.short(), provider = %provider, "a stream frame past 64 KiB; stream dropped");
-            return true;
+            return Follow::Done;
         }
         while let Some(end) = buf.find("\n\n") {
             let frame: String = buf.drain(..end + 2).collect();
@@ -220,31 +274,32 @@ async fn follow(
                 continue;
             }
             if data == "[DONE]" {
-                return true;
+                return Follow::Done;
             }
-            let Ok(e) = serde_json::from_str::<StreamEvent>(&data) else { return true };
+            let Ok(e) = serde_json::from_str::<StreamEvent>(&data) else { return Follow::Done };
             if e.index != 0 || e.verify(task, provider).is_err() {
                 warn!(task = %task.short(), provider = %provider, "a stream event failed its signature; stream dropped");
-                return true;
+                return Follow::Done;
             }
             let Some(tok) = e.id else {
-                return true; // the reply ended; the commitment follows
+                return Follow::Done; // the reply ended; the commitment follows
             };
             if (e.n as usize) <= shown.ids.len() {
                 // Already shown (a re-run repeating the same seeded tokens): check and skip.
                 if e.n == 0 || shown.ids.get(e.n as usize - 1) != Some(&tok) {
-                    return true;
+                    return Follow::Done;
                 }
                 continue;
             }
             let next = chain_next(&shown.chain, tok);
             if e.n as usize != shown.ids.len() + 1 || next != e.chain {
                 warn!(task = %task.short(), provider = %provider, "a stream event does not extend the chain; stream dropped");
-                return true;
+                return Follow::Done;
             }
             shown.ids.push(tok);
             shown.chain = next;
             shown.last = Some(e.clone());
+            shown.last_by = Some(*provider);
             if !e.delta.is_empty() {
                 if shown.first_at.is_none() {
                     let now = Instant::now();
@@ -253,7 +308,7 @@ async fn follow(
                 }
                 shown.text.push_str(&e.delta);
                 if tx.send(chunk(json!({ "content": e.delta }), Value::Null)).await.is_err() {
-                    return false;
+                    return Follow::Gone;
                 }
             }
         }

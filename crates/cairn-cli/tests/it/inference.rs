@@ -105,7 +105,7 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
     let base = create_network_with_models(root, 1, 2);
     let mut node = NodeProc::start(&root.join("validator-0"), base + 100);
     let api = node.api.clone();
-    let _providers: Vec<ProviderProc> =
+    let mut procs: Vec<ProviderProc> =
         (0..2).map(|i| ProviderProc::start(&root.join(format!("provider-{i}")))).collect();
     let rt = rt();
     rt.block_on(async {
@@ -458,6 +458,64 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
         assert_eq!(r.status().as_u16(), 200, "the hung-up stream's slot was freed");
     });
     drop(busy);
+
+    // Providers that stream other tokens than they commit: the gateway reports the signed
+    // stream, and the chain slashes the worker on its own signature.
+    for (i, p) in procs.iter_mut().enumerate() {
+        p.kill9();
+        let path = root.join(format!("provider-{i}/provider.toml"));
+        let mut cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg.as_table_mut()
+            .unwrap()
+            .insert("behaviour".into(), toml::from_str("kind = \"stream_lies\"").unwrap());
+        std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    }
+    procs = (0..2).map(|i| ProviderProc::start(&root.join(format!("provider-{i}")))).collect();
+    let (reported, job) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/chat/completions", gw.url))
+            .timeout(Duration::from_secs(240))
+            .json(&serde_json::json!({
+                "model": "qwen2.5-coder-0.5b-instruct", "max_tokens": 8, "temperature": 0, "stream": true,
+                "messages": [{ "role": "user", "content": "Name a stone." }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.unwrap();
+        let last = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .find(|v| v["cairn"]["stream"].is_object())
+            .unwrap_or_else(|| panic!("no final chunk: {text}"));
+        let s = &last["cairn"]["stream"];
+        assert_eq!(s["verified"], false, "the gateway caught the lie: {last}");
+        let job = last["id"].as_str().unwrap().trim_start_matches("chatcmpl-").to_string();
+        (s["reported"].as_str().unwrap_or_else(|| panic!("not reported: {last}")).to_string(), job)
+    });
+    let c = node.client();
+    rt.block_on(async {
+        let hash: cairn_types::TxHash = reported.parse().unwrap();
+        let (_, receipt) = c.wait_for(&hash, READY).await.unwrap();
+        let slashed = receipt.events().iter().any(|e| {
+            matches!(e, cairn_types::Event::Slashed { reason: cairn_types::SlashReason::StreamMismatch, .. })
+        });
+        assert!(slashed, "the report slashed the worker: {receipt:?}");
+        // The task runs again (or is refunded): the client's deposit ends paid or refunded.
+        let deadline = tokio::time::Instant::now() + READY * 2;
+        loop {
+            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+            let tasks: Vec<cairn_state::model::Task> = serde_json::from_value(v["tasks"].clone()).unwrap();
+            if tasks.iter().all(|t| t.state.is_final()) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the reported job did not end: {v}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    drop(procs);
 
     // Prometheus metrics count what happened.
     let metrics = rt.block_on(async {

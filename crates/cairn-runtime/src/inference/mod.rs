@@ -290,6 +290,17 @@ impl InferenceExecutor {
     }
 }
 
+/// The stream ends a provider commits with an inference result (see
+/// [`cairn_types::stream`]): one per result line, in order, from the reply's token ids. A
+/// bundle without results (a committed failure) streams nothing.
+pub fn stream_ends(task: &cairn_types::TaskId, bundle: &OutputBundle) -> Vec<cairn_types::stream::StreamEnd> {
+    let Some(text) = bundle.files.get(RESULTS_FILE).and_then(|b| std::str::from_utf8(b).ok()) else {
+        return Vec::new();
+    };
+    let Ok(lines) = parse_results(text) else { return Vec::new() };
+    cairn_types::stream::ends_of(task, lines.iter().map(|l| l.token_ids.as_deref()))
+}
+
 /// A request's sampling seed when it gives none: from the task seed and its position.
 pub fn derive_seed(task_seed: &[u8; 32], index: u64) -> u64 {
     let mut h = blake3::Hasher::new();

@@ -16,6 +16,7 @@ fn commit(chain: &mut cairn_state::testkit::TestChain, who: u64, task: TaskId) -
             task,
             output: ContentId::of(b"out"),
             metering: Metering { units: 10, output_bytes: 3 },
+            streams: Vec::new(),
         }),
     );
     status(&r)

@@ -7,5 +7,6 @@ mod common;
 mod lifecycle;
 mod properties;
 mod staking_rewards;
+mod streams;
 mod training;
 mod verification;

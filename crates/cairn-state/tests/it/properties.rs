@@ -245,6 +245,7 @@ impl World {
                     task: id,
                     output: ContentId::of(&id.0),
                     metering: Metering { units: 5, output_bytes: 5 },
+                    streams: Vec::new(),
                 };
                 signed(&mut self.chain, &who, TxBody::CommitResult(c))
             }
@@ -307,6 +308,7 @@ impl World {
                     task: a.task,
                     output,
                     metering: Metering { units: 5, output_bytes: 5 },
+                    streams: Vec::new(),
                 });
                 signed(&mut self.chain, &who, body)
             }

@@ -46,6 +46,7 @@ fn a_provider_needs_stake_to_register_and_cannot_unbond_what_backs_open_work() {
         task: TaskId::derive(&job, 0),
         output: ContentId::of(b"o"),
         metering: Metering::default(),
+        streams: Vec::new(),
     };
     chain.ok(&p, TxBody::CommitResult(c));
     chain.advance(5);
@@ -79,6 +80,7 @@ fn validators_earn_fees_and_block_rewards_and_providers_earn_by_verified_work() 
                 task,
                 output: ContentId::of(b"x"),
                 metering: Metering::default(),
+                streams: Vec::new(),
             }),
         );
     }
@@ -196,8 +198,12 @@ fn verdicts_from_unassigned_auditors_and_disputes_from_strangers_are_refused() {
     let mut chain = market(&["0.5", "0.5"]);
     let job = submit(&mut chain, spec(1, "1", 0));
     let task = TaskId::derive(&job, 0);
-    let audit =
-        TxBody::SubmitAudit(SubmitAudit { task, output: ContentId::of(b"x"), metering: Metering::default() });
+    let audit = TxBody::SubmitAudit(SubmitAudit {
+        task,
+        output: ContentId::of(b"x"),
+        metering: Metering::default(),
+        streams: Vec::new(),
+    });
     assert_eq!(status(&chain.run(&provider_key(1), audit)), TxStatus::Failed(ErrorCode::AuditNotAssigned));
     let dispute = |bond| TxBody::OpenDispute(OpenDispute { task, bond });
     assert_eq!(

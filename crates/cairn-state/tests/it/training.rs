@@ -45,6 +45,7 @@ fn commit(chain: &mut TestChain, job: &JobId, index: u32) -> Receipt {
             task: TaskId::derive(job, index),
             output: output(job, index),
             metering: Metering { units: 10, output_bytes: 3 },
+            streams: Vec::new(),
         }),
     );
     assert_eq!(status(&r), TxStatus::Ok);
@@ -106,7 +107,12 @@ fn an_audited_shard_holds_its_round_until_the_audit_confirms_it_and_then_cannot_
     let task = TaskId::derive(&job, 0);
     let r = chain.run(
         &key_of(&auditor),
-        TxBody::SubmitAudit(SubmitAudit { task, output: claimed, metering: Metering::default() }),
+        TxBody::SubmitAudit(SubmitAudit {
+            task,
+            output: claimed,
+            metering: Metering::default(),
+            streams: Vec::new(),
+        }),
     );
     assert_eq!(status(&r), TxStatus::Ok);
     chain.next_block();

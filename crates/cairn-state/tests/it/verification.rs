@@ -77,6 +77,7 @@ fn job_committed(chain: &mut TestChain, output: ContentId) -> (JobId, TaskId, Ad
             task,
             output,
             metering: Metering { units: 10, output_bytes: 3 },
+            streams: Vec::new(),
         }),
     );
     let drawn = chain.next_block();
@@ -86,7 +87,12 @@ fn job_committed(chain: &mut TestChain, output: ContentId) -> (JobId, TaskId, Ad
 fn verdict(chain: &mut TestChain, auditor: &Address, task: TaskId, output: ContentId) -> Receipt {
     chain.run(
         &key_of(auditor),
-        TxBody::SubmitAudit(SubmitAudit { task, output, metering: Metering { units: 10, output_bytes: 3 } }),
+        TxBody::SubmitAudit(SubmitAudit {
+            task,
+            output,
+            metering: Metering { units: 10, output_bytes: 3 },
+            streams: Vec::new(),
+        }),
     )
 }
 
@@ -296,6 +302,7 @@ fn a_client_dispute_needs_a_bond_and_loses_it_when_the_result_holds() {
             task,
             output: ContentId::of(b"ok"),
             metering: Metering::default(),
+            streams: Vec::new(),
         }),
     );
     // The random audit is drawn in the next block; a dispute waits until it is resolved.
@@ -438,6 +445,7 @@ fn an_inference_result_is_audited_only_by_providers_of_its_workers_class() {
                 task,
                 output: truth(&task),
                 metering: Metering { units: 10, output_bytes: 3 },
+                streams: Vec::new(),
             }),
         );
         let drawn = chain.next_block();

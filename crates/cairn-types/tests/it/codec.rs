@@ -102,11 +102,17 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
                 task,
                 output: ContentId::of(b"out"),
                 metering: metering.clone(),
+                streams: vec![cairn_types::stream::StreamEnd { n: 3, chain: Hash32([6; 32]) }],
             }),
         ),
         (
             "submit_audit_tx.hex",
-            TxBody::SubmitAudit(SubmitAudit { task, output: ContentId::of(b"out"), metering }),
+            TxBody::SubmitAudit(SubmitAudit {
+                task,
+                output: ContentId::of(b"out"),
+                metering,
+                streams: Vec::new(),
+            }),
         ),
         ("open_dispute_tx.hex", TxBody::OpenDispute(OpenDispute { task, bond: "0.5 CRN".parse().unwrap() })),
         (
@@ -133,6 +139,18 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         ("close_lease_tx.hex", TxBody::CloseLease(CloseLease { lease: LeaseId([9; 32]) })),
+        (
+            "report_stream_tx.hex",
+            TxBody::ReportStream(ReportStream {
+                task,
+                index: 1,
+                n: 2,
+                chain: Hash32([5; 32]),
+                last: false,
+                sig: k.sign(b"point"),
+                tokens: vec![7, 8, 9],
+            }),
+        ),
     ];
     for (i, (name, body)) in bodies.into_iter().enumerate() {
         out.push((name, Tx::sign(&k, "cairn-devnet", 100 + i as u64, fee, body).encode()));
@@ -274,6 +292,7 @@ fn body() -> impl Strategy<Value = TxBody> {
                 task: TaskId(t),
                 output,
                 metering: Metering { units, output_bytes },
+                streams: Vec::new(),
             })
         }),
         (addr(), id(), amount(), amount()).prop_map(|(provider, workload, price_per_block, deposit)| {
