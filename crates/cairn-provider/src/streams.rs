@@ -197,3 +197,88 @@ async fn sse(State((streams, assigned)): State<St>, Path(task): Path<String>) ->
     });
     Sse::new(futures::StreamExt::flatten(body)).keep_alive(KeepAlive::default()).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use cairn_types::stream::{Judgement, chain_of, ends_of, judge};
+
+    use super::*;
+
+    const REPLY: [u32; 4] = [7, 8, 9, 10];
+
+    fn run(s: &Streams, task: &TaskId, index: u64, ids: &[u32]) {
+        s.begin_task(task);
+        for id in ids {
+            s.token(task, index, &TokenEvent::Token { id: *id, delta: format!("<{id}>") });
+        }
+        s.token(task, index, &TokenEvent::Done { finish: "stop" });
+        s.end_task(task);
+    }
+
+    fn events(s: &Streams, task: &TaskId) -> Vec<StreamEvent> {
+        lock(&s.stream(task).state).events.clone()
+    }
+
+    #[test]
+    fn events_are_signed_points_of_the_reply_and_a_rerun_starts_afresh() {
+        let key = SecretKey::from_seed([4; 32]);
+        let s = Streams::new(key.clone(), false);
+        let task = TaskId([1; 32]);
+        run(&s, &task, 0, &REPLY);
+        // A retry of the same task signs the same points, not a chain continued from the first try.
+        run(&s, &task, 0, &REPLY);
+        let ev = events(&s, &task);
+        assert_eq!(ev.len(), REPLY.len() + 1);
+        let end = &ends_of(&task, [Some(&REPLY[..])])[0];
+        for e in &ev {
+            e.verify(&task, &key.address()).unwrap();
+            let j = judge(&task, 0, end, e.n, &e.chain, e.finish.is_some(), &REPLY);
+            assert_eq!(j, Judgement::Consistent, "{e:?}");
+        }
+        assert_eq!(ev.last().unwrap().chain, chain_of(&task, 0, &REPLY));
+        // Replies past the committed ones are not streamed.
+        let other = TaskId([2; 32]);
+        s.token(&other, MAX_STREAM_ENDS as u64, &TokenEvent::Token { id: 1, delta: "x".into() });
+        assert!(events(&s, &other).is_empty());
+    }
+
+    #[test]
+    fn a_lying_stream_is_judged_a_mismatch_against_the_honest_commitment() {
+        let key = SecretKey::from_seed([5; 32]);
+        let s = Streams::new(key.clone(), true);
+        let task = TaskId([3; 32]);
+        run(&s, &task, 0, &REPLY);
+        let end = &ends_of(&task, [Some(&REPLY[..])])[0];
+        let ev = events(&s, &task);
+        let first = &ev[0];
+        assert_eq!(judge(&task, 0, end, first.n, &first.chain, false, &REPLY), Judgement::Consistent);
+        let second = &ev[1];
+        second.verify(&task, &key.address()).unwrap();
+        assert_eq!(judge(&task, 0, end, second.n, &second.chain, false, &REPLY), Judgement::Mismatch);
+    }
+
+    #[tokio::test]
+    async fn the_stream_route_refuses_bad_and_unknown_task_ids_and_serves_known_ones() {
+        let streams = Arc::new(Streams::new(SecretKey::from_seed([6; 32]), false));
+        let task = TaskId([7; 32]);
+        run(&streams, &task, 0, &REPLY[..2]);
+        let app = router(streams, Arc::new(|_: &TaskId| false));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: String| async move { reqwest::get(format!("http://{addr}{path}")).await.unwrap() };
+        for bad in ["/streams/xyz", "/streams/%00%ff", &format!("/streams/{}", "a".repeat(10_000))] {
+            let r = get(bad.to_string()).await;
+            assert!(r.status().is_client_error(), "{bad}: {}", r.status());
+        }
+        let unknown = get(format!("/streams/{}", TaskId([8; 32]))).await;
+        assert_eq!(unknown.status().as_u16(), 404);
+        let body = get(format!("/streams/{task}")).await.text().await.unwrap();
+        let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.len(), 4, "two tokens, the end, then [DONE]: {body}");
+        assert_eq!(data[3], "[DONE]");
+        let e: StreamEvent = serde_json::from_str(data[1]).unwrap();
+        assert_eq!((e.n, e.id), (2, Some(8)));
+    }
+}

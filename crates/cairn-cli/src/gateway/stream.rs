@@ -91,7 +91,7 @@ async fn relay(
         json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name,
                 "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }] })
     };
-    if tx.send(chunk(json!({ "role": "assistant", "content": "" }), Value::Null)).await.is_err() {
+    if !send(&tx, chunk(json!({ "role": "assistant", "content": "" }), Value::Null)).await {
         return;
     }
     let deadline = Instant::now() + g.timeout;
@@ -149,11 +149,11 @@ async fn relay(
     // The committed answer: what the client is owed, and the check of what it was shown.
     match g.wait_result(job, deadline).await {
         Err(e) => {
-            let _ = tx.send(json!({ "error": e.error })).await;
+            let _ = send(&tx, json!({ "error": e.error })).await;
         }
         Ok(s) => {
             if let Some(e) = s.result.error.clone() {
-                let _ = tx.send(json!({ "error": e })).await;
+                let _ = send(&tx, json!({ "error": e })).await;
                 return;
             }
             let r = &s.result;
@@ -179,7 +179,7 @@ async fn relay(
                 if shown.first_at.is_none() {
                     g.metrics.first_token.observe(started.elapsed().as_secs_f64());
                 }
-                let _ = tx.send(chunk(json!({ "content": rest }), Value::Null)).await;
+                let _ = send(&tx, chunk(json!({ "content": rest }), Value::Null)).await;
             }
             let finish_reason = r.finish_reason.clone().unwrap_or_else(|| "stop".into());
             let mut last = chunk(json!({}), Value::String(finish_reason));
@@ -189,13 +189,13 @@ async fn relay(
                 "first_token_ms": shown.first_at.map(|t| t.duration_since(started).as_millis() as u64),
             });
             last["cairn"] = cairn;
-            let _ = tx.send(last).await;
+            let _ = send(&tx, last).await;
             if include_usage {
                 let usage = json!({
                     "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                     "total_tokens": r.prompt_tokens.saturating_add(r.completion_tokens),
                 });
-                let _ = tx.send(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name, "choices": [], "usage": usage })).await;
+                let _ = send(&tx, json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name, "choices": [], "usage": usage })).await;
             }
         }
     }
@@ -222,6 +222,15 @@ async fn report(g: &Gateway, task: &TaskId, e: &StreamEvent, committed: &[u32]) 
             None
         }
     }
+}
+
+/// How long a client may leave its stream unread before it counts as gone (a client that
+/// stops reading must not hold a relay and an admission slot for ever).
+const STALL: Duration = Duration::from_secs(30);
+
+/// Send a chunk to the client; false once the client has gone or stalled.
+async fn send(tx: &mpsc::Sender<Value>, v: Value) -> bool {
+    matches!(tokio::time::timeout(STALL, tx.send(v)).await, Ok(Ok(())))
 }
 
 /// How following a provider's stream ended.
@@ -307,7 +316,7 @@ async fn follow(
                     g.metrics.first_token.observe(now.duration_since(started).as_secs_f64());
                 }
                 shown.text.push_str(&e.delta);
-                if tx.send(chunk(json!({ "content": e.delta }), Value::Null)).await.is_err() {
+                if !send(tx, chunk(json!({ "content": e.delta }), Value::Null)).await {
                     return Follow::Gone;
                 }
             }

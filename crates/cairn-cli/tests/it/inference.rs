@@ -35,7 +35,7 @@ pub(crate) fn python_with_openai() -> PathBuf {
 }
 
 pub(crate) struct Gateway {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) url: String,
     log: PathBuf,
 }
@@ -407,6 +407,79 @@ fn inference_batches_and_the_openai_gateway_run_on_the_market() {
         (count(200), count(429), count(0))
     );
     assert!(get_ok(&format!("{}/models", busy.url)), "the gateway still serves");
+    // Memory stays bounded: the flood is turned away, not buffered.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", busy.child.id())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("gateway peak resident memory after the flood: {} MiB", peak_kb / 1024);
+    assert!(peak_kb < 512 * 1024, "the gateway's peak memory is {} MiB", peak_kb / 1024);
+
+    // Malformed clients: a cut body, garbage instead of HTTP, a stream flag that is not a
+    // boolean, a stream request whose client leaves before the first byte. Each gets an error
+    // or is dropped, and the gateway keeps serving.
+    {
+        use std::io::{Read, Write};
+        let addr = busy.url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+        let raw = |bytes: &[u8], read: bool| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(bytes).unwrap();
+            let mut out = String::new();
+            if read {
+                let _ = s.read_to_string(&mut out);
+            }
+            out
+        };
+        let cut = raw(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"model\": \"gemma",
+            false,
+        );
+        assert!(cut.is_empty());
+        let garbage = raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n", true);
+        assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+        let r = rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/chat/completions", busy.url))
+                .json(&serde_json::json!({
+                    "model": "gemma-3-270m", "stream": "yes", "messages": [{ "role": "user", "content": "hi" }],
+                }))
+                .send()
+                .await
+                .unwrap()
+        });
+        assert_eq!(r.status().as_u16(), 400);
+        let body: serde_json::Value = rt.block_on(r.json()).unwrap();
+        assert_eq!(body["error"]["param"], "stream", "{body}");
+        let early = raw(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 97\r\n\r\n{\"model\":\"gemma-3-270m\",\"stream\":true,\"max_tokens\":2,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+            false,
+        );
+        assert!(early.is_empty());
+        assert!(get_ok(&format!("{}/models", busy.url)), "the gateway still serves");
+        // The departed stream's slot comes back (the gateway has one).
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                let r = reqwest::Client::new()
+                    .post(format!("{}/chat/completions", busy.url))
+                    .json(&serde_json::json!({
+                        "model": "gemma-3-270m", "max_tokens": 1, "messages": [{ "role": "user", "content": "hi" }],
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status().as_u16() == 200 {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "the slot of a client that left was not freed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
 
     // A client that hangs up mid-stream: the job still commits and settles (the client pays the
     // task, as for any job), and the stream's slot is freed for the next request.
