@@ -21,6 +21,8 @@ pub(crate) enum BenchCommand {
     Inference(crate::bench_inference::InferenceArgs),
     /// Training: a devnet job vs the same loop in one process, scaling with W, audit overhead.
     Train(crate::bench_train::TrainArgs),
+    /// Containers: a CPU-bound program directly vs in the runc sandbox.
+    Container(crate::bench_container::ContainerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +63,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Jobs(j) => return crate::runtime()?.block_on(jobs(j)),
         BenchCommand::Inference(i) => return crate::runtime()?.block_on(crate::bench_inference::run(i)),
         BenchCommand::Train(t) => return crate::runtime()?.block_on(crate::bench_train::run(t)),
+        BenchCommand::Container(c) => return crate::bench_container::run(c),
     };
     let rt = crate::runtime()?;
     let mut rows = Vec::new();

@@ -172,12 +172,17 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
     let render = [ucrn(60_000), ucrn(90_000), ucrn(150_000)];
     let inference = [ucrn(20_000), ucrn(30_000), ucrn(45_000)];
     let train = [ucrn(20_000), ucrn(25_000), ucrn(35_000)];
+    // Native containers where this machine can run them (runc, as root).
+    let containers = cairn_runtime::container::available(Path::new("runc"));
     for (i, k) in provider_keys.iter().enumerate() {
         let listen: std::net::SocketAddr = format!("127.0.0.1:{}", port(a.provider_port, i)?).parse()?;
         let mut prices = BTreeMap::new();
         prices.insert(WorkloadKind::Wasm, wasm[i % 3]);
         prices.insert(WorkloadKind::Render, render[i % 3]);
         prices.insert(WorkloadKind::Train, train[i % 3]);
+        if containers {
+            prices.insert(WorkloadKind::Container, wasm[i % 3]);
+        }
         if !a.models.is_empty() {
             prices.insert(WorkloadKind::Inference, inference[i % 3]);
             // All but the last provider start with the packages; the last fetches them from

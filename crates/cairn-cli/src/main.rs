@@ -7,12 +7,14 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_container;
 mod bench_inference;
 mod bench_train;
 mod catalog;
 mod demo;
 mod devnet;
 mod gateway;
+mod image;
 mod job;
 mod keys;
 mod manifest;
@@ -50,6 +52,9 @@ enum Command {
     /// Model packages: import weights, list, install the demo models, run locally.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Container images for `kind: container` jobs.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Serve an OpenAI-compatible API whose requests run as paid jobs on the network.
     Gateway(gateway::GatewayArgs),
     /// Measure the network.
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Job(j) => job::run(j),
         Command::Provider(p) => provider::run(p),
         Command::Model(m) => model::run(m),
+        Command::Image(i) => image::run(i),
         Command::Gateway(g) => gateway::run(g),
         Command::Sim(s) => sim::run(s),
     }

@@ -39,6 +39,8 @@ pub(crate) struct Ctx {
     pub(crate) exec: Arc<WasmExecutor>,
     pub(crate) infer: Arc<InferenceExecutor>,
     pub(crate) train: Arc<cairn_runtime::TrainExecutor>,
+    /// Native containers (runc), where the operator prices `container` work.
+    pub(crate) container: Option<Arc<cairn_runtime::ContainerExecutor>>,
     /// `model:<id>` = `<task>:<name>` for each model served.
     pub(crate) model_attrs: BTreeMap<String, String>,
     pub(crate) ledger: Mutex<Ledger>,
@@ -144,6 +146,18 @@ pub async fn run(home: &Path) -> Result<()> {
     let sink = streams.clone();
     infer.set_token_sink(Arc::new(move |task, index, ev| sink.token(&TaskId(*task), index, ev)));
     let model_attrs = prepare_models(&cfg, &blobs, &fetcher, &infer).await?;
+    let container = if cfg.prices.contains_key(&WorkloadKind::Container) {
+        let runc = std::path::Path::new("runc");
+        if !cairn_runtime::container::available(runc) {
+            return Err(Error::Config(
+                "`container` is priced, but runc does not run here (install runc and run as root)".into(),
+            ));
+        }
+        let dir = home.runtime().join("containers");
+        Some(Arc::new(cairn_runtime::ContainerExecutor::new(cairn_runtime::ContainerConfig::in_dir(dir))?))
+    } else {
+        None
+    };
     let ctx = Arc::new(Ctx {
         me: key.address(),
         client: client.clone(),
@@ -153,6 +167,7 @@ pub async fn run(home: &Path) -> Result<()> {
         exec: Arc::new(WasmExecutor::new(WasmConfig::in_dir(home.runtime()))?),
         infer,
         train: Arc::new(cairn_runtime::TrainExecutor::new()),
+        container,
         model_attrs,
         ledger: Mutex::new(Ledger::load(&home.ledger())?),
         active: Mutex::new(BTreeSet::new()),
@@ -376,6 +391,7 @@ pub(crate) fn serves(ctx: &Ctx, spec: &JobSpec) -> Option<Amount> {
         // Inference only on the models this provider holds.
         WorkloadKind::Inference if ctx.infer.is_prepared(&spec.workload) => {}
         WorkloadKind::Train => {}
+        WorkloadKind::Container if ctx.container.is_some() => {}
         _ => return None,
     }
     ctx.cfg.prices.get(&spec.kind).copied()

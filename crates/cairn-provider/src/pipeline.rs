@@ -85,12 +85,17 @@ pub(crate) async fn execute(
         tasks: spec.tasks,
         limits: spec.limits.clone(),
         memory_mb: spec.resources.memory_mb,
+        cpu_millis: spec.resources.cpu_millis,
         seed: task.id.0,
         train: spec.train.as_deref().cloned(),
     };
     let exec: Arc<dyn Executor> = match spec.kind {
         WorkloadKind::Inference => ctx.infer.clone(),
         WorkloadKind::Train => ctx.train.clone(),
+        WorkloadKind::Container => match &ctx.container {
+            Some(c) => c.clone(),
+            None => return Err(Error::Config("this provider does not run containers".into())),
+        },
         _ => ctx.exec.clone(),
     };
     let id = spec.workload;

@@ -17,6 +17,7 @@
 //! println!("{} fuel, output {}", out.units, out.bundle.id());
 //! ```
 
+pub mod container;
 pub mod inference;
 pub mod train;
 mod wasm;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_types::{ContentId, Limits, OutputBundle, WorkloadKind};
 
+pub use container::{ContainerConfig, ContainerExecutor};
 pub use inference::{InferenceConfig, InferenceExecutor};
 pub use train::{Metrics, TrainExecutor, decode_metrics, reference_loop};
 pub use wasm::{WasmConfig, WasmExecutor};
@@ -106,6 +108,8 @@ pub struct TaskRun {
     pub limits: Limits,
     /// Memory cap in MiB.
     pub memory_mb: u64,
+    /// CPU cap in thousandths of a core (containers; 0: none).
+    pub cpu_millis: u64,
     /// Seed of the workload's (deterministic) random source.
     pub seed: [u8; 32],
     /// For `train` jobs: the job's training plan (the task's round and role follow from
@@ -125,6 +129,7 @@ impl TaskRun {
             tasks: 1,
             limits,
             memory_mb: 256,
+            cpu_millis: 0,
             seed: [0; 32],
             train: None,
         }

@@ -199,7 +199,7 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Read the output directory into a bundle: regular files only, paths relative to `/out`.
-fn collect(dir: &Path, limit: u64) -> Result<OutputBundle> {
+pub(crate) fn collect(dir: &Path, limit: u64) -> Result<OutputBundle> {
     let mut bundle = OutputBundle::default();
     let mut total = 0u64;
     let mut stack = vec![dir.to_path_buf()];

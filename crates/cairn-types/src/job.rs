@@ -83,6 +83,8 @@ pub enum WorkloadKind {
     Service = 3,
     /// Data-parallel training in audited rounds (see [`crate::TrainSpec`]).
     Train = 4,
+    /// A native program in a sandboxed container, from a root filesystem image.
+    Container = 5,
 }
 
 impl fmt::Display for WorkloadKind {
@@ -93,6 +95,7 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Render => "render",
             WorkloadKind::Service => "service",
             WorkloadKind::Train => "train",
+            WorkloadKind::Container => "container",
         })
     }
 }

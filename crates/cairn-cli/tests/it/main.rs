@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
 
 mod compute;
+mod containers;
 mod harness;
 mod inference;
 mod node;

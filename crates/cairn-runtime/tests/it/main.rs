@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::arithmetic_side_effects)]
 
+mod container;
 mod inference;
 mod sandbox;
 mod train;
