@@ -7,7 +7,8 @@ use crate::ctx::{Ctx, Exec, Fail};
 use crate::model::{Account, Due, Meta};
 use crate::store::{StateView, WriteSet};
 use crate::{
-    Error, Params, Result, bank, escrow, keys, market, registry, rewards, staking, storage, streams, verify,
+    Error, Params, Result, bank, dispute, escrow, keys, market, registry, rewards, staking, storage, streams,
+    verify,
 };
 
 /// What executing a block produced, before it is committed to a store.
@@ -159,7 +160,7 @@ fn dispatch(ctx: &mut Ctx<'_>, tx: &Tx) -> Exec<()> {
         TxBody::CancelJob(c) => market::cancel_job(ctx, who, &c.job),
         TxBody::CommitResult(c) => verify::commit(ctx, who, c),
         TxBody::SubmitAudit(a) => verify::submit_audit(ctx, who, a),
-        TxBody::OpenDispute(d) => verify::open_dispute(ctx, who, d),
+        TxBody::OpenDispute(d) => dispute::open_dispute(ctx, who, d),
         TxBody::CreateStorageDeal(d) => storage::create(ctx, who, tx.nonce, d),
         TxBody::ProveStorage(p) => storage::prove(ctx, who, p),
         TxBody::OpenLease(o) => escrow::open_lease(ctx, who, tx.nonce, o),

@@ -37,6 +37,7 @@
 
 mod bank;
 mod ctx;
+mod dispute;
 mod escrow;
 mod exec;
 mod faults;

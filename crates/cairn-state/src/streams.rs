@@ -42,7 +42,7 @@ pub(crate) fn report(ctx: &mut Ctx<'_>, who: &Address, r: &ReportStream) -> Exec
     // The evidence decides: an audit or dispute in progress ends here, its bond returned.
     if let Some(a) = verify::audit(ctx, &r.task)? {
         verify::delete_record(ctx, &a);
-        verify::return_bond(ctx, &a)?;
+        crate::dispute::return_bond(ctx, &a)?;
     }
     let mut known: Vec<KnownAnswer> = ctx.get_or_default(keys::KNOWN_ANSWERS)?;
     if known.iter().any(|k| k.task == r.task) {
@@ -52,5 +52,5 @@ pub(crate) fn report(ctx: &mut Ctx<'_>, who: &Address, r: &ReportStream) -> Exec
     let finders: Vec<Address> = if *who == provider { Vec::new() } else { vec![*who] };
     slash(ctx, &provider, &r.task, SlashReason::StreamMismatch, price, &finders, Some(j.client))?;
     ctx.emit(Event::StreamMismatch { task: r.task, provider, index: r.index, reporter: *who });
-    verify::abandon(ctx, t, &j, &spec)
+    crate::dispute::abandon(ctx, t, &j, &spec)
 }

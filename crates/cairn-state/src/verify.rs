@@ -22,11 +22,9 @@
 //! an auditor is handed a canary: a verified task shown with a wrong claimed output. An auditor
 //! that re-runs reports the known answer; one that echoes the claim is slashed.
 
-use std::collections::BTreeMap;
-
 use cairn_types::{
-    Address, AuditKind, AuditOutcome, CommitResult, ContentId, ErrorCode, Event, JobSpec, OpenDispute,
-    SlashReason, SubmitAudit, TaskId, VerificationLevel, WorkloadKind, hash_domain,
+    Address, AuditKind, AuditOutcome, CommitResult, ContentId, ErrorCode, Event, JobSpec, SlashReason,
+    SubmitAudit, TaskId, VerificationLevel, WorkloadKind, hash_domain,
 };
 
 use crate::ctx::{Ctx, Exec, invariant};
@@ -34,7 +32,7 @@ use crate::escrow;
 use crate::keys;
 use crate::market;
 use crate::model::{Audit, Due, Job, KnownAnswer, Task, TaskState};
-use crate::penalty::{add_to_pool, mark_failed, pay_auditor, slash};
+use crate::penalty::{mark_failed, pay_auditor, slash};
 use crate::registry;
 use crate::rewards;
 use crate::sortition::{BPS, audit_probability_bps, draw, draw_auditors};
@@ -149,7 +147,7 @@ fn canary(ctx: &Ctx<'_>, id: &TaskId) -> Exec<Option<Audit>> {
     ctx.get(&keys::canary(id))
 }
 
-fn put_record(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
+pub(crate) fn put_record(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
     let key = if a.kind == AuditKind::Canary { keys::canary(&a.task) } else { keys::audit(&a.task) };
     ctx.put(key, a)
 }
@@ -164,7 +162,7 @@ fn worker_of(a: &Audit) -> Exec<Address> {
     a.tried.first().copied().ok_or_else(|| invariant("audit without its worker"))
 }
 
-fn window_end(ctx: &Ctx<'_>) -> Exec<u64> {
+pub(crate) fn window_end(ctx: &Ctx<'_>) -> Exec<u64> {
     ctx.height.checked_add(ctx.params.audit_window).ok_or_else(|| invariant("height overflow"))
 }
 
@@ -314,61 +312,6 @@ pub(crate) fn on_audit_due(ctx: &mut Ctx<'_>, id: &TaskId, is_canary: bool, roun
     }
 }
 
-/// A client disputes its committed task with a bond; `k` auditors re-run it.
-pub(crate) fn open_dispute(ctx: &mut Ctx<'_>, who: &Address, d: &OpenDispute) -> Exec<()> {
-    let t = market::task(ctx, &d.task)?.ok_or(ErrorCode::TaskNotFound)?;
-    let j = market::job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
-    if j.client != *who {
-        return Err(ErrorCode::NotJobClient.into());
-    }
-    let TaskState::Committed { provider, price, .. } = t.state.clone() else {
-        return Err(ErrorCode::DisputeNotAllowed.into());
-    };
-    let output = claim_of(&t.state).ok_or_else(|| invariant("committed task without claim"))?;
-    if t.accepted && j.kind == WorkloadKind::Train {
-        // Later rounds already train on it: only the random audit before acceptance decides.
-        return Err(ErrorCode::DisputeNotAllowed.into());
-    }
-    if d.bond.is_zero() {
-        return Err(ErrorCode::ZeroAmount.into());
-    }
-    if audit(ctx, &d.task)?.is_some() {
-        return Err(ErrorCode::DisputeExists.into());
-    }
-    let min_bond = price.checked_bps(ctx.params.dispute_bond_bps).ok_or(ErrorCode::Overflow)?;
-    if d.bond < min_bond {
-        return Err(ErrorCode::DisputeBondTooLow.into());
-    }
-    let spec = market::spec(ctx, &t.job)?;
-    let auditors =
-        draw_auditors(ctx, &spec, &j.client, &provider, &[], &d.task, 1, ctx.params.dispute_auditors)?;
-    if auditors.is_empty() {
-        return Err(ErrorCode::NoAuditors.into());
-    }
-    crate::bank::debit(ctx, who, d.bond)?;
-    let due = window_end(ctx)?;
-    let a = Audit {
-        task: d.task,
-        kind: AuditKind::Dispute,
-        claimed: output,
-        answer: None,
-        first: None,
-        challenger: Some((*who, d.bond)),
-        verdicts: vec![None; auditors.len()],
-        tried: [vec![provider], auditors.clone()].concat(),
-        auditors: auditors.clone(),
-        due,
-        round: 1,
-        price,
-    };
-    ctx.schedule(due, Due::AuditDue { task: d.task, canary: false, round: 1 })?;
-    for auditor in &auditors {
-        ctx.emit(Event::AuditAssigned { task: d.task, auditor: *auditor, claimed: output, due });
-    }
-    ctx.emit(Event::DisputeOpened { task: d.task, by: Some(*who), auditors, due });
-    put_record(ctx, &a)
-}
-
 /// Decide an audit whose verdicts are all in, or whose window ended.
 fn resolve(ctx: &mut Ctx<'_>, mut a: Audit) -> Exec<()> {
     for (auditor, v) in a.auditors.clone().iter().zip(a.verdicts.clone()) {
@@ -425,7 +368,7 @@ fn resolve(ctx: &mut Ctx<'_>, mut a: Audit) -> Exec<()> {
                     a.first = Some((auditor, v));
                     if picked.is_empty() {
                         delete_record(ctx, &a);
-                        return undecided(ctx, &a, t, &j, &spec);
+                        return crate::dispute::undecided(ctx, &a, t, &j, &spec);
                     }
                     a.kind = AuditKind::Dispute;
                     a.round = round;
@@ -449,7 +392,7 @@ fn resolve(ctx: &mut Ctx<'_>, mut a: Audit) -> Exec<()> {
         }
         AuditKind::Dispute => {
             delete_record(ctx, &a);
-            decide_dispute(ctx, a)
+            crate::dispute::decide_dispute(ctx, a)
         }
     }
 }
@@ -461,102 +404,14 @@ fn single(a: &Audit) -> Exec<(Address, Option<ContentId>)> {
     }
 }
 
-fn decide_dispute(ctx: &mut Ctx<'_>, a: Audit) -> Exec<()> {
-    let t = market::task(ctx, &a.task)?.ok_or_else(|| invariant("disputed task missing"))?;
-    let j = market::job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
-    let spec = market::spec(ctx, &t.job)?;
-    let TaskState::Committed { provider: worker, .. } = t.state.clone() else {
-        return Err(invariant("disputed task not committed"));
-    };
-    let mut counts: BTreeMap<ContentId, u32> = BTreeMap::new();
-    for v in a.verdicts.iter().flatten() {
-        let c = counts.entry(*v).or_insert(0);
-        *c = c.saturating_add(1);
-    }
-    let majority = ctx.params.dispute_auditors.checked_div(2).unwrap_or(0).saturating_add(1);
-    let winner = counts.iter().find(|(_, c)| **c >= majority).map(|(v, _)| *v);
-    let Some(winner) = winner else { return undecided(ctx, &a, t, &j, &spec) };
-
-    // Verdicts that agree with the majority are paid; the others take a reputation failure.
-    // Only the worker can be slashed by a majority: no strategy gains by reporting a wrong root
-    // against an honest worker, while lazy or colluding panelists can echo a cheater's root.
-    // The auditor whose mismatch opened the dispute is slashed only by a unanimous panel.
-    let mut right: Vec<Address> = Vec::new();
-    for (auditor, v) in a.auditors.iter().zip(&a.verdicts) {
-        match v {
-            Some(v) if *v == winner => right.push(*auditor),
-            Some(_) => mark_failed(ctx, auditor)?,
-            None => {}
-        }
-    }
-    let unanimous = a.verdicts.iter().all(|v| *v == Some(winner));
-    if let Some((first, v)) = a.first
-        && v == winner
-    {
-        right.insert(0, first);
-    }
-    for auditor in &right {
-        pay_auditor(ctx, &a.task, auditor, a.price)?;
-    }
-    if winner == a.claimed {
-        if let Some((first, _)) = a.first {
-            if unanimous {
-                slash(ctx, &first, &a.task, SlashReason::WrongVerdict, a.price, &right, None)?;
-            } else {
-                mark_failed(ctx, &first)?;
-            }
-        }
-        if let Some((_, bond)) = a.challenger {
-            // The client's challenge failed: its bond pays for the re-runs.
-            add_to_pool(ctx, bond)?;
-        }
-        ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::Confirmed });
-        return confirmed(ctx, &t);
-    }
-    if let Some((first, v)) = a.first
-        && v != winner
-    {
-        mark_failed(ctx, &first)?;
-    }
-    slash(ctx, &worker, &a.task, SlashReason::WrongResult, a.price, &right, Some(j.client))?;
-    return_bond(ctx, &a)?;
-    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::WorkerFaulted });
-    abandon(ctx, t, &j, &spec)
-}
-
-/// No majority: nobody is slashed, the bond goes back, and the unverified result is not paid —
-/// the task re-runs elsewhere or is refunded.
-fn undecided(ctx: &mut Ctx<'_>, a: &Audit, t: Task, j: &Job, spec: &JobSpec) -> Exec<()> {
-    return_bond(ctx, a)?;
-    ctx.emit(Event::AuditResolved { task: a.task, outcome: AuditOutcome::Undecided });
-    abandon(ctx, t, j, spec)
-}
-
-pub(crate) fn return_bond(ctx: &mut Ctx<'_>, a: &Audit) -> Exec<()> {
-    match a.challenger {
-        Some((client, bond)) => crate::bank::credit(ctx, &client, bond),
-        None => Ok(()),
-    }
-}
-
-/// Drop a committed result without paying: release the worker's exposure, keep it off the
-/// task, and re-run or refund.
-pub(crate) fn abandon(ctx: &mut Ctx<'_>, mut t: Task, j: &Job, spec: &JobSpec) -> Exec<()> {
-    let TaskState::Committed { provider, price, .. } = t.state.clone() else {
-        return Err(invariant("abandoning a task that is not committed"));
-    };
-    let mut p = registry::get(ctx, &provider)?.ok_or_else(|| invariant("assigned provider missing"))?;
-    registry::release_exposure(&mut p, price)?;
-    registry::put(ctx, &p)?;
-    t.excluded.push(provider);
-    market::retry_or_refund(ctx, &mut t, j, spec)?;
-    market::put_task(ctx, &t)
-}
-
 /// A confirmed result joins the known answers and settles at the end of its challenge window
 /// (or in the next block if that has passed).
-fn confirmed(ctx: &mut Ctx<'_>, t: &Task) -> Exec<()> {
-    if let (TaskState::Committed { provider, price, .. }, Some(output)) = (&t.state, claim_of(&t.state)) {
+pub(crate) fn confirmed(ctx: &mut Ctx<'_>, t: &Task) -> Exec<()> {
+    // Only a deterministic result can serve as a canary's known answer.
+    let deterministic = market::spec(ctx, &t.job)?.deterministic;
+    if let (TaskState::Committed { provider, price, .. }, Some(output), true) =
+        (&t.state, claim_of(&t.state), deterministic)
+    {
         let mut known: Vec<KnownAnswer> = ctx.get_or_default(keys::KNOWN_ANSWERS)?;
         known.push(KnownAnswer { task: t.id, job: t.job, worker: *provider, output, price: *price });
         let cap = ctx.params.known_answers as usize;

@@ -239,6 +239,21 @@ pub struct JobSpec {
     /// For `train` jobs: the model, optimizer and rounds (the workload is the dataset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<Box<crate::TrainSpec>>,
+    /// Whether the same inputs give the same output bytes on every honest machine (the
+    /// default). A `container` job may declare `false`: its auditors then compare outputs
+    /// loosely (same exit status, same output files) and a mismatch only escalates — a dispute
+    /// that upholds it drops the result unpaid, but nobody is slashed.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub deterministic: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Canonical for JobSpec {
@@ -384,6 +399,9 @@ impl JobSpec {
         }
         if self.kind == WorkloadKind::Service {
             return Err("service workloads run as leases (OpenLease), not jobs".into());
+        }
+        if !self.deterministic && self.kind != WorkloadKind::Container {
+            return Err("only `kind: container` jobs may declare `deterministic: false`".into());
         }
         match (&self.train, self.kind) {
             (Some(t), WorkloadKind::Train) => {

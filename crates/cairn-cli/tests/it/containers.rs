@@ -1,6 +1,7 @@
 //! Batch containers on the market: a busybox image built with `cairn image busybox`, a
 //! `kind: container` job submitted with `cairn job submit`, run by one provider under runc,
-//! re-run bit for bit by an auditor in its own sandbox, settled, and its output fetched.
+//! re-run bit for bit by an auditor in its own sandbox, settled, and its output fetched; and a
+//! job declared non-deterministic, checked loosely by its auditor.
 
 use std::path::Path;
 use std::process::Command;
@@ -114,6 +115,34 @@ fn a_container_job_runs_sandboxed_is_audited_bit_for_bit_and_settles() {
             }
         }
         assert!(confirmed, "the container result was audited and confirmed");
+    });
+    // A program whose bytes differ run to run, declared non-deterministic: the auditor checks
+    // it loosely (same exit, same files) and the result settles.
+    let spec = root.join("clock.yaml");
+    std::fs::write(
+        &spec,
+        "kind: container\nworkload: busybox.tar\ndeterministic: false\n\
+         args: [\"/bin/sh\", \"-c\", \"cat /proc/uptime > /out/when\"]\n\
+         max_price_per_task: 1 CRN\ndeadline_blocks: 120\nverification: strict\n",
+    )
+    .unwrap();
+    let clock = submit_spec(&spec, &node.api, &root.join("me.key"));
+    rt.block_on(async {
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + READY * 2;
+        loop {
+            let v: serde_json::Value = c.get(&format!("/api/jobs/{clock}")).await.unwrap();
+            let tasks: Vec<cairn_state::model::Task> = serde_json::from_value(v["tasks"].clone()).unwrap();
+            if let Some(t) = tasks.first()
+                && t.state.is_final()
+            {
+                assert!(matches!(t.state, cairn_state::model::TaskState::Settled { .. }), "{:?}", t.state);
+                assert_eq!(t.attempt, 1, "settled on its first attempt: the loose check held");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the non-deterministic job did not settle: {v}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     });
     let out = root.join("result");
     let (ok, _, err) =

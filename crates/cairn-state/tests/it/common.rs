@@ -36,6 +36,7 @@ pub(crate) fn info(region: &str, wasm_price: &str) -> ProviderInfo {
     prices.insert(WorkloadKind::Wasm, crn(wasm_price));
     prices.insert(WorkloadKind::Service, crn("0.01"));
     prices.insert(WorkloadKind::Train, crn(wasm_price));
+    prices.insert(WorkloadKind::Container, crn(wasm_price));
     ProviderInfo {
         endpoint: "http://127.0.0.1:9000".into(),
         region: region.parse().unwrap(),

@@ -200,6 +200,55 @@ fn a_wrong_result_loses_the_dispute_the_worker_is_slashed_and_the_task_reruns_el
 }
 
 #[test]
+fn a_non_deterministic_result_that_loses_its_dispute_is_dropped_but_nobody_is_slashed() {
+    let mut chain = net();
+    // Only container jobs may declare themselves non-deterministic.
+    let mut wasm = spec(1, "1", 0);
+    wasm.deterministic = false;
+    let r = chain.run(&client(), TxBody::SubmitJob(cairn_types::SubmitJob { spec: wasm }));
+    assert_eq!(status(&r), TxStatus::Failed(ErrorCode::InvalidJobSpec));
+    let mut s = spec(1, "1", 0);
+    s.kind = cairn_types::WorkloadKind::Container;
+    s.deterministic = false;
+    let job = submit(&mut chain, s);
+    let task = TaskId::derive(&job, 0);
+    let w = worker(&chain, &job);
+    chain.ok(
+        &key_of(&w),
+        TxBody::CommitResult(CommitResult {
+            task,
+            output: lie(),
+            metering: Metering { units: 10, output_bytes: 3 },
+            streams: Vec::new(),
+        }),
+    );
+    let drawn = chain.next_block();
+    let stakes: Vec<Amount> =
+        (0..PROVIDERS as u64).map(|i| bonded(&chain, &provider_key(i).address())).collect();
+    let (_, first, _) = assignments(&drawn)[0];
+    // The auditor's loose check failed: it reports its own root, and a panel decides.
+    let r = verdict(&mut chain, &first, task, truth(&task));
+    let extra = assignments(std::slice::from_ref(&r));
+    assert_eq!(extra.len(), 3, "a mismatch escalates: {:?}", r.events());
+    let mut last = Vec::new();
+    for (_, a, _) in &extra {
+        last = vec![verdict(&mut chain, a, task, truth(&task))];
+    }
+    assert_eq!(outcomes(&last), vec![AuditOutcome::WorkerFaulted]);
+    assert!(!events(&last).iter().any(|e| matches!(e, Event::Slashed { .. })), "never slashed: {last:?}");
+    let now: Vec<Amount> =
+        (0..PROVIDERS as u64).map(|i| bonded(&chain, &provider_key(i).address())).collect();
+    assert_eq!(now, stakes, "no stake moved");
+    let p = chain.state.provider(&w).unwrap().unwrap();
+    assert_eq!(p.reputation.consecutive_valid, 0, "the dropped result costs reputation");
+    // The result is dropped unpaid; the task runs again elsewhere.
+    let t = chain.state.task(&task).unwrap().unwrap();
+    assert_eq!(t.attempt, 2);
+    assert!(t.excluded.contains(&w));
+    checks(&chain);
+}
+
+#[test]
 fn an_auditor_that_reports_a_wrong_root_loses_the_dispute_and_the_honest_worker_is_paid() {
     let mut chain = net();
     let (job, task, w, drawn) = job_committed(&mut chain, ContentId::of(b"ok"));

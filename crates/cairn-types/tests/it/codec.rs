@@ -29,6 +29,7 @@ fn spec() -> JobSpec {
         verification: VerificationLevel::Standard,
         hints: vec!["http://127.0.0.1:7000".into()],
         train: None,
+        deterministic: true,
     }
 }
 
@@ -269,6 +270,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 verification: VerificationLevel::Strict,
                 hints: vec![],
                 train: None,
+                deterministic: true,
             },
         )
 }
