@@ -22,6 +22,8 @@ const RESVG: &[u8] = include_bytes!("../../../testdata/wasm/third-party/resvg.wa
 /// The training demo is the example a user can submit as is.
 const TRAIN_DIGITS: &str = include_str!("../../../examples/train-digits/train.yaml");
 const DIGITS: &[u8] = include_bytes!("../../../examples/train-digits/digits.csv");
+const WORDFREQ: &str = include_str!("../../../examples/container-wordfreq/job.yaml");
+const MACBETH: &str = include_str!("../../../examples/train-shakespeare/macbeth.txt");
 
 const SCENE: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="256" height="160">
   <rect width="256" height="160" fill="#10223f"/>
@@ -106,6 +108,19 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
     if models {
         list.push(("embeddings", EMBEDDINGS_JOB.into()));
     }
+    // A sandboxed native program, where this machine runs containers (runc as root, a static
+    // busybox for the image).
+    if let Some(busybox) = cairn_runtime::container::image::find_busybox()
+        && cairn_runtime::container::available(std::path::Path::new("runc"))
+    {
+        let tree = dir.join("busybox-rootfs");
+        let _ = std::fs::remove_dir_all(&tree);
+        cairn_runtime::container::image::busybox_tree(&busybox, &tree)?;
+        std::fs::write(dir.join("busybox.tar"), cairn_runtime::container::image::build(&tree)?)?;
+        std::fs::remove_dir_all(&tree)?;
+        std::fs::write(dir.join("macbeth.txt"), MACBETH)?;
+        list.push(("wordfreq", WORDFREQ.into()));
+    }
     Ok(list)
 }
 
@@ -152,6 +167,7 @@ fn describe(
     let unit = match job.kind {
         cairn_types::WorkloadKind::Inference => "tokens",
         cairn_types::WorkloadKind::Train => "examples",
+        cairn_types::WorkloadKind::Container => "ms",
         _ => "fuel",
     };
     let who = |p: &Address| names.get(p).cloned().unwrap_or_else(|| short(p));
