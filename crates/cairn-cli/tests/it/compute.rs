@@ -10,6 +10,8 @@ use crate::harness::*;
 #[test]
 fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     let _heavy = heavy();
+    // The container demo runs where runc and a static busybox are installed: here, always.
+    container_tools();
     let dir = TempDir::new("demo");
     let base = free_base(3);
     let (ok, stdout, stderr) = cairn(
@@ -36,7 +38,10 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     assert!(v["api"].as_str().unwrap().starts_with("http://127.0.0.1:"));
     let jobs = v["jobs"].as_array().unwrap();
     let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["primes", "mandelbrot", "classifier", "svg-render", "training", "embeddings", "chat"]);
+    assert_eq!(
+        names,
+        ["primes", "mandelbrot", "classifier", "svg-render", "training", "embeddings", "wordfreq", "chat"]
+    );
     assert!(v["gateway"].as_str().unwrap().ends_with("/v1"));
     assert!(!v["chat"]["reply"].as_str().unwrap().trim().is_empty(), "{}", v["chat"]);
     let embeddings = std::fs::read_to_string(dir.0.join("results/embeddings/results.jsonl")).unwrap();
@@ -65,6 +70,8 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
             }
         }
     }
+    let words = std::fs::read_to_string(dir.0.join("results/wordfreq/task-0/top-words.txt")).unwrap();
+    assert!(words.lines().next().is_some_and(|l| l.ends_with(" the")), "the container demo's table: {words}");
     let frame = dir.0.join("results/mandelbrot/task-2/frame-2.png");
     assert_eq!(&std::fs::read(frame).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     let curve = dir.0.join("results/training/loss.png");

@@ -4,27 +4,11 @@
 //! job declared non-deterministic, checked loosely by its auditor.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use cairn_types::SecretKey;
 
 use crate::harness::*;
-
-/// runc and a static busybox (installed from Debian on first use, as root).
-fn container_tools() {
-    let runc = Path::new("runc");
-    if cairn_runtime::container::image::find_busybox().is_none() || !cairn_runtime::container::available(runc)
-    {
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "-q", "runc", "busybox-static"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "the container tests need root and `apt-get install runc busybox-static`");
-    }
-    assert!(cairn_runtime::container::available(runc), "runc does not run here (root needed)");
-}
 
 #[test]
 fn a_container_job_runs_sandboxed_is_audited_bit_for_bit_and_settles() {

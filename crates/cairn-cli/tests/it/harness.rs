@@ -284,3 +284,23 @@ pub(crate) fn cairn(args: &[&str], env: &[(&str, &str)]) -> (bool, String, Strin
 pub(crate) fn testdata(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(rel)
 }
+
+/// runc and a static busybox (installed from Debian on first use, as root).
+pub(crate) fn container_tools() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(install_container_tools);
+}
+
+fn install_container_tools() {
+    let runc = Path::new("runc");
+    if cairn_runtime::container::image::find_busybox().is_none() || !cairn_runtime::container::available(runc)
+    {
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-q", "runc", "busybox-static"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "the container tests need root and `apt-get install runc busybox-static`");
+    }
+    assert!(cairn_runtime::container::available(runc), "runc does not run here (root needed)");
+}
