@@ -68,7 +68,16 @@ fn worker(chain: &TestChain, job: &JobId) -> Address {
 /// Submit a one-task job, let its worker commit `output`, and return the receipts of the
 /// block after the commit (where the audit is drawn).
 fn job_committed(chain: &mut TestChain, output: ContentId) -> (JobId, TaskId, Address, Vec<Receipt>) {
-    let job = submit(chain, spec(1, "1", 0));
+    job_committed_with(chain, spec(1, "1", 0), output)
+}
+
+/// [`job_committed`] for a job of `spec`.
+fn job_committed_with(
+    chain: &mut TestChain,
+    spec: cairn_types::JobSpec,
+    output: ContentId,
+) -> (JobId, TaskId, Address, Vec<Receipt>) {
+    let job = submit(chain, spec);
     let task = TaskId::derive(&job, 0);
     let w = worker(chain, &job);
     chain.ok(
@@ -210,19 +219,7 @@ fn a_non_deterministic_result_that_loses_its_dispute_is_dropped_but_nobody_is_sl
     let mut s = spec(1, "1", 0);
     s.kind = cairn_types::WorkloadKind::Container;
     s.deterministic = false;
-    let job = submit(&mut chain, s);
-    let task = TaskId::derive(&job, 0);
-    let w = worker(&chain, &job);
-    chain.ok(
-        &key_of(&w),
-        TxBody::CommitResult(CommitResult {
-            task,
-            output: lie(),
-            metering: Metering { units: 10, output_bytes: 3 },
-            streams: Vec::new(),
-        }),
-    );
-    let drawn = chain.next_block();
+    let (_, task, w, drawn) = job_committed_with(&mut chain, s, lie());
     let stakes: Vec<Amount> =
         (0..PROVIDERS as u64).map(|i| bonded(&chain, &provider_key(i).address())).collect();
     let (_, first, _) = assignments(&drawn)[0];
