@@ -50,15 +50,7 @@ async fn loosely_same(
     claimed: &ContentId,
 ) -> bool {
     use cairn_types::{Canonical as _, OutputBundle};
-    let mut sources = Vec::new();
-    if let Some(w) = worker
-        && let Ok(v) = ctx.client.get::<serde_json::Value>(&format!("/api/providers/{w}")).await
-        && let Some(e) = v["provider"]["info"]["endpoint"].as_str()
-    {
-        sources.push(e.to_string());
-    }
-    sources.extend(spec.hints.iter().cloned());
-    sources.push(ctx.cfg.node.clone());
+    let sources = crate::pipeline::sources_from(ctx, spec, worker).await;
     let Ok(path) = ctx.fetcher.fetch(&ctx.blobs, claimed, None, crate::daemon::MAX_BLOB, &sources).await
     else {
         return false;

@@ -45,6 +45,32 @@ pub(crate) fn stream_ends(
     }
 }
 
+#[derive(serde::Deserialize)]
+struct ProviderView {
+    provider: cairn_state::model::Provider,
+}
+
+/// Where a blob that `producer` made can be fetched: that provider's endpoint first (unless it
+/// is this one), then the job's hints and the node.
+pub(crate) async fn sources_from(
+    ctx: &Ctx,
+    spec: &JobSpec,
+    producer: Option<cairn_types::Address>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(p) = producer.filter(|p| *p != ctx.me)
+        && let Ok(v) = ctx.client.get::<ProviderView>(&format!("/api/providers/{p}")).await
+    {
+        out.push(v.provider.info.endpoint);
+    }
+    for s in spec.hints.iter().chain(std::iter::once(&ctx.cfg.node)) {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
 /// Run a task and store its output bundle. With `forge`, the output is then falsified
 /// (adversary behaviours only).
 pub(crate) async fn execute(

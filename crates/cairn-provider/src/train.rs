@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use cairn_state::model::{Provider, Task, TaskState};
+use cairn_state::model::{Task, TaskState};
 use cairn_types::{ContentId, JobSpec, TaskId};
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -20,28 +20,17 @@ struct TaskView {
     task: Task,
 }
 
-#[derive(Deserialize)]
-struct ProviderView {
-    provider: Provider,
-}
-
 /// Where the output of the job's task `index` can be fetched: its producer first.
 async fn sources(ctx: &Ctx, spec: &JobSpec, job: &cairn_types::JobId, index: u32) -> Vec<String> {
-    let mut out = Vec::new();
     let id = TaskId::derive(job, index);
-    if let Ok(v) = ctx.client.get::<TaskView>(&format!("/api/tasks/{id}")).await
-        && let TaskState::Committed { provider, .. } | TaskState::Settled { provider, .. } = v.task.state
-        && provider != ctx.me
-        && let Ok(p) = ctx.client.get::<ProviderView>(&format!("/api/providers/{provider}")).await
-    {
-        out.push(p.provider.info.endpoint);
-    }
-    for s in spec.hints.iter().chain(std::iter::once(&ctx.cfg.node)) {
-        if !out.contains(s) {
-            out.push(s.clone());
-        }
-    }
-    out
+    let producer = match ctx.client.get::<TaskView>(&format!("/api/tasks/{id}")).await {
+        Ok(v) => match v.task.state {
+            TaskState::Committed { provider, .. } | TaskState::Settled { provider, .. } => Some(provider),
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    crate::pipeline::sources_from(ctx, spec, producer).await
 }
 
 /// The task's inputs as the train executor reads them: `dep-0`, `dep-1`, … in the order the

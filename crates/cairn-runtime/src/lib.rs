@@ -81,6 +81,11 @@ impl RunError {
     }
 }
 
+/// A host I/O failure as a [`RunError`].
+pub(crate) fn io(e: impl std::fmt::Display) -> RunError {
+    RunError::Io(e.to_string())
+}
+
 /// A mutex's guard, poisoned or not (executors keep only caches behind their locks).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -14,7 +14,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, I32Exit, WasiCtxBuilder};
 
-use crate::{Executor, Outcome, Result, RunError, TaskRun};
+use crate::{Executor, Outcome, Result, RunError, TaskRun, io};
 
 /// Captured standard output and error per stream.
 const LOG_CAP: usize = 64 * 1024;
@@ -99,10 +99,6 @@ impl Drop for WasmExecutor {
 
 fn rt(e: impl std::fmt::Display) -> RunError {
     RunError::Runtime(e.to_string())
-}
-
-fn io(e: impl std::fmt::Display) -> RunError {
-    RunError::Io(e.to_string())
 }
 
 /// The engine configuration every Cairn node uses; it is part of the determinism contract.

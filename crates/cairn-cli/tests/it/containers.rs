@@ -65,21 +65,8 @@ fn a_container_job_runs_sandboxed_is_audited_bit_for_bit_and_settles() {
     let job = submit_spec(&spec, &node.api, &root.join("me.key"));
     rt.block_on(async {
         let c = node.client();
-        let deadline = tokio::time::Instant::now() + READY * 2;
-        loop {
-            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
-            let tasks: Vec<cairn_state::model::Task> = serde_json::from_value(v["tasks"].clone()).unwrap();
-            if tasks.iter().all(|t| t.state.is_final()) {
-                assert!(
-                    matches!(tasks[0].state, cairn_state::model::TaskState::Settled { .. }),
-                    "{:?}",
-                    tasks[0].state
-                );
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the container job did not settle: {v}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let t = final_task(&c, &job).await;
+        assert!(matches!(t.state, cairn_state::model::TaskState::Settled { .. }), "{:?}", t.state);
         // A strict job is audited: the auditor's re-run in its own sandbox matched bit for bit.
         let task = cairn_types::TaskId::derive(&job, 0);
         let tip = c.status().await.unwrap().height;
@@ -112,21 +99,9 @@ fn a_container_job_runs_sandboxed_is_audited_bit_for_bit_and_settles() {
     .unwrap();
     let clock = submit_spec(&spec, &node.api, &root.join("me.key"));
     rt.block_on(async {
-        let c = node.client();
-        let deadline = tokio::time::Instant::now() + READY * 2;
-        loop {
-            let v: serde_json::Value = c.get(&format!("/api/jobs/{clock}")).await.unwrap();
-            let tasks: Vec<cairn_state::model::Task> = serde_json::from_value(v["tasks"].clone()).unwrap();
-            if let Some(t) = tasks.first()
-                && t.state.is_final()
-            {
-                assert!(matches!(t.state, cairn_state::model::TaskState::Settled { .. }), "{:?}", t.state);
-                assert_eq!(t.attempt, 1, "settled on its first attempt: the loose check held");
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the non-deterministic job did not settle: {v}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let t = final_task(&node.client(), &clock).await;
+        assert!(matches!(t.state, cairn_state::model::TaskState::Settled { .. }), "{:?}", t.state);
+        assert_eq!(t.attempt, 1, "settled on its first attempt: the loose check held");
     });
     let out = root.join("result");
     let (ok, _, err) =
@@ -136,6 +111,20 @@ fn a_container_job_runs_sandboxed_is_audited_bit_for_bit_and_settles() {
     assert_eq!(sorted, "basalt\ngranite\nslate\n");
     let stdout = std::fs::read_to_string(find(&out, "stdout")).unwrap_or_default();
     assert!(stdout.contains("sorted 0"), "{stdout}");
+}
+
+/// The job's (only) task once it has ended.
+async fn final_task(c: &cairn_client::Client, job: &cairn_types::JobId) -> cairn_state::model::Task {
+    let deadline = tokio::time::Instant::now() + READY * 2;
+    loop {
+        let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+        let mut tasks: Vec<cairn_state::model::Task> = serde_json::from_value(v["tasks"].clone()).unwrap();
+        if tasks.first().is_some_and(|t| t.state.is_final()) {
+            return tasks.remove(0);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the container job did not end: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// The first file named `name` under `dir`.

@@ -10,11 +10,7 @@
 use std::io::Read;
 use std::path::{Component, Path};
 
-use crate::{Result, RunError};
-
-fn io(e: impl std::fmt::Display) -> RunError {
-    RunError::Io(e.to_string())
-}
+use crate::{Result, RunError, io};
 
 /// A reproducible tar of `dir`'s tree: directories, regular files (mode kept, setuid and
 /// setgid bits dropped) and symlinks, in sorted order, with zero times and owners.

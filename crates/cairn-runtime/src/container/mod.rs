@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use cairn_types::{ContentId, OutputBundle, WorkloadKind};
 
-use crate::{Executor, Outcome, Result, RunError, TaskRun, lock};
+use crate::{Executor, Outcome, Result, RunError, TaskRun, io, lock};
 
 /// Processes a task may have at once.
 pub const PIDS_LIMIT: i64 = 128;
@@ -70,10 +70,6 @@ pub struct ContainerExecutor {
     cfg: ContainerConfig,
     prepared: Mutex<BTreeMap<ContentId, PathBuf>>,
     counter: AtomicU64,
-}
-
-fn io(e: impl std::fmt::Display) -> RunError {
-    RunError::Io(e.to_string())
 }
 
 /// Whether this host can run containers: runc answers and we are root.
@@ -198,11 +194,6 @@ impl Executor for ContainerExecutor {
             return Ok(());
         }
         self.unpack(id, bytes)
-    }
-
-    fn prepare_file(&self, id: &ContentId, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
-        self.prepare(id, &bytes)
     }
 
     fn is_prepared(&self, id: &ContentId) -> bool {
