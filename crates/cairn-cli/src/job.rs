@@ -338,6 +338,15 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                 let exec = cairn_runtime::WasmExecutor::new(cairn_runtime::WasmConfig { work_dir: tmp, cache_dir: None })?;
                 exec.validate(bytes).context("the workload is not a valid WebAssembly module")?;
             }
+            // An image a provider would refuse is refused here, before anything is paid.
+            if let Some(bytes) = &resolved.workload
+                && resolved.spec.kind == cairn_types::WorkloadKind::Container
+            {
+                let tmp = std::env::temp_dir().join(format!("cairn-image-check-{}", std::process::id()));
+                let checked = cairn_runtime::container::image::unpack(&bytes[..], &tmp);
+                let _ = std::fs::remove_dir_all(&tmp);
+                checked.context("the workload is not a container image")?;
+            }
             // A dataset that cannot train this model is refused here, before anything is paid.
             if let (Some(bytes), Some(plan)) = (&resolved.workload, resolved.spec.train.as_deref()) {
                 cairn_runtime::train::Dataset::parse(plan, bytes)

@@ -400,6 +400,11 @@ impl JobSpec {
         if self.kind == WorkloadKind::Service {
             return Err("service workloads run as leases (OpenLease), not jobs".into());
         }
+        if self.kind == WorkloadKind::Container && self.args.is_empty() {
+            return Err(
+                "a container job needs args: the program (a path inside the image) and its arguments".into(),
+            );
+        }
         if !self.deterministic && self.kind != WorkloadKind::Container {
             return Err("only `kind: container` jobs may declare `deterministic: false`".into());
         }
@@ -460,6 +465,20 @@ mod tests {
         let nested = y.replace("cpu_millis: 1000", "cpu_millis: 1000\n  cpus: 4");
         assert_ne!(nested, y);
         assert!(matches!(JobSpec::from_yaml(&nested), Err(Error::Yaml(_))));
+    }
+
+    #[test]
+    fn container_specs_need_a_command_and_only_they_may_be_non_deterministic() {
+        let mut s = base();
+        s.deterministic = false;
+        assert!(matches!(s.validate(), Err(Error::InvalidJobSpec(m)) if m.contains("deterministic")));
+        s.kind = WorkloadKind::Container;
+        assert!(matches!(s.validate(), Err(Error::InvalidJobSpec(m)) if m.contains("args")));
+        s.args = vec!["/bin/sh".into()];
+        s.validate().unwrap();
+        let y = s.to_yaml();
+        assert!(y.contains("deterministic: false") && y.contains("kind: container"), "{y}");
+        assert_eq!(JobSpec::from_yaml(&y).unwrap(), s);
     }
 
     #[test]
