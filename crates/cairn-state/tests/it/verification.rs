@@ -219,6 +219,7 @@ fn a_non_deterministic_result_that_loses_its_dispute_is_dropped_but_nobody_is_sl
     let mut s = spec(1, "1", 0);
     s.kind = cairn_types::WorkloadKind::Container;
     s.deterministic = false;
+    s.args = vec!["/bin/date".into()];
     let (_, task, w, drawn) = job_committed_with(&mut chain, s, lie());
     let stakes: Vec<Amount> =
         (0..PROVIDERS as u64).map(|i| bonded(&chain, &provider_key(i).address())).collect();
