@@ -19,6 +19,8 @@ use commonware_consensus::types::Height;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod leases;
+
 use crate::block::{CairnBlock, digest_bytes};
 use crate::engine::Marshal;
 use crate::node::{NodeEvent, NodeShared};
@@ -156,6 +158,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .merge(leases::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_route", "no such route; see /api/openapi.json")
         })

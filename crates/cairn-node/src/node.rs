@@ -356,6 +356,24 @@ impl NodeShared {
             .collect()
     }
 
+    /// Every committed lease passing `keep`, in key order.
+    pub fn leases_where(
+        &self,
+        keep: impl Fn(&cairn_state::model::Lease) -> bool,
+        limit: usize,
+    ) -> Vec<cairn_state::model::Lease> {
+        let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        let prefix = [cairn_state::keys::LEASE];
+        mirror
+            .committed
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(_, v)| borsh::from_slice::<cairn_state::model::Lease>(v).ok())
+            .filter(|l| keep(l))
+            .take(limit)
+            .collect()
+    }
+
     /// Every committed audit, dispute and canary (in that order, each in key order) passing `keep`.
     pub fn audits_where(
         &self,

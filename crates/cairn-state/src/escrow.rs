@@ -1,17 +1,14 @@
-//! Escrow: job deposits paid out per task, and leases drawn per block.
+//! Escrow: job deposits paid out per task (leases hold their own escrow: [`crate::lease`]).
 //!
 //! Every path ends paid or refunded: a job's escrow holds exactly `reserve_per_task` for
-//! each unfinished task, and a lease's escrow is its whole deposit until it closes.
+//! each unfinished task.
 
-use cairn_types::{
-    Address, Amount, CloseLease, ErrorCode, Event, JobId, LeaseId, OpenLease, WorkloadKind, hash_domain,
-};
+use cairn_types::{Address, Amount, JobId};
 
 use crate::bank;
 use crate::ctx::{Ctx, Exec, invariant};
 use crate::keys;
-use crate::model::{Due, Job, Lease};
-use crate::registry;
+use crate::model::Job;
 
 pub(crate) fn balance(ctx: &Ctx<'_>, job: &JobId) -> Exec<Amount> {
     ctx.get_or_default(&keys::escrow(job))
@@ -78,84 +75,4 @@ pub(crate) fn refund_task(ctx: &mut Ctx<'_>, job: &Job) -> Exec<Amount> {
     take(ctx, &job.id, job.reserve_per_task)?;
     bank::credit(ctx, &job.client, job.reserve_per_task)?;
     Ok(job.reserve_per_task)
-}
-
-pub(crate) fn lease(ctx: &Ctx<'_>, id: &LeaseId) -> Exec<Option<Lease>> {
-    ctx.get(&keys::lease(id))
-}
-
-pub(crate) fn open_lease(ctx: &mut Ctx<'_>, client: &Address, nonce: u64, o: &OpenLease) -> Exec<()> {
-    if o.price_per_block.is_zero() || o.deposit.is_zero() {
-        return Err(ErrorCode::ZeroAmount.into());
-    }
-    if o.provider == *client {
-        return Err(ErrorCode::ClientCannotBid.into());
-    }
-    let p = registry::get(ctx, &o.provider)?.ok_or(ErrorCode::ProviderNotRegistered)?;
-    let posted = registry::posted_price(&p, WorkloadKind::Service).ok_or(ErrorCode::KindNotServed)?;
-    if o.price_per_block < posted {
-        return Err(ErrorCode::PriceBelowPosted.into());
-    }
-    let blocks = o.deposit.base_units().checked_div(o.price_per_block.base_units()).unwrap_or(0);
-    if blocks == 0 {
-        return Err(ErrorCode::InvalidBody.into());
-    }
-    let blocks = u64::try_from(blocks).map_err(|_| ErrorCode::InvalidBody)?;
-    let ends_at = ctx.height.checked_add(blocks).ok_or(ErrorCode::InvalidBody)?;
-    let id = LeaseId(hash_domain("cairn lease id v1", &[&client.0, &nonce.to_le_bytes()]));
-    bank::debit(ctx, client, o.deposit)?;
-    let l = Lease {
-        id,
-        client: *client,
-        provider: o.provider,
-        workload: o.workload,
-        price_per_block: o.price_per_block,
-        escrow: o.deposit,
-        opened_at: ctx.height,
-        ends_at,
-        closed_at: None,
-    };
-    ctx.put(keys::lease(&id), &l)?;
-    ctx.schedule(ends_at, Due::LeaseEnd { lease: id })?;
-    ctx.emit(Event::LeaseOpened { lease: id, client: *client, provider: o.provider, ends_at });
-    Ok(())
-}
-
-/// Settle a lease to `at`: the provider gets the blocks served (less the protocol fee), the
-/// client the rest.
-fn settle_lease(ctx: &mut Ctx<'_>, mut l: Lease, at: u64) -> Exec<()> {
-    let served = at.min(l.ends_at).saturating_sub(l.opened_at);
-    let due = l.price_per_block.checked_mul(u128::from(served)).ok_or_else(|| invariant("lease overflow"))?;
-    let due = due.min(l.escrow);
-    let fee = due.checked_bps(ctx.params.protocol_fee_bps).ok_or_else(|| invariant("fee overflow"))?;
-    let paid = due.checked_sub(fee).ok_or_else(|| invariant("fee above due"))?;
-    let refunded = l.escrow.checked_sub(due).ok_or_else(|| invariant("lease underflow"))?;
-    bank::credit(ctx, &l.provider, paid)?;
-    bank::add_fees(ctx, fee)?;
-    bank::credit(ctx, &l.client, refunded)?;
-    l.escrow = Amount::ZERO;
-    l.closed_at = Some(at);
-    ctx.put(keys::lease(&l.id), &l)?;
-    ctx.emit(Event::LeaseClosed { lease: l.id, paid, refunded });
-    Ok(())
-}
-
-pub(crate) fn close_lease(ctx: &mut Ctx<'_>, who: &Address, c: &CloseLease) -> Exec<()> {
-    let l = lease(ctx, &c.lease)?.ok_or(ErrorCode::LeaseNotFound)?;
-    if *who != l.client && *who != l.provider {
-        return Err(ErrorCode::NotLeaseParty.into());
-    }
-    if l.closed_at.is_some() {
-        return Err(ErrorCode::LeaseClosed.into());
-    }
-    settle_lease(ctx, l, ctx.height)
-}
-
-pub(crate) fn on_lease_end(ctx: &mut Ctx<'_>, id: &LeaseId) -> Exec<()> {
-    let l = lease(ctx, id)?.ok_or_else(|| invariant("scheduled lease missing"))?;
-    if l.closed_at.is_some() {
-        return Ok(());
-    }
-    let end = l.ends_at;
-    settle_lease(ctx, l, end)
 }

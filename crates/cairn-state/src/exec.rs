@@ -7,7 +7,7 @@ use crate::ctx::{Ctx, Exec, Fail};
 use crate::model::{Account, Due, Meta};
 use crate::store::{StateView, WriteSet};
 use crate::{
-    Error, Params, Result, bank, dispute, escrow, keys, market, registry, rewards, staking, storage, streams,
+    Error, Params, Result, bank, dispute, keys, lease, market, registry, rewards, staking, storage, streams,
     verify,
 };
 
@@ -163,8 +163,9 @@ fn dispatch(ctx: &mut Ctx<'_>, tx: &Tx) -> Exec<()> {
         TxBody::OpenDispute(d) => dispute::open_dispute(ctx, who, d),
         TxBody::CreateStorageDeal(d) => storage::create(ctx, who, tx.nonce, d),
         TxBody::ProveStorage(p) => storage::prove(ctx, who, p),
-        TxBody::OpenLease(o) => escrow::open_lease(ctx, who, tx.nonce, o),
-        TxBody::CloseLease(c) => escrow::close_lease(ctx, who, c),
+        TxBody::OpenLease(o) => lease::open(ctx, who, tx.nonce, o),
+        TxBody::CloseLease(c) => lease::close_by(ctx, who, c),
+        TxBody::ReportProbe(r) => lease::report_probe(ctx, who, r),
         TxBody::ReportStream(r) => streams::report(ctx, who, r),
     }
 }
@@ -178,7 +179,7 @@ fn end_block(ctx: &mut Ctx<'_>) -> Exec<()> {
             Due::AuditDue { task, canary, round } => verify::on_audit_due(ctx, &task, canary, round)?,
             Due::Settle { task } => verify::on_settle(ctx, &task)?,
             Due::Unbond { who } => staking::release(ctx, &who)?,
-            Due::LeaseEnd { lease } => escrow::on_lease_end(ctx, &lease)?,
+            Due::LeaseRound { lease, round } => lease::on_round_end(ctx, &lease, round)?,
             Due::DealEnd { deal } => storage::on_end(ctx, &deal)?,
         }
     }

@@ -43,6 +43,7 @@ mod exec;
 mod faults;
 mod genesis;
 pub mod keys;
+mod lease;
 mod market;
 pub mod model;
 mod params;

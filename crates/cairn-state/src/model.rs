@@ -2,8 +2,8 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use cairn_types::{
-    Address, Amount, AuditKind, ContentId, DealId, JobId, LeaseId, Metering, ProviderInfo, RefundReason,
-    TaskId, WorkloadKind, stream::StreamEnd,
+    Address, Amount, AuditKind, ContentId, DealId, JobId, JobSpec, LeaseId, Metering, ProviderInfo,
+    RefundReason, TaskId, WorkloadKind, stream::StreamEnd,
 };
 use serde::{Deserialize, Serialize};
 
@@ -315,27 +315,79 @@ pub struct KnownAnswer {
     pub price: Amount,
 }
 
-/// A lease on a provider for a long-running service.
+/// One probe report of a lease's current round.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// Who probed.
+    pub prober: Address,
+    /// Whether the service answered with a 2xx status.
+    pub ok: bool,
+    /// How long it took, in milliseconds.
+    pub latency_ms: u32,
+}
+
+/// Probe rounds counted in the current SLA window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SlaWindow {
+    /// Rounds ended in this window.
+    pub rounds: u32,
+    /// Of them, rounds with a verdict (probed, and not a provider's first round).
+    pub probed: u32,
+    /// Of those, rounds that passed.
+    pub passed: u32,
+}
+
+/// A lease: a long-running service on one provider at a time, paid per block in probe rounds.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Lease {
     /// Its id.
     pub id: LeaseId,
     /// Who pays.
     pub client: Address,
-    /// Who serves.
+    /// Who serves now.
     pub provider: Address,
-    /// The service workload.
-    pub workload: ContentId,
-    /// Price per block.
+    /// What runs (a `kind: service` spec).
+    pub spec: JobSpec,
+    /// The current provider's price per block.
     pub price_per_block: Amount,
+    /// The client's deposit (always `paid + refunded + escrow`).
+    pub deposit: Amount,
     /// Escrow still held.
     pub escrow: Amount,
     /// Height opened.
     pub opened_at: u64,
-    /// Height the deposit runs out.
-    pub ends_at: u64,
     /// Height closed, once closed.
     pub closed_at: Option<u64>,
+    /// Why it closed, once closed.
+    pub end: Option<cairn_types::LeaseEnd>,
+    /// The current probe round.
+    pub round: u32,
+    /// The round covers the blocks after `round_start` up to and including `round_end`.
+    pub round_start: u64,
+    /// See `round_start`.
+    pub round_end: u64,
+    /// This round's drawn probers.
+    pub probers: Vec<Address>,
+    /// This round's reports so far.
+    pub reports: Vec<ProbeReport>,
+    /// The current provider's first round: a failure is refunded but not held against it.
+    pub fresh: bool,
+    /// Failed rounds in a row on the current provider.
+    pub failed_streak: u32,
+    /// The SLA window so far.
+    pub window: SlaWindow,
+    /// Paid to providers so far (before the protocol fee).
+    pub paid: Amount,
+    /// Refunded to the client so far.
+    pub refunded: Amount,
+    /// Blocks paid for.
+    pub paid_blocks: u64,
+    /// Blocks refunded (rounds the probes failed).
+    pub refunded_blocks: u64,
+    /// Times it moved to another provider.
+    pub migrations: u32,
+    /// Providers it left (never chosen for it again); the most recent few.
+    pub left: Vec<Address>,
 }
 
 /// A storage deal.
@@ -409,10 +461,12 @@ pub enum Due {
         /// Whose.
         who: Address,
     },
-    /// End a lease whose deposit ran out.
-    LeaseEnd {
+    /// End a lease's probe round: pay or refund its blocks, count the SLA, start the next.
+    LeaseRound {
         /// The lease.
         lease: LeaseId,
+        /// The round.
+        round: u32,
     },
     /// End a storage deal.
     DealEnd {

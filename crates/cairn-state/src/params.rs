@@ -70,6 +70,12 @@ pub struct Params {
     /// Share of a validator's bonded stake burned for each proven consensus fault (one per
     /// validator and view).
     pub slash_validator_bps: u32,
+    /// Blocks in a lease's probe round (the unit a lease is paid or refunded in).
+    pub probe_interval: u64,
+    /// Probers drawn per round.
+    pub lease_probers: u32,
+    /// Failed rounds in a row after which a lease moves to another provider.
+    pub lease_migrate_after: u32,
 }
 
 impl Default for Params {
@@ -104,6 +110,9 @@ impl Default for Params {
             known_answers: 64,
             slash_validator_bps: 500,
             reveal_blocks: 5,
+            probe_interval: 60,
+            lease_probers: 3,
+            lease_migrate_after: 2,
         }
     }
 }
@@ -148,6 +157,9 @@ impl Params {
             ("audit_p_min_bps", u64::from(self.audit_p_min_bps)),
             ("audit_window", self.audit_window),
             ("audit_max_draws", u64::from(self.audit_max_draws)),
+            ("probe_interval", self.probe_interval),
+            ("lease_probers", u64::from(self.lease_probers)),
+            ("lease_migrate_after", u64::from(self.lease_migrate_after)),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -168,6 +180,9 @@ impl Params {
             return Err(
                 "dispute_auditors, audit_max_draws and known_answers must be at most 101, 16 and 1024".into(),
             );
+        }
+        if self.lease_probers > 15 || self.probe_interval > 1_000_000 {
+            return Err("lease_probers must be at most 15 and probe_interval at most 1000000".into());
         }
         if self.min_provider_stake.is_zero() {
             return Err("min_provider_stake must be above zero".into());

@@ -1,6 +1,6 @@
 //! Providers: registration, updates, heartbeats, capacity and eligibility.
 
-use cairn_types::{Address, Amount, ErrorCode, Event, JobSpec, ProviderInfo, WorkloadKind};
+use cairn_types::{Address, Amount, ErrorCode, Event, JobSpec, ProviderInfo, Resources, WorkloadKind};
 
 use crate::ctx::{Ctx, Exec, invariant};
 use crate::keys;
@@ -148,6 +148,26 @@ pub(crate) fn reserve(ctx: &mut Ctx<'_>, who: &Address, spec: &JobSpec, price: A
 }
 
 /// Give back the capacity a task held (when it commits or is abandoned).
+/// Whether `p` has `r` free (CPU, memory, GPUs of the size asked).
+pub(crate) fn has_resources(p: &Provider, r: &Resources) -> Result<(), ErrorCode> {
+    let cap = &p.info.capacity;
+    let gpus = cap.gpus.iter().filter(|g| g.vram_mb >= r.gpu_vram_mb).count() as u64;
+    let cpu_ok = p.reserved.cpu_millis.checked_add(r.cpu_millis).is_some_and(|v| v <= cap.cpu_millis);
+    let mem_ok = p.reserved.memory_mb.checked_add(r.memory_mb).is_some_and(|v| v <= cap.memory_mb);
+    let gpu_ok = u64::from(p.reserved.gpus).checked_add(u64::from(r.gpus)).is_some_and(|v| v <= gpus);
+    if cpu_ok && mem_ok && gpu_ok { Ok(()) } else { Err(ErrorCode::NotEligible) }
+}
+
+/// Hold `r` of `who`'s capacity for a lease (no task exposure: a lease is paid per round).
+pub(crate) fn reserve_resources(ctx: &mut Ctx<'_>, who: &Address, r: &Resources) -> Exec<()> {
+    let mut p = get(ctx, who)?.ok_or_else(|| invariant("lease provider missing"))?;
+    let overflow = || invariant("reservation overflow");
+    p.reserved.cpu_millis = p.reserved.cpu_millis.checked_add(r.cpu_millis).ok_or_else(overflow)?;
+    p.reserved.memory_mb = p.reserved.memory_mb.checked_add(r.memory_mb).ok_or_else(overflow)?;
+    p.reserved.gpus = p.reserved.gpus.checked_add(r.gpus).ok_or_else(overflow)?;
+    put(ctx, &p)
+}
+
 pub(crate) fn release_capacity(p: &mut Provider, spec: &JobSpec) -> Exec<()> {
     let r = &spec.resources;
     let underflow = || invariant("capacity release underflow");

@@ -231,6 +231,22 @@ impl TestChain {
     /// Every job's escrow holds exactly its reserve for each unfinished task, and the task
     /// states agree with the job's count.
     pub fn check_escrow(&self) -> Result<(), String> {
+        for l in self.scan::<Lease>(keys::LEASE) {
+            let accounted = l.paid.base_units() + l.refunded.base_units() + l.escrow.base_units();
+            if accounted != l.deposit.base_units() {
+                return Err(format!(
+                    "lease {}: paid {} + refunded {} + escrow {} != deposit {}",
+                    l.id.short(),
+                    l.paid,
+                    l.refunded,
+                    l.escrow,
+                    l.deposit
+                ));
+            }
+            if l.closed_at.is_some() && !l.escrow.is_zero() {
+                return Err(format!("closed lease {} still holds escrow", l.id.short()));
+            }
+        }
         let tasks = self.all_tasks();
         for j in self.jobs() {
             let held = self.state.escrow(&j.id).unwrap();

@@ -216,7 +216,8 @@ pub struct JobSpec {
     /// Execution limits per task.
     #[serde(default)]
     pub limits: Limits,
-    /// The most the client pays per task.
+    /// The most the client pays per task (services price per block in `service` instead).
+    #[serde(default)]
     pub max_price_per_task: Amount,
     /// Blocks a provider has, once assigned, to commit a result.
     #[serde(default = "default_deadline")]
@@ -245,6 +246,9 @@ pub struct JobSpec {
     /// that upholds it drops the result unpaid, but nobody is slashed.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub deterministic: bool,
+    /// For `service` specs: the port, the price per block and the SLA (see [`crate::ServiceSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Box<crate::ServiceSpec>>,
 }
 
 fn default_true() -> bool {
@@ -369,7 +373,14 @@ impl JobSpec {
             }
         }
         let price = self.max_price_per_task.base_units();
-        if price == 0 || price > MAX_PRICE {
+        if self.kind == WorkloadKind::Service {
+            if price != 0 {
+                return Err(
+                    "a service is priced per block: set service.max_price_per_block, not max_price_per_task"
+                        .into(),
+                );
+            }
+        } else if price == 0 || price > MAX_PRICE {
             return Err("max_price_per_task must be above zero and at most 10^12 CRN".into());
         }
         if self.deadline_blocks == 0 || self.deadline_blocks > MAX_DEADLINE_BLOCKS {
@@ -397,10 +408,22 @@ impl JobSpec {
         if self.limits.fuel == 0 || self.limits.wall_ms == 0 || self.limits.output_bytes == 0 {
             return Err("limits must be above zero".into());
         }
-        if self.kind == WorkloadKind::Service {
-            return Err("service workloads run as leases (OpenLease), not jobs".into());
+        match (&self.service, self.kind) {
+            (Some(svc), WorkloadKind::Service) => {
+                svc.check()?;
+                if self.tasks != 1 || !self.task_inputs.is_empty() {
+                    return Err("a service runs as one lease: leave tasks and task_inputs out".into());
+                }
+            }
+            (None, WorkloadKind::Service) => {
+                return Err(
+                    "a service spec needs a `service` section (port, max_price_per_block, sla)".into()
+                );
+            }
+            (Some(_), _) => return Err("only `kind: service` specs take a `service` section".into()),
+            (None, _) => {}
         }
-        if self.kind == WorkloadKind::Container && self.args.is_empty() {
+        if matches!(self.kind, WorkloadKind::Container | WorkloadKind::Service) && self.args.is_empty() {
             return Err(
                 "a container job needs args: the program (a path inside the image) and its arguments".into(),
             );
@@ -499,5 +522,31 @@ mod tests {
         let mut s = base();
         s.kind = WorkloadKind::Service;
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn service_specs_need_their_section_a_command_and_a_sane_sla() {
+        let y = "kind: service\nworkload: af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\nargs: [/bin/httpd]\nservice:\n  port: 8080\n  max_price_per_block: 0.001 CRN\n  sla: { uptime_bps: 9000, latency_ms: 500, probe_path: / }\n";
+        let s = JobSpec::from_yaml(y).unwrap();
+        assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
+        let refused = |f: &dyn Fn(&mut JobSpec), word: &str| {
+            let mut t = s.clone();
+            f(&mut t);
+            assert!(matches!(t.validate(), Err(Error::InvalidJobSpec(m)) if m.contains(word)), "{word}");
+        };
+        refused(&|t| t.service = None, "service");
+        refused(&|t| t.args.clear(), "args");
+        refused(&|t| t.max_price_per_task = Amount::from_base_units(1), "per block");
+        refused(&|t| t.tasks = 2, "one lease");
+        refused(&|t| t.service.as_mut().unwrap().port = 0, "port");
+        refused(&|t| t.service.as_mut().unwrap().max_price_per_block = Amount::ZERO, "max_price_per_block");
+        refused(&|t| t.service.as_mut().unwrap().sla.uptime_bps = 10_001, "uptime_bps");
+        refused(&|t| t.service.as_mut().unwrap().sla.latency_ms = 0, "latency_ms");
+        refused(&|t| t.service.as_mut().unwrap().sla.window_rounds = 0, "window_rounds");
+        refused(&|t| t.service.as_mut().unwrap().sla.probe_path = "x/../../etc".into(), "probe_path");
+        refused(&|t| t.service.as_mut().unwrap().sla.probe_path = "/a b".into(), "probe_path");
+        let mut w = base();
+        w.service = s.service.clone();
+        assert!(matches!(w.validate(), Err(Error::InvalidJobSpec(m)) if m.contains("only `kind: service`")));
     }
 }

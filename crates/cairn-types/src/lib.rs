@@ -58,6 +58,7 @@ mod job;
 mod keys;
 mod provider;
 mod receipt;
+mod service;
 pub mod stream;
 mod train;
 mod tx;
@@ -76,10 +77,14 @@ pub use keys::{Address, SecretKey, Signature, verify_batch};
 pub use provider::{
     Capacity, Gpu, INFERENCE_CLASS_ATTRIBUTE, PriceSheet, ProviderInfo, Region, provider_limits,
 };
-pub use receipt::{AuditKind, AuditOutcome, ErrorCode, Event, Receipt, RefundReason, SlashReason, TxStatus};
+pub use receipt::{
+    AuditKind, AuditOutcome, ErrorCode, Event, LeaseEnd, Receipt, RefundReason, RoundVerdict, SlashReason,
+    TxStatus,
+};
+pub use service::{ServiceSpec, Sla, service_limits};
 pub use train::{Decimal, ModelArch, Optimizer, TrainRole, TrainSpec, train_limits};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,
-    Metering, Offer, OpenDispute, OpenLease, ProveStorage, RegisterProvider, ReportStream, SubmitAudit,
-    SubmitJob, Transfer, Tx, TxBody, Unbond, UpdateProvider,
+    Metering, Offer, OpenDispute, OpenLease, ProveStorage, RegisterProvider, ReportProbe, ReportStream,
+    SubmitAudit, SubmitJob, Transfer, Tx, TxBody, Unbond, UpdateProvider,
 };

@@ -168,6 +168,16 @@ error_codes! {
     StreamConsistent = 81, "stream_consistent", "the signed stream agrees with the committed reply";
     /// The committed tokens given do not match the committed stream end.
     StreamEvidenceInvalid = 82, "stream_evidence_invalid", "the tokens given are not the committed reply";
+    /// No live provider posts a `service` price within the spec's maximum and fits it.
+    NoServiceProvider = 83, "no_service_provider", "no live provider serves this service spec at its price";
+    /// The sender is not one of this round's drawn probers.
+    ProbeNotAssigned = 84, "probe_not_assigned", "only this round's drawn probers may report a probe";
+    /// The report names a round that is not the lease's current one.
+    ProbeRoundClosed = 85, "probe_round_closed", "the probe round is not the lease's current round";
+    /// This prober already reported this round.
+    ProbeDuplicate = 86, "probe_duplicate", "this prober already reported this round";
+    /// The deposit does not pay for one probe round at the provider's price.
+    LeaseDepositTooSmall = 87, "lease_deposit_too_small", "the deposit does not cover one probe round";
 }
 
 impl fmt::Display for ErrorCode {
@@ -268,6 +278,30 @@ pub enum SlashReason {
     StreamMismatch,
 }
 
+/// How a lease's probe round went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundVerdict {
+    /// Most probes saw the service answer within the SLA's latency.
+    Passed,
+    /// Most probes saw it fail (no answer, an error status, or too slow).
+    Failed,
+    /// No probe was reported (or none drawn): the round is paid, and not counted in the SLA.
+    Unprobed,
+}
+
+/// Why a lease closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseEnd {
+    /// The client closed it.
+    Client,
+    /// Its escrow no longer covered a block.
+    Escrow,
+    /// It had to move and no other provider could take it.
+    NoProvider,
+}
+
 /// Why an audit was assigned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -329,10 +363,37 @@ pub enum Event {
     TaskRefunded { task: TaskId, job: JobId, amount: Amount, reason: RefundReason },
     /// Every task of a job is settled or refunded.
     JobFinished { job: JobId },
-    /// A lease opened.
-    LeaseOpened { lease: LeaseId, client: Address, provider: Address, ends_at: u64 },
-    /// A lease closed and settled.
-    LeaseClosed { lease: LeaseId, paid: Amount, refunded: Amount },
+    /// A lease opened on `provider` at `price_per_block`.
+    LeaseOpened { lease: LeaseId, client: Address, provider: Address, price_per_block: Amount },
+    /// A probe round of a lease began: `probers` request its probe path before height `ends`.
+    LeaseRound { lease: LeaseId, round: u32, provider: Address, probers: Vec<Address>, ends: u64 },
+    /// A probe round ended: the provider was paid for its blocks (`passed`, or no probe
+    /// answered) or the client refunded them (the probes failed).
+    LeaseRoundSettled {
+        lease: LeaseId,
+        round: u32,
+        verdict: crate::RoundVerdict,
+        blocks: u64,
+        paid: Amount,
+        refunded: Amount,
+    },
+    /// A probe report was taken.
+    ProbeReported { lease: LeaseId, round: u32, prober: Address, ok: bool, latency_ms: u32 },
+    /// An SLA window ended below the spec's uptime: the provider was slashed.
+    SlaBreached {
+        lease: LeaseId,
+        provider: Address,
+        uptime_bps: u32,
+        slashed: Amount,
+        to_client: Amount,
+        burned: Amount,
+    },
+    /// A lease moved to another provider (the old one failed its probes, breached its SLA or
+    /// left); the service restarts there at the new provider's price.
+    LeaseMigrated { lease: LeaseId, from: Address, to: Address, price_per_block: Amount },
+    /// A lease closed and settled: `paid` to providers (less fees) and `refunded` to the client
+    /// over its whole life.
+    LeaseClosed { lease: LeaseId, paid: Amount, refunded: Amount, reason: crate::LeaseEnd },
     /// A storage deal was created.
     DealCreated { deal: DealId, client: Address },
     /// A storage deal ended; its unspent escrow went back.

@@ -182,16 +182,14 @@ pub struct ProveStorage {
     pub proof: Vec<u8>,
 }
 
-/// Open a lease on a provider for a long-running service.
+/// Open a lease for a long-running service (a `kind: service` spec). The chain picks the
+/// provider at once: the cheapest live one whose posted `service` price is within the spec's
+/// `max_price_per_block` and that fits its resources and constraints. The lease pays that price.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct OpenLease {
-    /// The provider.
-    pub provider: Address,
-    /// The service workload (image digest or WASM module).
-    pub workload: ContentId,
-    /// Price per block (at least the provider's posted `service` price).
-    pub price_per_block: Amount,
-    /// Escrowed deposit; the lease ends when it is used up.
+    /// What runs, and its SLA.
+    pub spec: JobSpec,
+    /// Escrowed deposit; the lease closes when it no longer covers a block.
     pub deposit: Amount,
 }
 
@@ -224,6 +222,21 @@ pub struct ReportStream {
     /// The committed reply's token ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<u32>,
+}
+
+/// A probe's outcome, from an auditor the chain drew for this round of the lease: whether the
+/// service answered its SLA's probe path with a 2xx status, and how fast. Only this round's
+/// drawn probers may report, once each, until the round ends.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct ReportProbe {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The probe round.
+    pub round: u32,
+    /// Whether the service answered with a 2xx status.
+    pub ok: bool,
+    /// How long the answer took, in milliseconds (0 when there was none).
+    pub latency_ms: u32,
 }
 
 /// Every transaction body. The order of variants is the wire tag: append, never reorder.
@@ -264,6 +277,8 @@ pub enum TxBody {
     CloseLease(CloseLease),
     /// See [`ReportStream`].
     ReportStream(ReportStream),
+    /// See [`ReportProbe`].
+    ReportProbe(ReportProbe),
 }
 
 impl TxBody {
@@ -287,6 +302,7 @@ impl TxBody {
             TxBody::OpenLease(_) => "open_lease",
             TxBody::CloseLease(_) => "close_lease",
             TxBody::ReportStream(_) => "report_stream",
+            TxBody::ReportProbe(_) => "report_probe",
         }
     }
 }

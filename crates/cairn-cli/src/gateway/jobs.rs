@@ -124,6 +124,7 @@ impl Gateway {
             hints: vec![self.client.base().to_string()],
             train: None,
             deterministic: true,
+            service: None,
         };
         spec.validate().map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
         let hash = self.sender.submit(TxBody::SubmitJob(SubmitJob { spec })).await.map_err(|e| {

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod common;
+mod leases;
 mod lifecycle;
 mod properties;
 mod staking_rewards;

@@ -41,7 +41,8 @@ enum Action {
     Commit { pick: usize, honest: bool, liar: u64 },
     Cancel { who: u64, job: usize },
     Heartbeat { who: u64 },
-    OpenLease { client: u64, provider: u64, blocks: u64 },
+    OpenLease { client: u64, blocks: u64 },
+    Probe { who: u64, lease: usize, ok: bool, slow: bool },
     CloseLease { who: u64, lease: usize },
     Deal { client: u64, epochs: u32 },
     Audit { pick: usize, honest: bool, stranger: Option<u64> },
@@ -76,7 +77,8 @@ fn action() -> impl Strategy<Value = Action> {
         8 => (0usize..16, prop::bool::weighted(0.8), p.clone()).prop_map(|(pick, honest, liar)| Action::Commit { pick, honest, liar }),
         1 => (who.clone(), 0usize..8).prop_map(|(who, job)| Action::Cancel { who, job }),
         1 => who.clone().prop_map(|who| Action::Heartbeat { who }),
-        1 => (c.clone(), p.clone(), 0u64..12).prop_map(|(client, provider, blocks)| Action::OpenLease { client, provider, blocks }),
+        1 => (c.clone(), 0u64..40).prop_map(|(client, blocks)| Action::OpenLease { client, blocks }),
+        3 => (who.clone(), 0usize..4, any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(who, lease, ok, slow)| Action::Probe { who, lease, ok, slow }),
         1 => (who.clone(), 0usize..4).prop_map(|(who, lease)| Action::CloseLease { who, lease }),
         1 => (c, 0u32..3).prop_map(|(client, epochs)| Action::Deal { client, epochs }),
         6 => (0usize..8, prop::bool::weighted(0.7), prop::option::weighted(0.2, p.clone()))
@@ -95,6 +97,8 @@ fn prop_params() -> Params {
         rematch_blocks: 2,
         max_wait_blocks: 10,
         min_provider_stake: crn("100"),
+        probe_interval: 3,
+        lease_probers: 2,
         ..Params::default()
     }
 }
@@ -256,15 +260,24 @@ impl World {
             Action::Heartbeat { who } => {
                 signed(&mut self.chain, &actor(who), TxBody::Heartbeat(Heartbeat {}))
             }
-            Action::OpenLease { client, provider, blocks } => {
-                let price = crn("0.01");
-                let o = OpenLease {
-                    provider: provider_key(provider).address(),
-                    workload: ContentId::of(b"svc"),
-                    price_per_block: price,
-                    deposit: price.checked_mul(u128::from(blocks)).unwrap(),
-                };
+            Action::OpenLease { client, blocks } => {
+                let spec = cairn_types::JobSpec::from_yaml(&format!(
+                    "kind: service\nworkload: {}\nargs: [/srv]\nservice:\n  port: 80\n  max_price_per_block: 0.02 CRN\n  sla: {{ uptime_bps: 7000, latency_ms: 100, probe_path: /, window_rounds: 3 }}\n",
+                    ContentId::of(b"svc")
+                ))
+                .unwrap();
+                let o = OpenLease { spec, deposit: crn("0.01").checked_mul(u128::from(blocks)).unwrap() };
                 signed(&mut self.chain, &actor(client), TxBody::OpenLease(o))
+            }
+            Action::Probe { who, lease, ok, slow } => {
+                if self.leases.is_empty() {
+                    return None;
+                }
+                let lease = self.leases[lease % self.leases.len()];
+                let round = self.chain.state.lease(&lease).unwrap().map_or(0, |l| l.round);
+                let latency_ms = if slow { 500 } else { 20 };
+                let r = cairn_types::ReportProbe { lease, round, ok, latency_ms };
+                signed(&mut self.chain, &actor(who), TxBody::ReportProbe(r))
             }
             Action::CloseLease { who, lease } => {
                 if self.leases.is_empty() {

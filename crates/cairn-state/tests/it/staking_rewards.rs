@@ -2,8 +2,8 @@
 
 use cairn_state::testkit::{TestChain, key};
 use cairn_types::{
-    Bond, CloseLease, CommitResult, ContentId, CreateStorageDeal, ErrorCode, Event, LeaseId, Metering,
-    OpenDispute, OpenLease, ProveStorage, RegisterProvider, SubmitAudit, TaskId, TxBody, TxStatus, Unbond,
+    Bond, CommitResult, ContentId, CreateStorageDeal, ErrorCode, Event, Metering, OpenDispute, ProveStorage,
+    RegisterProvider, SubmitAudit, TaskId, TxBody, TxStatus, Unbond,
 };
 
 use crate::common::*;
@@ -91,68 +91,6 @@ fn validators_earn_fees_and_block_rewards_and_providers_earn_by_verified_work() 
     });
     assert!(paid.is_some(), "the epoch after settlement pays providers");
     assert!(chain.state.totals().unwrap().epoch_work.is_zero());
-    checks(&chain);
-}
-
-#[test]
-fn a_lease_pays_per_block_served_and_refunds_the_rest_on_close() {
-    let mut chain = market(&["1"]);
-    let p = provider_key(0).address();
-    let deposit = crn("1"); // 100 blocks at 0.01
-    let open =
-        OpenLease { provider: p, workload: ContentId::of(b"svc"), price_per_block: crn("0.01"), deposit };
-    let low = OpenLease { price_per_block: crn("0.001"), ..open.clone() };
-    assert_eq!(
-        status(&chain.run(&client(), TxBody::OpenLease(low))),
-        TxStatus::Failed(ErrorCode::PriceBelowPosted)
-    );
-    let r = chain.ok(&client(), TxBody::OpenLease(open));
-    let lease: LeaseId = r
-        .events()
-        .iter()
-        .find_map(|e| match e {
-            Event::LeaseOpened { lease, .. } => Some(*lease),
-            _ => None,
-        })
-        .unwrap();
-    chain.advance(9);
-    let before = chain.state.account(&p).unwrap().balance;
-    let r = chain.run(&key(77), TxBody::CloseLease(CloseLease { lease }));
-    assert!(matches!(status(&r), TxStatus::Rejected(_)), "an unfunded stranger cannot even pay the fee");
-    let r = chain.ok(&client(), TxBody::CloseLease(CloseLease { lease }));
-    let (paid, refunded) = r
-        .events()
-        .iter()
-        .find_map(|e| match e {
-            Event::LeaseClosed { paid, refunded, .. } => Some((*paid, *refunded)),
-            _ => None,
-        })
-        .unwrap();
-    // Opened at h, closed at h+11: 11 blocks × 0.01 = 0.11, less 2% = 0.1078.
-    assert_eq!(paid, crn("0.1078"));
-    assert_eq!(refunded, crn("0.89"));
-    assert_eq!(chain.state.account(&p).unwrap().balance.checked_sub(before).unwrap(), paid);
-    let again = chain.run(&client(), TxBody::CloseLease(CloseLease { lease }));
-    assert_eq!(status(&again), TxStatus::Failed(ErrorCode::LeaseClosed));
-    checks(&chain);
-}
-
-#[test]
-fn a_lease_ends_by_itself_when_its_deposit_runs_out() {
-    let mut chain = market(&["1"]);
-    let open = OpenLease {
-        provider: provider_key(0).address(),
-        workload: ContentId::of(b"s"),
-        price_per_block: crn("0.01"),
-        deposit: crn("0.05"),
-    };
-    chain.ok(&client(), TxBody::OpenLease(open));
-    let receipts = chain.advance(5);
-    let closed = receipts.iter().flat_map(|r| r.events()).find_map(|e| match e {
-        Event::LeaseClosed { paid, refunded, .. } => Some((*paid, *refunded)),
-        _ => None,
-    });
-    assert_eq!(closed, Some((crn("0.049"), crn("0"))));
     checks(&chain);
 }
 

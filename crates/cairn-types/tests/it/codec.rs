@@ -30,7 +30,16 @@ fn spec() -> JobSpec {
         hints: vec!["http://127.0.0.1:7000".into()],
         train: None,
         deterministic: true,
+        service: None,
     }
+}
+
+fn service_spec() -> JobSpec {
+    JobSpec::from_yaml(&format!(
+        "kind: service\nworkload: {}\nargs: [/bin/httpd, -f, -p, '8080']\nservice:\n  port: 8080\n  max_price_per_block: 0.0001 CRN\n  sla: {{ uptime_bps: 9500, latency_ms: 250, probe_path: /health, window_rounds: 6 }}\n",
+        ContentId::of(b"svc")
+    ))
+    .unwrap()
 }
 
 fn train_spec() -> JobSpec {
@@ -132,12 +141,7 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "open_lease_tx.hex",
-            TxBody::OpenLease(OpenLease {
-                provider: to,
-                workload: ContentId::of(b"svc"),
-                price_per_block: "0.0001 CRN".parse().unwrap(),
-                deposit: "5 CRN".parse().unwrap(),
-            }),
+            TxBody::OpenLease(OpenLease { spec: service_spec(), deposit: "5 CRN".parse().unwrap() }),
         ),
         ("close_lease_tx.hex", TxBody::CloseLease(CloseLease { lease: LeaseId([9; 32]) })),
         (
@@ -151,6 +155,10 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
                 sig: k.sign(b"point"),
                 tokens: vec![7, 8, 9],
             }),
+        ),
+        (
+            "report_probe_tx.hex",
+            TxBody::ReportProbe(ReportProbe { lease: LeaseId([9; 32]), round: 4, ok: true, latency_ms: 31 }),
         ),
     ];
     for (i, (name, body)) in bodies.into_iter().enumerate() {
@@ -271,6 +279,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 hints: vec![],
                 train: None,
                 deterministic: true,
+                service: None,
             },
         )
 }
@@ -297,8 +306,9 @@ fn body() -> impl Strategy<Value = TxBody> {
                 streams: Vec::new(),
             })
         }),
-        (addr(), id(), amount(), amount()).prop_map(|(provider, workload, price_per_block, deposit)| {
-            TxBody::OpenLease(OpenLease { provider, workload, price_per_block, deposit })
+        (job_spec(), amount()).prop_map(|(spec, deposit)| TxBody::OpenLease(OpenLease { spec, deposit })),
+        (any::<[u8; 32]>(), any::<(u32, bool, u32)>()).prop_map(|(l, (round, ok, latency_ms))| {
+            TxBody::ReportProbe(ReportProbe { lease: LeaseId(l), round, ok, latency_ms })
         }),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(|proof| TxBody::ProveStorage(ProveStorage {
             deal: DealId([1; 32]),

@@ -1,0 +1,110 @@
+//! Long-running services (`kind: service`): what a lease runs and the SLA it is held to.
+//!
+//! A service is a job spec of kind `service` with a `service` section. The workload is a
+//! container image (as for `kind: container`), `args` its command, `inputs` files it reads at
+//! `/in`. It listens on `port` inside a network namespace of its own; the provider exposes it at
+//! `<provider endpoint>/lease/<lease id>/…`. The lease is paid per block from escrow, in probe
+//! rounds: each round, auditors drawn by the beacon request `sla.probe_path` through that public
+//! address and report what they saw; a round the probes call failed is refunded to the client,
+//! a window of rounds below `sla.uptime_bps` slashes the provider, and failed rounds in a row
+//! move the lease to another provider.
+//!
+//! ```
+//! use cairn_types::JobSpec;
+//! let spec = JobSpec::from_yaml(
+//!     "kind: service
+//! workload: af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262
+//! args: [/bin/httpd, -f, -p, '8080', -h, /in]
+//! service:
+//!   port: 8080
+//!   max_price_per_block: 0.001 CRN
+//!   sla: { uptime_bps: 9500, latency_ms: 500, probe_path: /index.html }
+//! ",
+//! )
+//! .unwrap();
+//! assert_eq!(spec.service.as_ref().unwrap().sla.window_rounds, 10);
+//! ```
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
+
+use crate::Amount;
+
+/// Limits on service specs.
+pub mod service_limits {
+    /// Longest probe path.
+    pub const MAX_PROBE_PATH: usize = 256;
+    /// Most rounds in an SLA window.
+    pub const MAX_WINDOW_ROUNDS: u32 = 1_000;
+    /// Largest latency target, in milliseconds.
+    pub const MAX_LATENCY_MS: u32 = 60_000;
+}
+
+fn default_window() -> u32 {
+    10
+}
+
+/// The service level a lease is held to.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sla {
+    /// Share of probed rounds that must pass in each window, in basis points (9500 = 95%).
+    pub uptime_bps: u32,
+    /// A probe answered slower than this (or not with a 2xx status) fails.
+    pub latency_ms: u32,
+    /// What probes request (an absolute path with its query, as a client would).
+    pub probe_path: String,
+    /// Probe rounds per SLA window.
+    #[serde(default = "default_window")]
+    pub window_rounds: u32,
+}
+
+/// The `service` section of a `kind: service` job spec.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The TCP port the service listens on inside its sandbox.
+    pub port: u16,
+    /// The most the client pays per block; the lease pays the chosen provider's posted price.
+    pub max_price_per_block: Amount,
+    /// The service level.
+    pub sla: Sla,
+}
+
+impl ServiceSpec {
+    /// Check the section's own rules.
+    ///
+    /// # Errors
+    /// A message naming the first broken rule.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        use service_limits::*;
+        if self.port == 0 {
+            return Err("service.port must be 1..=65535".into());
+        }
+        let price = self.max_price_per_block.base_units();
+        if price == 0 || price > crate::limits::MAX_PRICE {
+            return Err("service.max_price_per_block must be above zero and at most 10^12 CRN".into());
+        }
+        let s = &self.sla;
+        if s.uptime_bps == 0 || s.uptime_bps > 10_000 {
+            return Err("sla.uptime_bps must be 1..=10000".into());
+        }
+        if s.latency_ms == 0 || s.latency_ms > MAX_LATENCY_MS {
+            return Err(format!("sla.latency_ms must be 1..={MAX_LATENCY_MS}"));
+        }
+        if s.window_rounds == 0 || s.window_rounds > MAX_WINDOW_ROUNDS {
+            return Err(format!("sla.window_rounds must be 1..={MAX_WINDOW_ROUNDS}"));
+        }
+        let p = &s.probe_path;
+        if !p.starts_with('/')
+            || p.len() > MAX_PROBE_PATH
+            || p.contains("..")
+            || p.chars().any(|c| c.is_control() || c.is_whitespace() || c == '#')
+        {
+            return Err(format!(
+                "sla.probe_path must be an absolute URL path of at most {MAX_PROBE_PATH} bytes, without `..`, spaces or a fragment"
+            ));
+        }
+        Ok(())
+    }
+}
