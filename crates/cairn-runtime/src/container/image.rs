@@ -125,6 +125,7 @@ pub const BUSYBOX_TOOLS: &[&str] = &[
     "grep",
     "gzip",
     "head",
+    "httpd",
     "id",
     "ln",
     "ls",

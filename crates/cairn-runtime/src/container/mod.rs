@@ -19,6 +19,7 @@
 
 pub mod image;
 mod oci;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -101,7 +102,7 @@ impl ContainerExecutor {
         Ok(exec)
     }
 
-    fn runc(&self) -> Command {
+    pub(crate) fn runc(&self) -> Command {
         let mut c = Command::new(&self.cfg.runc);
         c.arg("--root").arg(&self.cfg.state_dir);
         c
@@ -123,7 +124,7 @@ impl ContainerExecutor {
         }
     }
 
-    fn rootfs(&self, id: &ContentId) -> Option<PathBuf> {
+    pub(crate) fn rootfs(&self, id: &ContentId) -> Option<PathBuf> {
         if let Some(p) = lock(&self.prepared).get(id) {
             return Some(p.clone());
         }
@@ -155,6 +156,13 @@ impl ContainerExecutor {
                 }
                 Err(_) => std::fs::create_dir_all(&p).map_err(io)?,
             }
+        }
+        // runc gives a tmpfs the mode of the directory it covers: keep `/tmp` writable by the
+        // unprivileged user, whatever the image says.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+                .map_err(io)?;
         }
         std::fs::write(dir.join(".complete"), b"").map_err(io)?;
         lock(&self.prepared).insert(*id, root);
@@ -247,7 +255,8 @@ impl Executor for ContainerExecutor {
         let cfg = oci::config(&oci::Sandbox {
             rootfs: &rootfs,
             inputs: &bundle.join("in"),
-            outputs: &bundle.join("out"),
+            outputs: Some(&bundle.join("out")),
+            netns: None,
             args: &task.args,
             env: &env,
             memory_bytes: task.memory_mb.saturating_mul(1024 * 1024).max(16 * 1024 * 1024),

@@ -8,7 +8,11 @@ use serde_json::{Value, json};
 pub(crate) struct Sandbox<'a> {
     pub(crate) rootfs: &'a Path,
     pub(crate) inputs: &'a Path,
-    pub(crate) outputs: &'a Path,
+    /// The writable `/out` (services have none).
+    pub(crate) outputs: Option<&'a Path>,
+    /// A network namespace to join (a service's, with one link to the host); `None`: a new
+    /// one with only loopback.
+    pub(crate) netns: Option<&'a Path>,
     pub(crate) args: &'a [String],
     pub(crate) env: &'a [String],
     pub(crate) memory_bytes: u64,
@@ -28,9 +32,30 @@ pub(crate) fn config(s: &Sandbox<'_>) -> Value {
         "pids": { "limit": s.pids },
         "devices": [{ "allow": false, "access": "rwm" }],
     });
+    let mut network = json!({ "type": "network" });
+    if let Some(ns) = s.netns {
+        network["path"] = json!(ns);
+    }
     if s.cpu_millis > 0 {
         resources["cpu"] =
             json!({ "quota": s.cpu_millis.saturating_mul(PERIOD_US) / 1000, "period": PERIOD_US });
+    }
+    let mut mounts = json!([
+        { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+        { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+        { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+        { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+          "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", s.tmp_mb)] },
+        { "destination": "/in", "type": "bind", "source": s.inputs, "options": ["rbind", "ro", "nosuid", "nodev"] },
+    ]);
+    if let (Some(out), Some(list)) = (s.outputs, mounts.as_array_mut()) {
+        list.push(json!({ "destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw", "nosuid", "nodev"] }));
     }
     json!({
         "ociVersion": "1.0.2",
@@ -49,25 +74,11 @@ pub(crate) fn config(s: &Sandbox<'_>) -> Value {
         },
         "root": { "path": s.rootfs, "readonly": true },
         "hostname": "cairn",
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
-            { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", s.tmp_mb)] },
-            { "destination": "/in", "type": "bind", "source": s.inputs, "options": ["rbind", "ro", "nosuid", "nodev"] },
-            { "destination": "/out", "type": "bind", "source": s.outputs, "options": ["rbind", "rw", "nosuid", "nodev"] },
-        ],
+        "mounts": mounts,
         "linux": {
             "resources": resources,
             "namespaces": [
-                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                { "type": "pid" }, network, { "type": "ipc" },
                 { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" },
             ],
             "maskedPaths": [

@@ -34,7 +34,7 @@ fn tools() -> PathBuf {
 }
 
 /// A busybox root filesystem image: its bytes and id (built once per test run).
-fn busybox_image() -> (Vec<u8>, ContentId) {
+pub(crate) fn busybox_image() -> (Vec<u8>, ContentId) {
     static IMAGE: OnceLock<(Vec<u8>, ContentId)> = OnceLock::new();
     IMAGE.get_or_init(build_busybox_image).clone()
 }

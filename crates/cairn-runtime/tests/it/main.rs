@@ -5,6 +5,7 @@
 mod container;
 mod inference;
 mod sandbox;
+mod services;
 mod train;
 mod workloads;
 

@@ -1,0 +1,329 @@
+//! Long-running services (`kind: service`) in the container sandbox, reachable over one link.
+//!
+//! A service runs like a batch container (read-only image root, `/in` read-only, `/tmp` a small
+//! tmpfs, an unprivileged user, no capabilities, memory/pids/CPU cgroups) but without `/out`
+//! and without a wall-clock cap, in a network namespace of its own whose only link is a veth
+//! pair to the host: the host side `10.89.a.b+1/30`, the service `10.89.a.b+2/30`, no default
+//! route. So the service can answer the provider's proxy and reach nothing beyond that /30.
+//! The provider forwards `/lease/<id>/…` to it.
+//!
+//! [`ServiceHost::start`] returns once the service accepts TCP connections on its port (or
+//! fails with its standard error when it exits or does not listen within the start timeout).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_types::{ContentId, hash_domain};
+
+use super::{ContainerExecutor, PIDS_LIMIT, TMP_MB, oci};
+use crate::{Result, RunError, io, lock};
+
+/// How long a service has to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The services' address block: one /30 per service.
+const NET: [u8; 2] = [10, 89];
+const SLOTS: u32 = 16_384;
+
+/// What to run for one lease.
+#[derive(Clone, Debug)]
+pub struct ServiceRun {
+    /// A name unique on this host for the service's life (the lease id).
+    pub name: String,
+    /// The image (prepared through the container executor).
+    pub image: ContentId,
+    /// Program and arguments.
+    pub args: Vec<String>,
+    /// Environment (beyond `PATH`, `HOME`, `LANG`, `TZ`).
+    pub env: BTreeMap<String, String>,
+    /// Files to place under `/in`, by name.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// The port it listens on.
+    pub port: u16,
+    /// Memory cap in MiB.
+    pub memory_mb: u64,
+    /// CPU cap in thousandths of a core.
+    pub cpu_millis: u64,
+}
+
+struct Instance {
+    child: Option<Child>,
+    id: String,
+    netns: String,
+    bundle: PathBuf,
+    addr: SocketAddr,
+}
+
+/// Starts, watches and stops services.
+#[derive(Debug)]
+pub struct ServiceHost {
+    images: Arc<ContainerExecutor>,
+    dir: PathBuf,
+    state_dir: PathBuf,
+    tag: String,
+    running: Mutex<BTreeMap<String, Instance>>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("id", &self.id).field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| RunError::Runtime(format!("ip: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RunError::Runtime(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// IPv4 addresses in use on this host's links.
+fn used_addresses() -> Vec<Ipv4Addr> {
+    let Ok(out) = Command::new("ip").args(["-o", "-4", "addr", "show"]).output() else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.split('/').next()?.parse().ok())
+        .collect()
+}
+
+fn slot_addr(slot: u32, host: u8) -> Ipv4Addr {
+    let base = slot.saturating_mul(4);
+    let [_, _, c, d] = base.to_be_bytes();
+    Ipv4Addr::new(NET[0], NET[1], c, d.saturating_add(host))
+}
+
+impl ServiceHost {
+    /// A host keeping its bundles and runc state under `dir`; services a previous run of this
+    /// host left behind (containers, namespaces) are removed.
+    ///
+    /// # Errors
+    /// [`RunError::Io`] when the directories cannot be made.
+    pub fn new(images: Arc<ContainerExecutor>, dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        let state_dir = dir.join("runc");
+        std::fs::create_dir_all(&state_dir).map_err(io)?;
+        let dir = std::fs::canonicalize(&dir).map_err(io)?;
+        let state_dir = std::fs::canonicalize(&state_dir).map_err(io)?;
+        let h = hash_domain("cairn service host tag v1", &[dir.to_string_lossy().as_bytes()]);
+        let tag: String = h.iter().take(3).map(|b| format!("{b:02x}")).collect();
+        let host = ServiceHost { images, dir, state_dir, tag, running: Mutex::new(BTreeMap::new()) };
+        host.clean_up_stale();
+        Ok(host)
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new(&self.images.cfg.runc);
+        c.arg("--root").arg(&self.state_dir);
+        c
+    }
+
+    fn clean_up_stale(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.state_dir) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                let _ = self.runc().args(["delete", "--force", &id]).stderr(Stdio::null()).status();
+            }
+        }
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            let prefix = format!("cs{}", self.tag);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with(&prefix)) {
+                    let _ = ip(&["netns", "del", name]);
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("svc-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Start `run` and wait until it listens; returns where the provider reaches it.
+    ///
+    /// # Errors
+    /// [`RunError::NotPrepared`] without the image; [`RunError::Runtime`] when the sandbox
+    /// cannot be made or the service exits or never listens (its standard error included).
+    pub fn start(&self, run: &ServiceRun) -> Result<SocketAddr> {
+        self.stop(&run.name);
+        let rootfs = self.images.rootfs(&run.image).ok_or(RunError::NotPrepared(run.image))?;
+        if run.args.is_empty() {
+            return Err(RunError::InvalidWorkload(
+                "a service needs args: the program and its arguments".into(),
+            ));
+        }
+        let key = hash_domain("cairn service slot v1", &[self.tag.as_bytes(), run.name.as_bytes()]);
+        let used = used_addresses();
+        let first = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) % SLOTS;
+        let slot = (0..SLOTS)
+            .map(|i| (first + i) % SLOTS)
+            .find(|s| *s != 0 && !used.contains(&slot_addr(*s, 1)) && !used.contains(&slot_addr(*s, 2)))
+            .ok_or_else(|| RunError::Runtime("no free service address".into()))?;
+        let short: String = key.iter().take(3).map(|b| format!("{b:02x}")).collect();
+        let netns = format!("cs{}{short}", self.tag);
+        let (vh, vc) = (format!("vh{}{short}", &self.tag[..2]), format!("vc{}{short}", &self.tag[..2]));
+        let (host_ip, svc_ip) = (slot_addr(slot, 1), slot_addr(slot, 2));
+        let id = format!("svc-{}-{short}", self.tag);
+        let bundle = self.dir.join(&id);
+        let mut inst = Instance {
+            child: None,
+            id: id.clone(),
+            netns: netns.clone(),
+            bundle: bundle.clone(),
+            addr: SocketAddr::V4(SocketAddrV4::new(svc_ip, run.port)),
+        };
+        let made = (|| -> Result<()> {
+            ip(&["netns", "add", &netns])?;
+            ip(&["link", "add", &vh, "type", "veth", "peer", "name", &vc])?;
+            ip(&["link", "set", &vc, "netns", &netns])?;
+            ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &vh])?;
+            ip(&["link", "set", &vh, "up"])?;
+            ip(&["-n", &netns, "addr", "add", &format!("{svc_ip}/30"), "dev", &vc])?;
+            ip(&["-n", &netns, "link", "set", &vc, "up"])?;
+            ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+            std::fs::create_dir_all(bundle.join("in")).map_err(io)?;
+            for (name, src) in &run.inputs {
+                if name.contains('/') || name == ".." || name == "." || name.is_empty() {
+                    return Err(RunError::InvalidWorkload(format!("input name {name:?}")));
+                }
+                let dst = bundle.join("in").join(name);
+                if std::fs::hard_link(src, &dst).is_err() {
+                    std::fs::copy(src, &dst).map_err(|e| RunError::Io(format!("input {name}: {e}")))?;
+                }
+            }
+            let mut env: Vec<String> = vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
+                "HOME=/tmp".into(),
+                "LANG=C.UTF-8".into(),
+                "TZ=UTC".into(),
+            ];
+            env.extend(run.env.iter().map(|(k, v)| format!("{k}={v}")));
+            env.push(format!("PORT={}", run.port));
+            let ns_path = PathBuf::from("/var/run/netns").join(&netns);
+            let cfg = oci::config(&oci::Sandbox {
+                rootfs: &rootfs,
+                inputs: &bundle.join("in"),
+                outputs: None,
+                netns: Some(&ns_path),
+                args: &run.args,
+                env: &env,
+                memory_bytes: run.memory_mb.saturating_mul(1024 * 1024).max(16 * 1024 * 1024),
+                pids: PIDS_LIMIT,
+                cpu_millis: run.cpu_millis,
+                tmp_mb: TMP_MB,
+            });
+            std::fs::write(bundle.join("config.json"), cfg.to_string()).map_err(io)?;
+            let stdout = std::fs::File::create(bundle.join("stdout")).map_err(io)?;
+            let stderr = std::fs::File::create(bundle.join("stderr")).map_err(io)?;
+            inst.child = Some(
+                self.runc()
+                    .arg("--log")
+                    .arg(bundle.join("runc.log"))
+                    .args(["--log-format", "json", "run", "--bundle"])
+                    .arg(&bundle)
+                    .arg(&id)
+                    .stdin(Stdio::null())
+                    .stdout(stdout)
+                    .stderr(stderr)
+                    .spawn()
+                    .map_err(|e| RunError::Runtime(format!("runc: {e}")))?,
+            );
+            Ok(())
+        })();
+        if let Err(e) = made {
+            self.tear_down(&mut inst);
+            return Err(e);
+        }
+        let started = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&inst.addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            let exited = match inst.child.as_mut() {
+                Some(c) => c.try_wait().map_err(io)?.is_some(),
+                None => true,
+            };
+            if exited || started.elapsed() > START_TIMEOUT {
+                let err = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
+                let tail: String =
+                    err.chars().rev().take(2_000).collect::<Vec<_>>().into_iter().rev().collect();
+                self.tear_down(&mut inst);
+                let why = if exited { "exited" } else { "did not listen in time" };
+                return Err(RunError::Runtime(format!(
+                    "the service {why} on port {}: {}",
+                    run.port,
+                    tail.trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let addr = inst.addr;
+        lock(&self.running).insert(run.name.clone(), inst);
+        Ok(addr)
+    }
+
+    /// Where a running service is reached, if it runs (its process has not exited).
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        let mut running = lock(&self.running);
+        let inst = running.get_mut(name)?;
+        match inst.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => Some(inst.addr),
+            _ => None,
+        }
+    }
+
+    /// Names of the services started here and not stopped (running or exited).
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.running).keys().cloned().collect()
+    }
+
+    /// Stop a service and remove its sandbox; a name not running is ignored.
+    pub fn stop(&self, name: &str) {
+        let inst = lock(&self.running).remove(name);
+        if let Some(mut inst) = inst {
+            self.tear_down(&mut inst);
+        }
+    }
+
+    /// Stop every service.
+    pub fn stop_all(&self) {
+        for name in self.names() {
+            self.stop(&name);
+        }
+    }
+
+    fn tear_down(&self, inst: &mut Instance) {
+        let _ = self.runc().args(["kill", "--all", &inst.id, "KILL"]).stderr(Stdio::null()).status();
+        if let Some(c) = inst.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.runc().args(["delete", "--force", &inst.id]).stderr(Stdio::null()).status();
+        let _ = ip(&["netns", "del", &inst.netns]);
+        let _ = std::fs::remove_dir_all(&inst.bundle);
+    }
+
+    /// The host's directory (bundles, runc state).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ServiceHost {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

@@ -1,0 +1,87 @@
+//! Services in the container sandbox: a real HTTP server (busybox httpd) reachable from the
+//! host over its own link, cut off from other services, capped, and gone without a trace when
+//! stopped.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_runtime::container::service::{ServiceHost, ServiceRun};
+use cairn_runtime::{ContainerConfig, ContainerExecutor, Executor as _};
+
+use crate::container::busybox_image;
+use crate::scratch;
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: svc\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn netns_list() -> String {
+    String::from_utf8_lossy(
+        &std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
+    )
+    .to_string()
+}
+
+#[test]
+fn a_service_serves_http_over_its_own_link_and_nothing_else_reaches_out() {
+    let (bytes, image) = busybox_image();
+    let dir = scratch("services");
+    let exec = Arc::new(ContainerExecutor::new(ContainerConfig::in_dir(dir.join("containers"))).unwrap());
+    exec.prepare(&image, &bytes).unwrap();
+    let host = ServiceHost::new(exec, dir.join("services")).unwrap();
+    let page = dir.join("index.html");
+    std::fs::write(&page, "<h1>hello from a lease</h1>\n").unwrap();
+    let run = |name: &str, args: &[&str]| ServiceRun {
+        name: name.into(),
+        image,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+        inputs: vec![("index.html".into(), page.clone())],
+        port: 8080,
+        memory_mb: 64,
+        cpu_millis: 500,
+    };
+    let started = Instant::now();
+    let web = host.start(&run("web", &["/bin/httpd", "-f", "-p", "8080", "-h", "/in"])).unwrap();
+    let start_ms = started.elapsed().as_millis();
+    assert!(start_ms < 3_000, "a busybox service listens within the 3 s start target, took {start_ms} ms");
+    let reply = get(web, "/index.html");
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("hello from a lease"), "{reply}");
+    assert_eq!(host.addr("web"), Some(web));
+
+    // A second service tries the first one and the outside world, then serves what it found.
+    let probe = format!(
+        "for t in {}:8080 1.1.1.1:80; do if wget -q -T 2 -O /tmp/got http://$t/index.html; then echo reached $t; else echo blocked $t; fi; done > /tmp/net.txt; exec httpd -f -p 8080 -h /tmp",
+        web.ip()
+    );
+    let snoop = host.start(&run("snoop", &["/bin/sh", "-c", &probe])).unwrap();
+    let net = get(snoop, "/net.txt");
+    assert!(
+        net.contains(&format!("blocked {}:8080", web.ip())) && net.contains("blocked 1.1.1.1:80"),
+        "{net}"
+    );
+    assert!(!net.contains("reached"), "{net}");
+
+    // A service that never listens fails to start with its own words, and leaves nothing.
+    let before = netns_list();
+    let err = host.start(&run("mute", &["/bin/sh", "-c", "echo no port for you >&2; exit 3"])).unwrap_err();
+    assert!(err.to_string().contains("no port for you"), "{err}");
+    assert_eq!(netns_list(), before);
+    assert!(host.addr("mute").is_none());
+
+    // Stopping removes the container, the namespace and the link.
+    let names_before = netns_list().lines().count();
+    host.stop("web");
+    assert!(TcpStream::connect_timeout(&web, Duration::from_millis(500)).is_err());
+    assert_eq!(netns_list().lines().count(), names_before - 1);
+    drop(host);
+    assert!(TcpStream::connect_timeout(&snoop, Duration::from_millis(500)).is_err());
+}
