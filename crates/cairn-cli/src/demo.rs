@@ -262,6 +262,9 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
         submitted.push((name, id));
     }
 
+    // A long-running service (a lease) beside the jobs, where containers run.
+    let website = crate::service::demo_open(&client, &key, &dir, json).await?;
+
     // The chat request runs alongside the jobs above; its job joins the list once answered.
     let mut chat = Value::Null;
     let mut chat_call = gateway.map(|g| {
@@ -408,6 +411,12 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             "training": training,
         }));
     }
+    let mut website_json = Value::Null;
+    if let Some(w) = &website {
+        let (served, v) = crate::service::demo_finish(&client, &key, w, json).await?;
+        all_settled &= served;
+        website_json = v;
+    }
     let client_key: &SecretKey = &key;
     let verification = verification_summary(&client, &names).await;
     say(json, &verification.0);
@@ -422,6 +431,7 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             "gateway": gateway,
             "chat": chat,
             "jobs": jobs_json,
+            "service": website_json,
         }),
     })
 }

@@ -107,6 +107,10 @@ pub(crate) fn devnet_params() -> Params {
         min_provider_stake: Amount::from_base_units(100_000_000),
         // Providers reveal sealed bids on the next block event; leave room for a busy machine.
         reveal_blocks: 20,
+        // Lease rounds of a few seconds: probes and per-round payments show within the demo.
+        probe_interval: 15,
+        lease_probers: 2,
+        lease_migrate_after: 2,
         ..Params::default()
     }
 }
@@ -172,6 +176,8 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
     let render = [ucrn(60_000), ucrn(90_000), ucrn(150_000)];
     let inference = [ucrn(20_000), ucrn(30_000), ucrn(45_000)];
     let train = [ucrn(20_000), ucrn(25_000), ucrn(35_000)];
+    // Per block.
+    let service = [ucrn(100), ucrn(150), ucrn(200)];
     // Native containers where this machine can run them (runc, as root).
     let containers = cairn_runtime::container::available(Path::new("runc"));
     for (i, k) in provider_keys.iter().enumerate() {
@@ -182,6 +188,7 @@ fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Result<()> {
         prices.insert(WorkloadKind::Train, train[i % 3]);
         if containers {
             prices.insert(WorkloadKind::Container, wasm[i % 3]);
+            prices.insert(WorkloadKind::Service, service[i % 3]);
         }
         if !a.models.is_empty() {
             prices.insert(WorkloadKind::Inference, inference[i % 3]);
@@ -244,7 +251,15 @@ pub(crate) struct Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        // SIGTERM first, so providers stop their services' containers; SIGKILL what is left.
+        for (_, c, _) in &self.children {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).stderr(Stdio::null()).status();
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(5);
         for (_, c, _) in &mut self.children {
+            while std::time::Instant::now() < until && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

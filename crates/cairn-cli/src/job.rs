@@ -54,6 +54,18 @@ pub(crate) struct SubmitArgs {
     /// Return once the job is accepted instead of following it.
     #[arg(long)]
     no_watch: bool,
+    /// For `kind: service` specs: how the lease is opened.
+    #[command(flatten)]
+    lease: crate::service::OpenOptions,
+}
+
+/// Refuse an image a provider would refuse, before anything is paid.
+pub(crate) fn check_image(bytes: &[u8]) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("cairn-image-check-{}", std::process::id()));
+    let checked = cairn_runtime::container::image::unpack(bytes, &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    checked.context("the workload is not a container image")?;
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -331,6 +343,9 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             let dir = a.spec.parent().map(Path::to_path_buf).unwrap_or_default();
             let key = a.key.load()?;
             let resolved = crate::manifest::resolve(&text, &dir, client.base()).await?;
+            if resolved.spec.kind == cairn_types::WorkloadKind::Service {
+                return crate::service::open_and_report(&client, &key, resolved, &a.lease, a.api.json).await;
+            }
             if let Some(bytes) = &resolved.workload
                 && matches!(resolved.spec.kind, cairn_types::WorkloadKind::Wasm | cairn_types::WorkloadKind::Render)
             {
@@ -342,10 +357,7 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             if let Some(bytes) = &resolved.workload
                 && resolved.spec.kind == cairn_types::WorkloadKind::Container
             {
-                let tmp = std::env::temp_dir().join(format!("cairn-image-check-{}", std::process::id()));
-                let checked = cairn_runtime::container::image::unpack(&bytes[..], &tmp);
-                let _ = std::fs::remove_dir_all(&tmp);
-                checked.context("the workload is not a container image")?;
+                check_image(bytes)?;
             }
             // A dataset that cannot train this model is refused here, before anything is paid.
             if let (Some(bytes), Some(plan)) = (&resolved.workload, resolved.spec.train.as_deref()) {

@@ -21,6 +21,7 @@ mod manifest;
 mod model;
 mod node;
 mod provider;
+mod service;
 mod sim;
 mod train;
 mod wallet;
@@ -52,6 +53,9 @@ enum Command {
     /// Model packages: import weights, list, install the demo models, run locally.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Long-running services: leases with an on-chain SLA.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Container images for `kind: container` jobs.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -148,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Provider(p) => provider::run(p),
         Command::Model(m) => model::run(m),
         Command::Image(i) => image::run(i),
+        Command::Service(c) => service::run(c),
         Command::Gateway(g) => gateway::run(g),
         Command::Sim(s) => sim::run(s),
     }

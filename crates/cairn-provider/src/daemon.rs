@@ -39,8 +39,10 @@ pub(crate) struct Ctx {
     pub(crate) exec: Arc<WasmExecutor>,
     pub(crate) infer: Arc<InferenceExecutor>,
     pub(crate) train: Arc<cairn_runtime::TrainExecutor>,
-    /// Native containers (runc), where the operator prices `container` work.
+    /// Native containers (runc), where the operator prices `container` or `service` work.
     pub(crate) container: Option<Arc<cairn_runtime::ContainerExecutor>>,
+    /// Leases' services, where the operator prices `service` work.
+    pub(crate) services: Option<Arc<crate::services::Services>>,
     /// `model:<id>` = `<task>:<name>` for each model served.
     pub(crate) model_attrs: BTreeMap<String, String>,
     pub(crate) ledger: Mutex<Ledger>,
@@ -146,17 +148,29 @@ pub async fn run(home: &Path) -> Result<()> {
     let sink = streams.clone();
     infer.set_token_sink(Arc::new(move |task, index, ev| sink.token(&TaskId(*task), index, ev)));
     let model_attrs = prepare_models(&cfg, &blobs, &fetcher, &infer).await?;
-    let container = if cfg.prices.contains_key(&WorkloadKind::Container) {
+    let native = [WorkloadKind::Container, WorkloadKind::Service];
+    let container = if native.iter().any(|k| cfg.prices.contains_key(k)) {
         let runc = std::path::Path::new("runc");
         if !cairn_runtime::container::available(runc) {
             return Err(Error::Config(
-                "`container` is priced, but runc does not run here (install runc and run as root)".into(),
+                "`container` or `service` is priced, but runc does not run here (install runc and run as root)"
+                    .into(),
             ));
         }
         let dir = home.runtime().join("containers");
         Some(Arc::new(cairn_runtime::ContainerExecutor::new(cairn_runtime::ContainerConfig::in_dir(dir))?))
     } else {
         None
+    };
+    let services = match (&container, cfg.prices.contains_key(&WorkloadKind::Service)) {
+        (Some(images), true) => {
+            let host = cairn_runtime::container::service::ServiceHost::new(
+                images.clone(),
+                home.runtime().join("services"),
+            )?;
+            Some(Arc::new(crate::services::Services::new(host)?))
+        }
+        _ => None,
     };
     let ctx = Arc::new(Ctx {
         me: key.address(),
@@ -168,6 +182,7 @@ pub async fn run(home: &Path) -> Result<()> {
         infer,
         train: Arc::new(cairn_runtime::TrainExecutor::new()),
         container,
+        services,
         model_attrs,
         ledger: Mutex::new(Ledger::load(&home.ledger())?),
         active: Mutex::new(BTreeSet::new()),
@@ -201,6 +216,9 @@ pub async fn run(home: &Path) -> Result<()> {
     });
     let ev = ctx.clone();
     tokio::spawn(async move { watch_events(ev).await });
+    tokio::spawn(crate::services::run(ctx.clone()));
+    tokio::spawn(crate::services::stop_on_signal(ctx.clone()));
+    tokio::spawn(crate::probes::run(ctx.clone()));
     loop {
         reconcile(&ctx).await;
         let _ = tokio::time::timeout(Duration::from_millis(500), ctx.wake.notified()).await;
@@ -218,7 +236,7 @@ async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
         assigned_ctx.active.lock().unwrap_or_else(|p| p.into_inner()).contains(t)
             || assigned_ctx.ledger.lock().unwrap_or_else(|p| p.into_inner()).tasks.contains_key(t)
     });
-    let app = cairn_blobs::router(ctx.blobs.clone(), 1 << 20)
+    let mut app = cairn_blobs::router(ctx.blobs.clone(), 1 << 20)
         .merge(crate::streams::router(ctx.streams.clone(), assigned))
         .route(
             "/provider/status",
@@ -231,6 +249,9 @@ async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
                 }
             }),
         );
+    if let Some(svc) = &ctx.services {
+        app = app.merge(crate::services::router(svc.clone()));
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "blob endpoint stopped");
@@ -392,6 +413,7 @@ pub(crate) fn serves(ctx: &Ctx, spec: &JobSpec) -> Option<Amount> {
         WorkloadKind::Inference if ctx.infer.is_prepared(&spec.workload) => {}
         WorkloadKind::Train => {}
         WorkloadKind::Container if ctx.container.is_some() => {}
+        // Services are leases the chain assigns (see `services`), never tasks to bid on.
         _ => return None,
     }
     ctx.cfg.prices.get(&spec.kind).copied()

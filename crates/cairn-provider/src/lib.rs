@@ -17,7 +17,9 @@ pub mod daemon;
 pub mod inventory;
 pub mod ledger;
 mod pipeline;
+mod probes;
 pub mod sender;
+mod services;
 mod streams;
 mod train;
 

@@ -7,5 +7,6 @@ mod containers;
 mod harness;
 mod inference;
 mod node;
+mod services;
 mod training;
 mod verification;

@@ -1,0 +1,290 @@
+//! The provider's service role: run the leases the chain gives it, and expose each at
+//! `<endpoint>/lease/<lease id>/…`.
+//!
+//! Every second (and on lease events) it reads its open leases from the node. A lease without a
+//! running service is started: its image and inputs fetched and verified, then the container
+//! started and waited on until it listens. A service that stops is started again (with a
+//! back-off); one whose lease closed or moved elsewhere is stopped. Requests to
+//! `/lease/<id>/<path>` are forwarded to the service as they came (method, path, query,
+//! headers, body); probes arrive the same way as any client's requests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use cairn_runtime::container::service::{ServiceHost, ServiceRun};
+use cairn_state::model::Lease;
+use cairn_types::LeaseId;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::daemon::Ctx;
+use crate::{Error, Result};
+
+/// Largest request body forwarded to a service.
+pub(crate) const MAX_BODY: usize = 16 << 20;
+/// How long a service has to answer a forwarded request.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Services this provider runs.
+pub(crate) struct Services {
+    host: ServiceHost,
+    http: reqwest::Client,
+    /// Per lease: failed starts in a row and when to try again.
+    retry: Mutex<BTreeMap<LeaseId, (u32, Instant)>>,
+    /// Leases being started now.
+    starting: Mutex<std::collections::BTreeSet<LeaseId>>,
+}
+
+impl Services {
+    pub(crate) fn new(host: ServiceHost) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(UPSTREAM_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Config(format!("http client: {e}")))?;
+        Ok(Services { host, http, retry: Mutex::default(), starting: Mutex::default() })
+    }
+
+    fn addr(&self, lease: &LeaseId) -> Option<SocketAddr> {
+        self.host.addr(&lease.to_string())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Deserialize)]
+struct LeasesView {
+    leases: Vec<Lease>,
+}
+
+/// Keep the running services in step with the chain, forever.
+pub(crate) async fn run(ctx: Arc<Ctx>) {
+    let Some(svc) = ctx.services.clone() else { return };
+    loop {
+        reconcile(&ctx, &svc).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// On SIGTERM or SIGINT: stop every service (containers, namespaces) and exit. A provider
+/// killed outright leaves them to its next start, which removes them.
+pub(crate) async fn stop_on_signal(ctx: Arc<Ctx>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(svc) = ctx.services.clone() else { return };
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("stopping: shutting this provider's services down");
+    let _ = tokio::task::spawn_blocking(move || svc.host.stop_all()).await;
+    std::process::exit(0);
+}
+
+async fn reconcile(ctx: &Arc<Ctx>, svc: &Arc<Services>) {
+    let me = ctx.me;
+    let leases = match ctx.client.get::<LeasesView>(&format!("/api/providers/{me}/leases")).await {
+        Ok(v) => v.leases,
+        Err(e) => {
+            warn!(error = %e, "cannot list this provider's leases; running services go on");
+            return;
+        }
+    };
+    let want: BTreeMap<String, Lease> = leases.into_iter().map(|l| (l.id.to_string(), l)).collect();
+    for name in svc.host.names() {
+        if !want.contains_key(&name) {
+            info!(lease = %name, "lease closed or moved; stopping its service");
+            let s = svc.clone();
+            let _ = tokio::task::spawn_blocking(move || s.host.stop(&name)).await;
+        }
+    }
+    for l in want.into_values() {
+        if svc.addr(&l.id).is_some() || lock(&svc.starting).contains(&l.id) {
+            continue;
+        }
+        if lock(&svc.retry).get(&l.id).is_some_and(|(_, at)| Instant::now() < *at) {
+            continue;
+        }
+        lock(&svc.starting).insert(l.id);
+        let (c, s) = (ctx.clone(), svc.clone());
+        tokio::spawn(async move {
+            let id = l.id;
+            let started = Instant::now();
+            match start(&c, &s, l).await {
+                Ok(addr) => {
+                    lock(&s.retry).remove(&id);
+                    info!(lease = %id.short(), %addr, ms = started.elapsed().as_millis() as u64, "service up");
+                }
+                Err(e) => {
+                    let mut retry = lock(&s.retry);
+                    let tries = retry.get(&id).map_or(0, |(n, _)| *n).saturating_add(1);
+                    let wait = Duration::from_secs(1u64 << tries.min(5));
+                    retry.insert(id, (tries, Instant::now() + wait));
+                    warn!(lease = %id.short(), error = %e, tries, "service did not start; will retry");
+                }
+            }
+            lock(&s.starting).remove(&id);
+        });
+    }
+}
+
+async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<SocketAddr> {
+    let spec = &l.spec;
+    let port =
+        spec.service.as_deref().map(|s| s.port).ok_or_else(|| Error::Config("not a service spec".into()))?;
+    let image_path = crate::pipeline::fetch(ctx, spec, &spec.workload, None).await?;
+    let mut inputs = Vec::new();
+    for i in &spec.inputs {
+        inputs.push((i.name.clone(), crate::pipeline::fetch(ctx, spec, &i.id, Some(i.size)).await?));
+    }
+    let images =
+        ctx.container.clone().ok_or_else(|| Error::Config("this provider runs no containers".into()))?;
+    let run = ServiceRun {
+        name: l.id.to_string(),
+        image: spec.workload,
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        inputs,
+        port,
+        memory_mb: spec.resources.memory_mb,
+        cpu_millis: spec.resources.cpu_millis,
+    };
+    let s = svc.clone();
+    let id = spec.workload;
+    tokio::task::spawn_blocking(move || {
+        use cairn_runtime::Executor as _;
+        if !images.is_prepared(&id) {
+            images.prepare_file(&id, &image_path)?;
+        }
+        Ok::<_, Error>(s.host.start(&run)?)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("service thread: {e}")))?
+}
+
+/// Headers that belong to one hop, not to the request.
+const HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
+
+pub(crate) fn router(svc: Arc<Services>) -> axum::Router {
+    axum::Router::new()
+        .route("/lease/{id}", axum::routing::any(forward_root))
+        .route("/lease/{id}/", axum::routing::any(forward_root))
+        .route("/lease/{id}/{*rest}", axum::routing::any(forward))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(svc)
+}
+
+async fn forward_root(
+    State(svc): State<Arc<Services>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    relay(&svc, &id, "", method, &uri, headers, body).await
+}
+
+async fn forward(
+    State(svc): State<Arc<Services>>,
+    Path((id, rest)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    relay(&svc, &id, &rest, method, &uri, headers, body).await
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+}
+
+async fn relay(
+    svc: &Services,
+    id: &str,
+    rest: &str,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(lease) = id.parse::<LeaseId>() else {
+        return error(StatusCode::BAD_REQUEST, "bad_lease_id", "the path must be /lease/<lease id>/…");
+    };
+    let Some(addr) = svc.addr(&lease) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lease_not_served",
+            "this provider does not serve that lease now",
+        );
+    };
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = format!("http://{addr}/{rest}{query}");
+    let mut req = svc.http.request(method, &url);
+    for (k, v) in &headers {
+        if !HOP.contains(&k.as_str()) {
+            req = req.header(k, v);
+        }
+    }
+    let mut resp = match req.body(body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "service_unreachable",
+                &format!("the service did not answer: {e}"),
+            );
+        }
+    };
+    let mut out = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        if !HOP.contains(&k.as_str()) && k.as_str() != "content-length" {
+            out = out.header(k, v);
+        }
+    }
+    let mut data = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) if data.len().saturating_add(c.len()) <= MAX_BODY * 4 => data.extend_from_slice(&c),
+            Ok(Some(_)) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "answer_too_large",
+                    "the service's answer is over 64 MiB",
+                );
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "service_unreachable",
+                    &format!("the service's answer broke off: {e}"),
+                );
+            }
+        }
+    }
+    out.body(Body::from(data)).unwrap_or_else(|_| {
+        error(StatusCode::BAD_GATEWAY, "bad_upstream", "the service's answer could not be relayed")
+    })
+}
