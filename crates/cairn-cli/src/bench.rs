@@ -23,6 +23,8 @@ pub(crate) enum BenchCommand {
     Train(crate::bench_train::TrainArgs),
     /// Containers: a CPU-bound program directly vs in the runc sandbox.
     Container(crate::bench_container::ContainerArgs),
+    /// Services: lease start-up, SLA accounting and migration off a SIGKILLed provider.
+    Service(crate::bench_service::ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +66,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Inference(i) => return crate::runtime()?.block_on(crate::bench_inference::run(i)),
         BenchCommand::Train(t) => return crate::runtime()?.block_on(crate::bench_train::run(t)),
         BenchCommand::Container(c) => return crate::bench_container::run(c),
+        BenchCommand::Service(s) => return crate::runtime()?.block_on(crate::bench_service::run(s)),
     };
     let rt = crate::runtime()?;
     let mut rows = Vec::new();

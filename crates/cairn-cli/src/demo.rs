@@ -248,8 +248,12 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
     }
 
     let dir = net.root.join("demo");
+    let list = jobs(&dir, gateway.is_some())?;
+    // A long-running service (a lease) beside the jobs, where containers run; opened first, so
+    // the jobs' tasks do not hold every provider's CPU when it looks for one.
+    let website = crate::service::demo_open(&client, &key, &dir, json).await?;
     let mut submitted: Vec<(&str, JobId)> = Vec::new();
-    for (name, manifest) in jobs(&dir, gateway.is_some())? {
+    for (name, manifest) in list {
         let resolved = crate::manifest::resolve(&manifest, &dir, client.base())
             .await
             .with_context(|| format!("demo job {name}"))?;
@@ -261,9 +265,6 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
         say(json, &format!("[{name}] submitted job {} ({kind}, {tasks} task(s))", id.short()));
         submitted.push((name, id));
     }
-
-    // A long-running service (a lease) beside the jobs, where containers run.
-    let website = crate::service::demo_open(&client, &key, &dir, json).await?;
 
     // The chat request runs alongside the jobs above; its job joins the list once answered.
     let mut chat = Value::Null;

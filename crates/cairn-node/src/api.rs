@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 mod leases;
+mod work;
 
 use crate::block::{CairnBlock, digest_bytes};
 use crate::engine::Marshal;
@@ -145,8 +146,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/accounts/{address}", get(account))
         .route("/api/providers", get(providers))
         .route("/api/providers/{address}", get(provider))
-        .route("/api/providers/{address}/tasks", get(provider_tasks))
-        .route("/api/providers/{address}/audits", get(provider_audits))
         .route("/api/tasks", get(open_tasks))
         .route("/api/jobs/{id}", get(job))
         .route("/api/tasks/{id}", get(task))
@@ -159,6 +158,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .merge(leases::routes())
+        .merge(work::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_route", "no such route; see /api/openapi.json")
         })
@@ -357,42 +357,6 @@ async fn provider(
 }
 
 /// Tasks assigned to a provider and not yet committed: what it must run.
-async fn provider_tasks(
-    State(st): State<ApiState>,
-    path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<Value>> {
-    use cairn_state::model::TaskState;
-    let address = address_param(path)?;
-    ready(&st)?;
-    let tasks = st.shared.tasks_where(
-        |t| matches!(&t.state, TaskState::Assigned { provider, .. } if *provider == address),
-        10_000,
-    );
-    Ok(Json(json!({ "tasks": tasks })))
-}
-
-/// Audit assignments a provider has not answered: the task to re-run, the output it is checked
-/// against, and the last height a verdict is taken. Canaries look like any other assignment.
-async fn provider_audits(
-    State(st): State<ApiState>,
-    path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<Value>> {
-    let address = address_param(path)?;
-    ready(&st)?;
-    let pending = st.shared.audits_where(
-        |r| r.auditors.iter().zip(&r.verdicts).any(|(x, v)| *x == address && v.is_none()),
-        10_000,
-    );
-    let mut out = Vec::with_capacity(pending.len());
-    for r in pending {
-        let task = st.shared.read(|s| s.task(&r.task)).map_err(ApiError::internal)?;
-        if let Some(task) = task {
-            out.push(json!({ "task": task, "claimed": r.claimed, "due": r.due }));
-        }
-    }
-    Ok(Json(json!({ "audits": out })))
-}
-
 /// The `{address}` of a route.
 fn address_param(path: Result<Path<String>, PathRejection>) -> ApiResult<Address> {
     let Path(a) = path?;

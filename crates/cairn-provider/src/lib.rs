@@ -8,6 +8,10 @@
 //! id, and let the chain settle the payment. What it is doing is written to disk as it goes,
 //! so a restarted provider resumes or releases each task instead of silently dropping it, and
 //! a node that is briefly unreachable delays commits but never stops running work.
+//!
+//! Beside tasks it runs the leases the chain assigns it (`services`: long-running containers
+//! exposed at `<endpoint>/lease/<id>/…`) and answers the chain's probe draws (`probes`: it
+//! requests other providers' services as a client would and reports what it saw).
 
 mod audit;
 mod bidding;

@@ -198,8 +198,14 @@ fn a_provider_killed_mid_task_is_replaced_after_the_deadline_and_the_client_stil
             "the client paid the price, the verification fee and one tx fee, no more"
         );
         let audited = v["tasks"][0]["id"].as_str().unwrap().to_string();
+        // The auditor logs its verdict once its receipt arrives, which may be after settlement.
+        let line = format!("audit submitted task={}", &audited[..8]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !providers[victim].log().contains(&line) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         assert!(
-            providers[victim].log().contains(&format!("audit submitted task={}", &audited[..8])),
+            providers[victim].log().contains(&line),
             "the restarted provider audited the new result:\n{}",
             providers[victim].log()
         );

@@ -131,7 +131,15 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first (a provider then stops its services' containers), SIGKILL after 5 s.
     fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < until && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill9();
     }
 }

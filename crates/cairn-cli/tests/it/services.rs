@@ -172,6 +172,7 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
         v["provider"]["info"]["endpoint"].as_str().unwrap().to_string()
     });
     let victim = providers.iter().position(|p| p.endpoint == endpoint).unwrap();
+    eprintln!("victim provider-{victim}");
     let killed_at = rt.block_on(async { node.client().status().await.unwrap().height });
     providers[victim].kill9();
     let killed = std::time::Instant::now();
