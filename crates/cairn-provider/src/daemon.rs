@@ -320,6 +320,9 @@ pub(crate) fn info_from(ctx: &Ctx) -> ProviderInfo {
     let cfg = &ctx.cfg;
     let mut attributes = cfg.attributes.clone();
     attributes.extend(ctx.model_attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if ctx.container.is_some() && cairn_runtime::container::egress::available() {
+        attributes.insert(cairn_types::NETWORK_ATTRIBUTE.to_string(), "egress".to_string());
+    }
     ProviderInfo {
         endpoint: cfg.endpoint.clone(),
         region: cfg.region,

@@ -114,6 +114,7 @@ pub(crate) async fn execute(
         cpu_millis: spec.resources.cpu_millis,
         seed: task.id.0,
         train: spec.train.as_deref().cloned(),
+        network: spec.network,
     };
     let exec: Arc<dyn Executor> = match spec.kind {
         WorkloadKind::Inference => ctx.infer.clone(),

@@ -159,6 +159,7 @@ async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<SocketAddr> {
         port,
         memory_mb: spec.resources.memory_mb,
         cpu_millis: spec.resources.cpu_millis,
+        network: spec.network,
     };
     let s = svc.clone();
     let id = spec.workload;

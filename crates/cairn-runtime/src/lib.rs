@@ -120,6 +120,9 @@ pub struct TaskRun {
     /// For `train` jobs: the job's training plan (the task's round and role follow from
     /// `task_index`; its inputs are the output bundles of the tasks it reads, in order).
     pub train: Option<cairn_types::TrainSpec>,
+    /// For `container` jobs that ask for it: outbound network (user-mode NAT; see
+    /// [`container::egress`]).
+    pub network: bool,
 }
 
 impl TaskRun {
@@ -137,6 +140,7 @@ impl TaskRun {
             cpu_millis: 0,
             seed: [0; 32],
             train: None,
+            network: false,
         }
     }
 

@@ -95,6 +95,11 @@ pub(crate) fn fits(ctx: &Ctx<'_>, p: &Provider, spec: &JobSpec, client: &Address
     if c.attributes.iter().any(|(k, v)| p.info.attributes.get(k) != Some(v)) {
         return false;
     }
+    if spec.network
+        && p.info.attributes.get(cairn_types::NETWORK_ATTRIBUTE).map(String::as_str) != Some("egress")
+    {
+        return false;
+    }
     let r = &spec.resources;
     let cap = &p.info.capacity;
     cap.cpu_millis >= r.cpu_millis

@@ -246,9 +246,21 @@ pub struct JobSpec {
     /// that upholds it drops the result unpaid, but nobody is slashed.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub deterministic: bool,
+    /// For `container` and `service` specs: outbound network (user-mode NAT on providers that
+    /// offer it, see [`NETWORK_ATTRIBUTE`]). Off by default: the sandbox has no network.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
     /// For `service` specs: the port, the price per block and the SLA (see [`crate::ServiceSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Box<crate::ServiceSpec>>,
+}
+
+/// The provider attribute (value `egress`) that says its containers may have outbound network.
+pub const NETWORK_ATTRIBUTE: &str = "container.network";
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_true() -> bool {
@@ -427,6 +439,9 @@ impl JobSpec {
             return Err(
                 "a container job needs args: the program (a path inside the image) and its arguments".into(),
             );
+        }
+        if self.network && !matches!(self.kind, WorkloadKind::Container | WorkloadKind::Service) {
+            return Err("only `kind: container` and `kind: service` specs may ask for `network: true`".into());
         }
         if !self.deterministic && self.kind != WorkloadKind::Container {
             return Err("only `kind: container` jobs may declare `deterministic: false`".into());

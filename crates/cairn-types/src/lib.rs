@@ -72,7 +72,10 @@ pub use error::{Error, Result};
 pub use hash::{
     BlockHash, ContentId, DealId, Hash32, JobId, LeaseId, StateRoot, TaskId, TxHash, hash_domain,
 };
-pub use job::{Constraints, InputRef, JobSpec, Limits, Resources, VerificationLevel, WorkloadKind, limits};
+pub use job::{
+    Constraints, InputRef, JobSpec, Limits, NETWORK_ATTRIBUTE, Resources, VerificationLevel, WorkloadKind,
+    limits,
+};
 pub use keys::{Address, SecretKey, Signature, verify_batch};
 pub use provider::{
     Capacity, Gpu, INFERENCE_CLASS_ATTRIBUTE, PriceSheet, ProviderInfo, Region, provider_limits,

@@ -124,6 +124,7 @@ impl Gateway {
             hints: vec![self.client.base().to_string()],
             train: None,
             deterministic: true,
+            network: false,
             service: None,
         };
         spec.validate().map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;

@@ -301,14 +301,16 @@ pub(crate) fn container_tools() {
 
 fn install_container_tools() {
     let runc = Path::new("runc");
-    if cairn_runtime::container::image::find_busybox().is_none() || !cairn_runtime::container::available(runc)
+    if cairn_runtime::container::image::find_busybox().is_none()
+        || !cairn_runtime::container::available(runc)
+        || !cairn_runtime::container::egress::available()
     {
         let ok = Command::new("apt-get")
-            .args(["install", "-y", "-q", "runc", "busybox-static"])
+            .args(["install", "-y", "-q", "runc", "busybox-static", "slirp4netns"])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "the container tests need root and `apt-get install runc busybox-static`");
+        assert!(ok, "the container tests need root and `apt-get install runc busybox-static slirp4netns`");
     }
     assert!(cairn_runtime::container::available(runc), "runc does not run here (root needed)");
 }

@@ -146,6 +146,8 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
         .spawn()
         .unwrap());
     let via_proxy = format!("http://127.0.0.1:{proxy_port}/index.html");
+    let (ok, out, err) = cairn(&["service", "status", &id.to_string(), "--api", &node.api], &[]);
+    assert!(ok && out.contains(&format!("lease {id}: open")) && out.contains("/lease/"), "{out}{err}");
 
     let rt = rt();
     rt.block_on(async {

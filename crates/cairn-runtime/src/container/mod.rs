@@ -17,6 +17,7 @@
 //! status and the captured standard output and error. Metered units are milliseconds of wall
 //! time.
 
+pub mod egress;
 pub mod image;
 mod oci;
 pub mod service;
@@ -243,6 +244,17 @@ impl Executor for ContainerExecutor {
             return Err(RunError::Io("cannot mount the output tmpfs".into()));
         }
         run.mounted = true;
+        // Outbound network only where the job asks for it.
+        let egress = if task.network {
+            {
+                let h = cairn_types::hash_domain("cairn egress netns v1", &[id.as_bytes()]);
+                let tag: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                Some(egress::Egress::new(&format!("cn{tag}"))?)
+            }
+        } else {
+            None
+        };
+        let netns = egress.as_ref().map(egress::Egress::path);
         let mut env: Vec<String> = vec![
             "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
             "HOME=/tmp".into(),
@@ -256,7 +268,7 @@ impl Executor for ContainerExecutor {
             rootfs: &rootfs,
             inputs: &bundle.join("in"),
             outputs: Some(&bundle.join("out")),
-            netns: None,
+            netns: netns.as_deref(),
             args: &task.args,
             env: &env,
             memory_bytes: task.memory_mb.saturating_mul(1024 * 1024).max(16 * 1024 * 1024),

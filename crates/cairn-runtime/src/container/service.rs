@@ -47,10 +47,13 @@ pub struct ServiceRun {
     pub memory_mb: u64,
     /// CPU cap in thousandths of a core.
     pub cpu_millis: u64,
+    /// Outbound network (user-mode NAT), beside the link to the provider.
+    pub network: bool,
 }
 
 struct Instance {
     child: Option<Child>,
+    egress: Option<super::egress::Egress>,
     id: String,
     netns: String,
     bundle: PathBuf,
@@ -180,6 +183,7 @@ impl ServiceHost {
         let bundle = self.dir.join(&id);
         let mut inst = Instance {
             child: None,
+            egress: None,
             id: id.clone(),
             netns: netns.clone(),
             bundle: bundle.clone(),
@@ -194,6 +198,9 @@ impl ServiceHost {
             ip(&["-n", &netns, "addr", "add", &format!("{svc_ip}/30"), "dev", &vc])?;
             ip(&["-n", &netns, "link", "set", &vc, "up"])?;
             ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+            if run.network {
+                inst.egress = Some(super::egress::Egress::attach(&netns)?);
+            }
             std::fs::create_dir_all(bundle.join("in")).map_err(io)?;
             for (name, src) in &run.inputs {
                 if name.contains('/') || name == ".." || name == "." || name.is_empty() {
@@ -312,6 +319,7 @@ impl ServiceHost {
             let _ = c.wait();
         }
         let _ = self.runc().args(["delete", "--force", &inst.id]).stderr(Stdio::null()).status();
+        inst.egress = None;
         let _ = ip(&["netns", "del", &inst.netns]);
         let _ = std::fs::remove_dir_all(&inst.bundle);
     }

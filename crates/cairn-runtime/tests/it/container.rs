@@ -19,13 +19,19 @@ fn tools() -> PathBuf {
     BUSYBOX
         .get_or_init(|| {
             let found = image::find_busybox;
-            if found().is_none() || !container::available(Path::new("runc")) {
+            if found().is_none()
+                || !container::available(Path::new("runc"))
+                || !container::egress::available()
+            {
                 let ok = Command::new("apt-get")
-                    .args(["install", "-y", "-q", "runc", "busybox-static"])
+                    .args(["install", "-y", "-q", "runc", "busybox-static", "slirp4netns"])
                     .env("DEBIAN_FRONTEND", "noninteractive")
                     .status()
                     .is_ok_and(|s| s.success());
-                assert!(ok, "the container tests need root and `apt-get install runc busybox-static`");
+                assert!(
+                    ok,
+                    "the container tests need root and `apt-get install runc busybox-static slirp4netns`"
+                );
             }
             assert!(container::available(Path::new("runc")), "runc does not run here (root needed)");
             found().expect("busybox")
@@ -103,7 +109,7 @@ fn a_container_reads_its_inputs_writes_its_outputs_and_reruns_to_the_same_bundle
 fn the_sandbox_has_no_network_a_read_only_root_and_no_way_out_through_proc_or_links() {
     let (exec, id, dir) = executor("container-walls");
     let script = "ls /sys/class/net > /out/ifaces; \
-                  wget -q -T 2 -O /out/page http://1.1.1.1/ ; echo $? > /out/wget; \
+                  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 1.1.1.1 80 > /out/page; echo $? > /out/wget; \
                   touch /bin/planted 2>/dev/null; echo $? > /out/root_write; \
                   echo x > /in/planted 2>/dev/null; echo $? > /out/in_write; \
                   cat /etc/host-shadow > /out/shadow 2>/dev/null; echo $? > /out/shadow_read; \
@@ -196,4 +202,46 @@ fn images_are_checked_before_use() {
     assert!(exec.prepare(&ContentId::of(&junk), &junk).is_err());
     exec.prepare(&id, &bytes).unwrap();
     assert!(exec.is_prepared(&id));
+}
+
+/// This machine's first non-loopback IPv4 address, if it has one.
+fn host_address() -> Option<String> {
+    let out = Command::new("ip").args(["-o", "-4", "addr", "show"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains(" lo "))
+        .find_map(|l| l.split_whitespace().nth(3)?.split('/').next().map(str::to_string))
+}
+
+#[test]
+fn outbound_network_only_when_asked_and_never_to_the_providers_loopback() {
+    use std::io::{Read as _, Write as _};
+    assert!(container::egress::available(), "slirp4netns is installed with the container tools");
+    let (exec, id, _dir) = executor("egress");
+    // A server on the host, on every address: it answers "pong".
+    let server = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in server.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\npong");
+        }
+    });
+    let fetch = |addr: &str, network: bool| {
+        let script = format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} {port} > /out/got; if grep -q pong /out/got; then echo reached; else echo blocked; fi"
+        );
+        let run = TaskRun { network, ..sh(id, &script) };
+        text(&exec.run(&run).unwrap().bundle, OutputBundle::STDOUT)
+    };
+    if let Some(host) = host_address() {
+        assert_eq!(fetch(&host, false).trim(), "blocked", "no network unless the job asks");
+        assert_eq!(fetch(&host, true).trim(), "reached", "network: true reaches out");
+    }
+    // The provider's own loopback services stay out of reach, through the NAT's host alias too.
+    assert_eq!(fetch("10.0.2.2", true).trim(), "blocked");
+    assert_eq!(fetch("127.0.0.1", true).trim(), "blocked");
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap().stdout;
+    assert!(!String::from_utf8_lossy(&leftover).contains("cn"), "the job's namespace is removed");
 }

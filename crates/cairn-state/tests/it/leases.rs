@@ -294,3 +294,20 @@ fn bad_leases_and_forged_or_stray_probes_are_refused_and_change_nothing() {
     assert_eq!(status(&r), TxStatus::Failed(ErrorCode::NotLeaseParty));
     checks(&chain);
 }
+
+#[test]
+fn a_service_asking_for_network_goes_only_to_a_provider_that_offers_egress() {
+    let mut chain = chain(&["0.01", "0.02", "0.03"]);
+    let mut spec = service("0.05", 9000, 10);
+    spec.network = true;
+    let open = |spec: &JobSpec| TxBody::OpenLease(OpenLease { spec: spec.clone(), deposit: crn("1") });
+    assert_eq!(status(&chain.run(&client(), open(&spec))), TxStatus::Failed(ErrorCode::NoServiceProvider));
+    // The dearest provider offers egress: the lease goes there, not to the cheapest.
+    let mut inf = info("SG", "1");
+    inf.prices.0.insert(WorkloadKind::Service, crn("0.03"));
+    inf.attributes.insert(cairn_types::NETWORK_ATTRIBUTE.into(), "egress".into());
+    chain.ok(&provider_key(2), TxBody::UpdateProvider(UpdateProvider { info: inf }));
+    let r = chain.ok(&client(), open(&spec));
+    assert_eq!(lease(&chain, &lease_of(&r)).provider, provider_key(2).address());
+    checks(&chain);
+}

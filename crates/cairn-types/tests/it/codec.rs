@@ -30,6 +30,7 @@ fn spec() -> JobSpec {
         hints: vec!["http://127.0.0.1:7000".into()],
         train: None,
         deterministic: true,
+        network: false,
         service: None,
     }
 }
@@ -279,6 +280,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 hints: vec![],
                 train: None,
                 deterministic: true,
+                network: false,
                 service: None,
             },
         )
