@@ -344,14 +344,23 @@ impl NodeShared {
         keep: impl Fn(&cairn_state::model::Task) -> bool,
         limit: usize,
     ) -> Vec<cairn_state::model::Task> {
+        self.records_where(cairn_state::keys::TASK, keep, limit)
+    }
+
+    /// Every committed record under key prefix `prefix` passing `keep`, in key order.
+    fn records_where<T: borsh::BorshDeserialize>(
+        &self,
+        prefix: u8,
+        keep: impl Fn(&T) -> bool,
+        limit: usize,
+    ) -> Vec<T> {
         let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
-        let prefix = [cairn_state::keys::TASK];
         mirror
             .committed
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(_, v)| borsh::from_slice::<cairn_state::model::Task>(v).ok())
-            .filter(|t| keep(t))
+            .range(vec![prefix]..)
+            .take_while(|(k, _)| k.first() == Some(&prefix))
+            .filter_map(|(_, v)| borsh::from_slice::<T>(v).ok())
+            .filter(|r| keep(r))
             .take(limit)
             .collect()
     }
@@ -362,16 +371,7 @@ impl NodeShared {
         keep: impl Fn(&cairn_state::model::Lease) -> bool,
         limit: usize,
     ) -> Vec<cairn_state::model::Lease> {
-        let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
-        let prefix = [cairn_state::keys::LEASE];
-        mirror
-            .committed
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(_, v)| borsh::from_slice::<cairn_state::model::Lease>(v).ok())
-            .filter(|l| keep(l))
-            .take(limit)
-            .collect()
+        self.records_where(cairn_state::keys::LEASE, keep, limit)
     }
 
     /// Every committed audit, dispute and canary (in that order, each in key order) passing `keep`.

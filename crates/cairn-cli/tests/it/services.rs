@@ -92,37 +92,17 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
     let (ok, _, err) = cairn(&["image", "busybox", "--out", site.join("busybox.tar").to_str().unwrap()], &[]);
     assert!(ok, "{err}");
 
+    let as_client = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--key-file", key_file.to_str().unwrap(), "--api", &node.api]);
+        cairn(&all, &[])
+    };
     // A lease with no deposit is refused before anything is paid.
     let spec = site.join("service.yaml");
-    let (ok, _, err) = cairn(
-        &[
-            "job",
-            "submit",
-            spec.to_str().unwrap(),
-            "--deposit",
-            "0 CRN",
-            "--key-file",
-            key_file.to_str().unwrap(),
-            "--api",
-            &node.api,
-        ],
-        &[],
-    );
+    let (ok, _, err) = as_client(&["job", "submit", spec.to_str().unwrap(), "--deposit", "0 CRN"]);
     assert!(!ok && err.contains("zero_amount"), "{err}");
 
-    let (ok, out, err) = cairn(
-        &[
-            "job",
-            "submit",
-            spec.to_str().unwrap(),
-            "--json",
-            "--key-file",
-            key_file.to_str().unwrap(),
-            "--api",
-            &node.api,
-        ],
-        &[],
-    );
+    let (ok, out, err) = as_client(&["job", "submit", spec.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
     let opened: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id: LeaseId = opened["lease"].as_str().unwrap().parse().unwrap();
@@ -206,19 +186,7 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
 
     // Close it and check the money: every round after the kill until the move was refunded in
     // full, and the client paid exactly the rounds it was served.
-    let (ok, out, err) = cairn(
-        &[
-            "service",
-            "close",
-            &id.to_string(),
-            "--json",
-            "--key-file",
-            key_file.to_str().unwrap(),
-            "--api",
-            &node.api,
-        ],
-        &[],
-    );
+    let (ok, out, err) = as_client(&["service", "close", &id.to_string(), "--json"]);
     assert!(ok, "{err}");
     let closed: serde_json::Value = serde_json::from_str(&out).unwrap();
     rt.block_on(async {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::ip;
 use crate::{Result, RunError};
 
 /// Whether this host can give containers outbound network.
@@ -31,20 +32,7 @@ pub(crate) struct Egress {
 impl Egress {
     /// Make namespace `name` and start its NAT; returns once the interface is up.
     pub(crate) fn new(name: &str) -> Result<Self> {
-        let run = |args: &[&str]| -> Result<()> {
-            let out =
-                Command::new("ip").args(args).output().map_err(|e| RunError::Runtime(format!("ip: {e}")))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(RunError::Runtime(format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )))
-            }
-        };
-        run(&["netns", "add", name])?;
+        ip(&["netns", "add", name])?;
         let mut e = Egress { name: name.to_string(), slirp: None, owned: true };
         e.start()?;
         Ok(e)
@@ -58,24 +46,10 @@ impl Egress {
     }
 
     fn start(&mut self) -> Result<()> {
-        let e = self;
-        let name = e.name.clone();
+        let name = self.name.clone();
         let name = name.as_str();
-        let run = |args: &[&str]| -> Result<()> {
-            let out =
-                Command::new("ip").args(args).output().map_err(|e| RunError::Runtime(format!("ip: {e}")))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(RunError::Runtime(format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )))
-            }
-        };
-        let path = e.path();
-        e.slirp = Some(
+        let path = self.path();
+        self.slirp = Some(
             Command::new("slirp4netns")
                 .args(["--configure", "--mtu=65520", "--disable-host-loopback", "--netns-type=path"])
                 .arg(&path)
@@ -88,7 +62,7 @@ impl Egress {
                     RunError::Runtime(format!("slirp4netns: {err} (install Debian's slirp4netns)"))
                 })?,
         );
-        run(&["-n", name, "link", "set", "lo", "up"])?;
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
         let started = Instant::now();
         loop {
             let out = Command::new("ip").args(["-n", name, "-4", "route", "show", "default"]).output();

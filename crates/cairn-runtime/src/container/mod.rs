@@ -222,15 +222,7 @@ impl Executor for ContainerExecutor {
         std::fs::create_dir_all(bundle.join("in")).map_err(io)?;
         std::fs::create_dir_all(bundle.join("out")).map_err(io)?;
         let mut run = Run { exec: self, id: id.clone(), bundle: bundle.clone(), mounted: false };
-        for (name, src) in &task.inputs {
-            if name.contains('/') || name == ".." || name == "." || name.is_empty() {
-                return Err(RunError::InvalidWorkload(format!("input name {name:?}")));
-            }
-            let dst = bundle.join("in").join(name);
-            if std::fs::hard_link(src, &dst).is_err() {
-                std::fs::copy(src, &dst).map_err(|e| RunError::Io(format!("input {name}: {e}")))?;
-            }
-        }
+        link_inputs(&bundle.join("in"), &task.inputs)?;
         // The output directory: a tmpfs of the output limit, so a task cannot fill the disk.
         let out_bytes = task.limits.output_bytes.max(4096);
         let status = Command::new("mount")
@@ -255,12 +247,7 @@ impl Executor for ContainerExecutor {
             None
         };
         let netns = egress.as_ref().map(egress::Egress::path);
-        let mut env: Vec<String> = vec![
-            "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
-            "HOME=/tmp".into(),
-            "LANG=C.UTF-8".into(),
-            "TZ=UTC".into(),
-        ];
+        let mut env = base_env();
         env.extend(task.env.iter().map(|(k, v)| format!("{k}={v}")));
         env.push(format!("CAIRN_TASK_INDEX={}", task.task_index));
         env.push(format!("CAIRN_TASKS={}", task.tasks));
@@ -276,23 +263,8 @@ impl Executor for ContainerExecutor {
             cpu_millis: task.cpu_millis,
             tmp_mb: TMP_MB,
         });
-        std::fs::write(bundle.join("config.json"), cfg.to_string()).map_err(io)?;
-        let stdout = std::fs::File::create(bundle.join("stdout")).map_err(io)?;
-        let stderr = std::fs::File::create(bundle.join("stderr")).map_err(io)?;
         let started = Instant::now();
-        let mut child = self
-            .runc()
-            // runc's own messages (timestamped) go to a log of their own, not the task's stderr.
-            .arg("--log")
-            .arg(bundle.join("runc.log"))
-            .args(["--log-format", "json", "run", "--bundle"])
-            .arg(&bundle)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| RunError::Runtime(format!("runc: {e}")))?;
+        let mut child = spawn(self.runc(), &bundle, &id, &cfg)?;
         let cap = Duration::from_millis(task.limits.wall_ms);
         let code = loop {
             if let Some(s) = child.try_wait().map_err(io)? {
@@ -321,6 +293,65 @@ impl Executor for ContainerExecutor {
         drop(run);
         Ok(Outcome { bundle: bundle_out, units: wall_ms.max(1), wall_ms })
     }
+}
+
+/// Run `ip` with `args`; its error output becomes the error.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| RunError::Runtime(format!("ip: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RunError::Runtime(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Place `inputs` (plain names only) in `dir`: hard links where possible, copies otherwise.
+fn link_inputs(dir: &Path, inputs: &[(String, PathBuf)]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io)?;
+    for (name, src) in inputs {
+        if name.contains('/') || name == ".." || name == "." || name.is_empty() {
+            return Err(RunError::InvalidWorkload(format!("input name {name:?}")));
+        }
+        let dst = dir.join(name);
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst).map_err(|e| RunError::Io(format!("input {name}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The environment every container starts from.
+fn base_env() -> Vec<String> {
+    ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/tmp", "LANG=C.UTF-8", "TZ=UTC"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Write `cfg` as the bundle's `config.json` and start `runc run` on it (standard output and
+/// error to the bundle's files; runc's own timestamped messages to a log of their own, never
+/// into the workload's output).
+fn spawn(mut runc: Command, bundle: &Path, id: &str, cfg: &serde_json::Value) -> Result<std::process::Child> {
+    std::fs::write(bundle.join("config.json"), cfg.to_string()).map_err(io)?;
+    let stdout = std::fs::File::create(bundle.join("stdout")).map_err(io)?;
+    let stderr = std::fs::File::create(bundle.join("stderr")).map_err(io)?;
+    runc.arg("--log")
+        .arg(bundle.join("runc.log"))
+        .args(["--log-format", "json", "run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| RunError::Runtime(format!("runc: {e}")))
 }
 
 fn hex_prefix(seed: &[u8; 32]) -> String {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cairn_types::{ContentId, hash_domain};
 
-use super::{ContainerExecutor, PIDS_LIMIT, TMP_MB, oci};
+use super::{ContainerExecutor, PIDS_LIMIT, TMP_MB, ip, oci};
 use crate::{Result, RunError, io, lock};
 
 /// How long a service has to start listening.
@@ -73,23 +73,6 @@ pub struct ServiceHost {
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Instance").field("id", &self.id).field("addr", &self.addr).finish_non_exhaustive()
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| RunError::Runtime(format!("ip: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(RunError::Runtime(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
     }
 }
 
@@ -201,22 +184,8 @@ impl ServiceHost {
             if run.network {
                 inst.egress = Some(super::egress::Egress::attach(&netns)?);
             }
-            std::fs::create_dir_all(bundle.join("in")).map_err(io)?;
-            for (name, src) in &run.inputs {
-                if name.contains('/') || name == ".." || name == "." || name.is_empty() {
-                    return Err(RunError::InvalidWorkload(format!("input name {name:?}")));
-                }
-                let dst = bundle.join("in").join(name);
-                if std::fs::hard_link(src, &dst).is_err() {
-                    std::fs::copy(src, &dst).map_err(|e| RunError::Io(format!("input {name}: {e}")))?;
-                }
-            }
-            let mut env: Vec<String> = vec![
-                "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
-                "HOME=/tmp".into(),
-                "LANG=C.UTF-8".into(),
-                "TZ=UTC".into(),
-            ];
+            super::link_inputs(&bundle.join("in"), &run.inputs)?;
+            let mut env = super::base_env();
             env.extend(run.env.iter().map(|(k, v)| format!("{k}={v}")));
             env.push(format!("PORT={}", run.port));
             let ns_path = PathBuf::from("/var/run/netns").join(&netns);
@@ -232,22 +201,7 @@ impl ServiceHost {
                 cpu_millis: run.cpu_millis,
                 tmp_mb: TMP_MB,
             });
-            std::fs::write(bundle.join("config.json"), cfg.to_string()).map_err(io)?;
-            let stdout = std::fs::File::create(bundle.join("stdout")).map_err(io)?;
-            let stderr = std::fs::File::create(bundle.join("stderr")).map_err(io)?;
-            inst.child = Some(
-                self.runc()
-                    .arg("--log")
-                    .arg(bundle.join("runc.log"))
-                    .args(["--log-format", "json", "run", "--bundle"])
-                    .arg(&bundle)
-                    .arg(&id)
-                    .stdin(Stdio::null())
-                    .stdout(stdout)
-                    .stderr(stderr)
-                    .spawn()
-                    .map_err(|e| RunError::Runtime(format!("runc: {e}")))?,
-            );
+            inst.child = Some(super::spawn(self.runc(), &bundle, &id, &cfg)?);
             Ok(())
         })();
         if let Err(e) = made {
