@@ -225,7 +225,18 @@ pub(crate) async fn open_and_report(
     json: bool,
 ) -> Result<()> {
     if let Some(bytes) = &resolved.workload {
-        crate::job::check_image(bytes)?;
+        let wasm =
+            resolved.spec.service.as_deref().is_some_and(|s| s.runtime == cairn_types::ServiceRuntime::Wasm);
+        if wasm {
+            let tmp = std::env::temp_dir().join(format!("cairn-validate-{}", std::process::id()));
+            let exec = cairn_runtime::WasmExecutor::new(cairn_runtime::WasmConfig {
+                work_dir: tmp,
+                cache_dir: None,
+            })?;
+            exec.validate(bytes).context("the workload is not a valid WebAssembly module")?;
+        } else {
+            crate::job::check_image(bytes)?;
+        }
     }
     let opened = open(client, key, resolved.spec, opts, Some(Duration::from_secs(60))).await?;
     let l = &opened.view.lease;

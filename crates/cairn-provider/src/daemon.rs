@@ -162,13 +162,14 @@ pub async fn run(home: &Path) -> Result<()> {
     } else {
         None
     };
+    let exec = Arc::new(WasmExecutor::new(WasmConfig::in_dir(home.runtime()))?);
     let services = match (&container, cfg.prices.contains_key(&WorkloadKind::Service)) {
         (Some(images), true) => {
             let host = cairn_runtime::container::service::ServiceHost::new(
                 images.clone(),
                 home.runtime().join("services"),
             )?;
-            Some(Arc::new(crate::services::Services::new(host)?))
+            Some(Arc::new(crate::services::Services::new(host, exec.clone())?))
         }
         _ => None,
     };
@@ -178,7 +179,7 @@ pub async fn run(home: &Path) -> Result<()> {
         sender: Sender::new(client.clone(), key.clone(), status.chain_id.clone(), fee),
         blobs,
         fetcher,
-        exec: Arc::new(WasmExecutor::new(WasmConfig::in_dir(home.runtime()))?),
+        exec,
         infer,
         train: Arc::new(cairn_runtime::TrainExecutor::new()),
         container,

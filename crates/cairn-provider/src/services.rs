@@ -31,9 +31,24 @@ pub(crate) const MAX_BODY: usize = 16 << 20;
 /// How long a service has to answer a forwarded request.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A WASM service: its module (prepared in the WASM executor) and what each request sees.
+struct WasmService {
+    module: cairn_types::ContentId,
+    inputs: std::path::PathBuf,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    memory_mb: u64,
+    fuel: u64,
+    wall_ms: u64,
+}
+
 /// Services this provider runs.
 pub(crate) struct Services {
     host: ServiceHost,
+    /// WASM services, run per request by this executor.
+    wasm_exec: Arc<cairn_runtime::WasmExecutor>,
+    wasm: Mutex<BTreeMap<LeaseId, Arc<WasmService>>>,
+    wasm_dir: std::path::PathBuf,
     http: reqwest::Client,
     /// Per lease: failed starts in a row and when to try again.
     retry: Mutex<BTreeMap<LeaseId, (u32, Instant)>>,
@@ -42,17 +57,46 @@ pub(crate) struct Services {
 }
 
 impl Services {
-    pub(crate) fn new(host: ServiceHost) -> Result<Self> {
+    pub(crate) fn new(host: ServiceHost, wasm_exec: Arc<cairn_runtime::WasmExecutor>) -> Result<Self> {
+        let wasm_dir = host.dir().join("wasm");
+        let _ = std::fs::remove_dir_all(&wasm_dir);
         let http = reqwest::Client::builder()
             .timeout(UPSTREAM_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Config(format!("http client: {e}")))?;
-        Ok(Services { host, http, retry: Mutex::default(), starting: Mutex::default() })
+        Ok(Services {
+            host,
+            wasm_exec,
+            wasm: Mutex::default(),
+            wasm_dir,
+            http,
+            retry: Mutex::default(),
+            starting: Mutex::default(),
+        })
     }
 
     fn addr(&self, lease: &LeaseId) -> Option<SocketAddr> {
         self.host.addr(&lease.to_string())
+    }
+
+    fn running(&self, lease: &LeaseId) -> bool {
+        self.addr(lease).is_some() || lock(&self.wasm).contains_key(lease)
+    }
+
+    /// Stop a service, whichever runtime runs it.
+    fn stop(&self, lease: &LeaseId) {
+        if lock(&self.wasm).remove(lease).is_some() {
+            let _ = std::fs::remove_dir_all(self.wasm_dir.join(lease.to_string()));
+        }
+        self.host.stop(&lease.to_string());
+    }
+
+    /// Every service started here and not stopped.
+    fn names(&self) -> Vec<LeaseId> {
+        let mut out: Vec<LeaseId> = lock(&self.wasm).keys().copied().collect();
+        out.extend(self.host.names().iter().filter_map(|n| n.parse::<LeaseId>().ok()));
+        out
     }
 }
 
@@ -101,16 +145,16 @@ async fn reconcile(ctx: &Arc<Ctx>, svc: &Arc<Services>) {
             return;
         }
     };
-    let want: BTreeMap<String, Lease> = leases.into_iter().map(|l| (l.id.to_string(), l)).collect();
-    for name in svc.host.names() {
-        if !want.contains_key(&name) {
-            info!(lease = %name, "lease closed or moved; stopping its service");
+    let want: BTreeMap<LeaseId, Lease> = leases.into_iter().map(|l| (l.id, l)).collect();
+    for id in svc.names() {
+        if !want.contains_key(&id) {
+            info!(lease = %id.short(), "lease closed or moved; stopping its service");
             let s = svc.clone();
-            let _ = tokio::task::spawn_blocking(move || s.host.stop(&name)).await;
+            let _ = tokio::task::spawn_blocking(move || s.stop(&id)).await;
         }
     }
     for l in want.into_values() {
-        if svc.addr(&l.id).is_some() || lock(&svc.starting).contains(&l.id) {
+        if svc.running(&l.id) || lock(&svc.starting).contains(&l.id) {
             continue;
         }
         if lock(&svc.retry).get(&l.id).is_some_and(|(_, at)| Instant::now() < *at) {
@@ -122,9 +166,9 @@ async fn reconcile(ctx: &Arc<Ctx>, svc: &Arc<Services>) {
             let id = l.id;
             let started = Instant::now();
             match start(&c, &s, l).await {
-                Ok(addr) => {
+                Ok(at) => {
                     lock(&s.retry).remove(&id);
-                    info!(lease = %id.short(), %addr, ms = started.elapsed().as_millis() as u64, "service up");
+                    info!(lease = %id.short(), at, ms = started.elapsed().as_millis() as u64, "service up");
                 }
                 Err(e) => {
                     let mut retry = lock(&s.retry);
@@ -139,39 +183,125 @@ async fn reconcile(ctx: &Arc<Ctx>, svc: &Arc<Services>) {
     }
 }
 
-async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<SocketAddr> {
+/// Start a lease's service; returns where it runs (an address, or `wasm`).
+async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<String> {
     let spec = &l.spec;
-    let port =
-        spec.service.as_deref().map(|s| s.port).ok_or_else(|| Error::Config("not a service spec".into()))?;
-    let image_path = crate::pipeline::fetch(ctx, spec, &spec.workload, None).await?;
+    let section = spec.service.as_deref().ok_or_else(|| Error::Config("not a service spec".into()))?;
+    let workload = crate::pipeline::fetch(ctx, spec, &spec.workload, None).await?;
     let mut inputs = Vec::new();
     for i in &spec.inputs {
         inputs.push((i.name.clone(), crate::pipeline::fetch(ctx, spec, &i.id, Some(i.size)).await?));
+    }
+    let id = spec.workload;
+    if section.runtime == cairn_types::ServiceRuntime::Wasm {
+        let dir = svc.wasm_dir.join(l.id.to_string()).join("in");
+        let exec = svc.wasm_exec.clone();
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            use cairn_runtime::Executor as _;
+            if !exec.is_prepared(&id) {
+                exec.prepare_file(&id, &workload)?;
+            }
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d)?;
+            for (name, src) in &inputs {
+                if name.contains('/') || name == ".." || name == "." || name.is_empty() {
+                    return Err(Error::Config(format!("input name {name:?}")));
+                }
+                if std::fs::hard_link(src, d.join(name)).is_err() {
+                    std::fs::copy(src, d.join(name))?;
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::Config(format!("service thread: {e}")))??;
+        let w = WasmService {
+            module: id,
+            inputs: dir,
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            memory_mb: spec.resources.memory_mb,
+            fuel: spec.limits.fuel,
+            wall_ms: spec.limits.wall_ms,
+        };
+        lock(&svc.wasm).insert(l.id, Arc::new(w));
+        return Ok("wasm".into());
     }
     let images =
         ctx.container.clone().ok_or_else(|| Error::Config("this provider runs no containers".into()))?;
     let run = ServiceRun {
         name: l.id.to_string(),
-        image: spec.workload,
+        image: id,
         args: spec.args.clone(),
         env: spec.env.clone(),
         inputs,
-        port,
+        port: section.port,
         memory_mb: spec.resources.memory_mb,
         cpu_millis: spec.resources.cpu_millis,
         network: spec.network,
     };
     let s = svc.clone();
-    let id = spec.workload;
-    tokio::task::spawn_blocking(move || {
+    let addr = tokio::task::spawn_blocking(move || {
         use cairn_runtime::Executor as _;
         if !images.is_prepared(&id) {
-            images.prepare_file(&id, &image_path)?;
+            images.prepare_file(&id, &workload)?;
         }
         Ok::<_, Error>(s.host.start(&run)?)
     })
     .await
-    .map_err(|e| Error::Config(format!("service thread: {e}")))?
+    .map_err(|e| Error::Config(format!("service thread: {e}")))??;
+    Ok(addr.to_string())
+}
+
+/// Answer a request with a WASM service (one run of its module).
+async fn serve_wasm(
+    svc: &Services,
+    w: Arc<WasmService>,
+    method: &Method,
+    rest: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let exec = svc.wasm_exec.clone();
+    let (method, path, query) =
+        (method.to_string(), format!("/{rest}"), uri.query().unwrap_or_default().to_string());
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| !HOP.contains(&k.as_str()))
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let reply = tokio::task::spawn_blocking(move || {
+        exec.serve(&cairn_runtime::CgiRequest {
+            module: w.module,
+            method: &method,
+            path: &path,
+            query: &query,
+            headers: &headers,
+            body: &body,
+            args: &w.args,
+            env: &w.env,
+            inputs: &w.inputs,
+            memory_mb: w.memory_mb,
+            fuel: w.fuel,
+            wall_ms: w.wall_ms,
+        })
+    })
+    .await;
+    match reply {
+        Ok(Ok(r)) => {
+            let mut out = Response::builder().status(r.status);
+            for (k, v) in &r.headers {
+                out = out.header(k.as_str(), v.as_str());
+            }
+            out.body(Body::from(r.body)).unwrap_or_else(|_| {
+                error(StatusCode::BAD_GATEWAY, "bad_upstream", "the service's answer could not be relayed")
+            })
+        }
+        Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, "service_failed", &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    }
 }
 
 /// Headers that belong to one hop, not to the request.
@@ -233,6 +363,10 @@ async fn relay(
     let Ok(lease) = id.parse::<LeaseId>() else {
         return error(StatusCode::BAD_REQUEST, "bad_lease_id", "the path must be /lease/<lease id>/…");
     };
+    let wasm = lock(&svc.wasm).get(&lease).cloned();
+    if let Some(w) = wasm {
+        return serve_wasm(svc, w, &method, rest, uri, &headers, body).await;
+    }
     let Some(addr) = svc.addr(&lease) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -29,6 +29,7 @@ use cairn_types::{ContentId, Limits, OutputBundle, WorkloadKind};
 pub use container::{ContainerConfig, ContainerExecutor};
 pub use inference::{InferenceConfig, InferenceExecutor};
 pub use train::{Metrics, TrainExecutor, decode_metrics, reference_loop};
+pub use wasm::cgi::{CgiReply, CgiRequest};
 pub use wasm::{WasmConfig, WasmExecutor};
 
 /// Why a task could not produce a result to commit. Deterministic failures of the workload

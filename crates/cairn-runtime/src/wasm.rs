@@ -16,6 +16,8 @@ use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, I32Exit, WasiCtx
 
 use crate::{Executor, Outcome, Result, RunError, TaskRun, io};
 
+pub(crate) mod cgi;
+
 /// Captured standard output and error per stream.
 const LOG_CAP: usize = 64 * 1024;
 /// The epoch ticks every 10 ms.

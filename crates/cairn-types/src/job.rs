@@ -435,13 +435,20 @@ impl JobSpec {
             (Some(_), _) => return Err("only `kind: service` specs take a `service` section".into()),
             (None, _) => {}
         }
-        if matches!(self.kind, WorkloadKind::Container | WorkloadKind::Service) && self.args.is_empty() {
+        let wasm_service = self.service.as_deref().is_some_and(|s| s.runtime == crate::ServiceRuntime::Wasm);
+        if (self.kind == WorkloadKind::Container || (self.kind == WorkloadKind::Service && !wasm_service))
+            && self.args.is_empty()
+        {
             return Err(
                 "a container job needs args: the program (a path inside the image) and its arguments".into(),
             );
         }
-        if self.network && !matches!(self.kind, WorkloadKind::Container | WorkloadKind::Service) {
-            return Err("only `kind: container` and `kind: service` specs may ask for `network: true`".into());
+        if self.network
+            && (wasm_service || !matches!(self.kind, WorkloadKind::Container | WorkloadKind::Service))
+        {
+            return Err(
+                "only `kind: container` specs and container services may ask for `network: true`".into()
+            );
         }
         if !self.deterministic && self.kind != WorkloadKind::Container {
             return Err("only `kind: container` jobs may declare `deterministic: false`".into());
@@ -560,6 +567,13 @@ mod tests {
         refused(&|t| t.service.as_mut().unwrap().sla.window_rounds = 0, "window_rounds");
         refused(&|t| t.service.as_mut().unwrap().sla.probe_path = "x/../../etc".into(), "probe_path");
         refused(&|t| t.service.as_mut().unwrap().sla.probe_path = "/a b".into(), "probe_path");
+        // A WASM service answers each request itself: no port, no command needed.
+        let mut wasm = s.clone();
+        wasm.args.clear();
+        wasm.service.as_mut().unwrap().runtime = crate::ServiceRuntime::Wasm;
+        refused(&|t| *t = wasm.clone(), "leave service.port out");
+        wasm.service.as_mut().unwrap().port = 0;
+        wasm.validate().unwrap();
         let mut w = base();
         w.service = s.service.clone();
         assert!(matches!(w.validate(), Err(Error::InvalidJobSpec(m)) if m.contains("only `kind: service`")));

@@ -84,7 +84,7 @@ pub use receipt::{
     AuditKind, AuditOutcome, ErrorCode, Event, LeaseEnd, Receipt, RefundReason, RoundVerdict, SlashReason,
     TxStatus,
 };
-pub use service::{ServiceSpec, Sla, service_limits};
+pub use service::{ServiceRuntime, ServiceSpec, Sla, service_limits};
 pub use train::{Decimal, ModelArch, Optimizer, TrainRole, TrainSpec, train_limits};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,

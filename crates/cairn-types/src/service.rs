@@ -59,11 +59,31 @@ pub struct Sla {
     pub window_rounds: u32,
 }
 
+/// What runs a service.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[borsh(use_discriminant = true)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum ServiceRuntime {
+    /// A long-running container from the image, listening on `port`.
+    #[default]
+    Container = 0,
+    /// A WASI module run once per request, CGI-style: the request in its environment and
+    /// standard input, the response on its standard output (`limits` cap each request).
+    Wasm = 1,
+}
+
 /// The `service` section of a `kind: service` job spec.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
-    /// The TCP port the service listens on inside its sandbox.
+    /// What runs it: a container (the default) or a WASM module per request.
+    #[serde(default)]
+    pub runtime: ServiceRuntime,
+    /// The TCP port a container service listens on inside its sandbox (WASM services: none).
+    #[serde(default)]
     pub port: u16,
     /// The most the client pays per block; the lease pays the chosen provider's posted price.
     pub max_price_per_block: Amount,
@@ -78,8 +98,12 @@ impl ServiceSpec {
     /// A message naming the first broken rule.
     pub fn check(&self) -> std::result::Result<(), String> {
         use service_limits::*;
-        if self.port == 0 {
-            return Err("service.port must be 1..=65535".into());
+        match (self.runtime, self.port) {
+            (ServiceRuntime::Container, 0) => return Err("service.port must be 1..=65535".into()),
+            (ServiceRuntime::Wasm, p) if p != 0 => {
+                return Err("a WASM service answers each request itself: leave service.port out".into());
+            }
+            _ => {}
         }
         let price = self.max_price_per_block.base_units();
         if price == 0 || price > crate::limits::MAX_PRICE {

@@ -233,6 +233,43 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
     });
     drop(proxy);
 
+    // A WASM service (the `wasm-service` example): one run of the module per request.
+    let wasm_dir = root.join("wasm-site");
+    std::fs::create_dir_all(&wasm_dir).unwrap();
+    let wasm_example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wasm-service");
+    for f in ["service.yaml", "hello-service.wasm", "motd.txt"] {
+        std::fs::copy(wasm_example.join(f), wasm_dir.join(f)).unwrap();
+    }
+    let (ok, out, err) =
+        as_client(&["service", "open", wasm_dir.join("service.yaml").to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let opened: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(opened["serving_ms"].is_u64(), "{opened}");
+    let url = opened["url"].as_str().unwrap().to_string();
+    let wasm_lease: LeaseId = opened["lease"].as_str().unwrap().parse().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let page = get_page(&url).await.unwrap();
+        assert!(page.contains("Hello from a Cairn WASM service") && page.contains("motd.txt"), "{page}");
+        let mut x: u64 = 88_172_645_463_325_252;
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        assert_eq!(get_page(&format!("{url}work?n=1000")).await.unwrap(), format!("{x}\n"));
+        let echo = http.post(format!("{url}echo")).body("granite").send().await.unwrap();
+        assert_eq!(echo.text().await.unwrap(), "granite");
+        let missing = http.get(format!("{url}nowhere")).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+        // A request past its fuel gets a 5xx, and the next one is served as usual.
+        let heavy = http.get(format!("{url}work?n=100000000000")).send().await.unwrap();
+        assert!(heavy.status().is_server_error(), "{}", heavy.status());
+        assert_eq!(get_page(&format!("{url}health")).await.unwrap(), "ok\n");
+    });
+    let (ok, _, err) = as_client(&["service", "close", &wasm_lease.to_string()]);
+    assert!(ok, "{err}");
+
     // The killed provider, restarted, removes the container and namespace it left behind.
     let state = root.join(format!("provider-{victim}/runtime/services/runc"));
     assert!(std::fs::read_dir(&state).unwrap().count() > 0, "SIGKILL left the container running");
