@@ -109,6 +109,19 @@ const MAX_TABLES: usize = 4;
 /// Elements a table may grow to (a table-growth bomb stops here; real guests use a few thousand).
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
+/// One instance, one memory of at most `memory_mb`, a few bounded tables; growth past a cap traps.
+fn store_limits(memory_mb: u64) -> StoreLimits {
+    let memory = usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    StoreLimitsBuilder::new()
+        .memory_size(memory)
+        .memories(1)
+        .tables(MAX_TABLES)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .instances(1)
+        .trap_on_grow_failure(true)
+        .build()
+}
+
 fn engine_config(cache_dir: Option<&Path>) -> Result<Config> {
     let mut c = Config::new();
     c.consume_fuel(true);
@@ -290,17 +303,9 @@ impl WasmExecutor {
         b.secure_random(wasmtime_wasi::Deterministic::new(task.seed.to_vec()));
         b.insecure_random(wasmtime_wasi::Deterministic::new(task.seed.iter().rev().copied().collect()));
         b.insecure_random_seed(u128::from_le_bytes(task.seed[..16].try_into().unwrap_or([0; 16])));
-        let memory = usize::try_from(task.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let host = Host {
             wasi: b.build_p1(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory)
-                .memories(1)
-                .tables(MAX_TABLES)
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .instances(1)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: store_limits(task.memory_mb),
             deadline: Instant::now() + Duration::from_millis(task.limits.wall_ms),
             out_dir: out_dir.clone(),
             out_limit: task.limits.output_bytes,

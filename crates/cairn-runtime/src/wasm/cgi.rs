@@ -12,11 +12,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_types::ContentId;
-use wasmtime::{Linker, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Linker, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::{Host, MAX_TABLE_ELEMENTS, MAX_TABLES, Stop, WasmExecutor, rt};
+use super::{Host, Stop, WasmExecutor, rt, store_limits};
 use crate::{Result, RunError};
 
 /// Largest response a request may write.
@@ -150,17 +150,9 @@ impl WasmExecutor {
         b.stdin(MemoryInputPipe::new(r.body.to_vec()));
         b.stdout(stdout.clone()).stderr(stderr);
         b.preopened_dir(r.inputs, "/in", FsPerms::ReadOnly).map_err(rt)?;
-        let memory = usize::try_from(r.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let host = Host {
             wasi: b.build_p1(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory)
-                .memories(1)
-                .tables(MAX_TABLES)
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .instances(1)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: store_limits(r.memory_mb),
             deadline: Instant::now() + Duration::from_millis(r.wall_ms),
             out_dir: r.inputs.to_path_buf(),
             out_limit: u64::MAX,
