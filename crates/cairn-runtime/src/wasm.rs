@@ -183,6 +183,35 @@ impl WasmExecutor {
         self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
+    /// A store for one run: its limits, `fuel`, and an epoch check that stops it at its wall
+    /// deadline or (where it has one) when its output grows past its limit.
+    fn store(&self, host: Host, fuel: u64) -> Result<Store<Host>> {
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limits);
+        store.set_fuel(fuel).map_err(rt)?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let h = ctx.data_mut();
+            if Instant::now() >= h.deadline {
+                h.stopped = Some(Stop::Wall);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if h.out_limit < u64::MAX && dir_size(&h.out_dir) > h.out_limit {
+                h.stopped = Some(Stop::Output);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+        Ok(store)
+    }
+
+    /// WASI preview 1, the only imports a module gets.
+    fn linker(&self) -> Result<Linker<Host>> {
+        let mut linker: Linker<Host> = Linker::new(&self.engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h| &mut h.wasi).map_err(rt)?;
+        Ok(linker)
+    }
+
     fn scratch(&self) -> Result<PathBuf> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dir = self.work_dir.join(format!("task-{}-{n}", std::process::id()));
@@ -311,24 +340,8 @@ impl WasmExecutor {
             out_limit: task.limits.output_bytes,
             stopped: None,
         };
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|h| &mut h.limits);
-        store.set_fuel(task.limits.fuel).map_err(rt)?;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            let h = ctx.data_mut();
-            if Instant::now() >= h.deadline {
-                h.stopped = Some(Stop::Wall);
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            if dir_size(&h.out_dir) > h.out_limit {
-                h.stopped = Some(Stop::Output);
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
-        let mut linker: Linker<Host> = Linker::new(&self.engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h| &mut h.wasi).map_err(rt)?;
+        let mut store = self.store(host, task.limits.fuel)?;
+        let linker = self.linker()?;
 
         let started = Instant::now();
         let exit = match linker.instantiate(&mut store, module) {

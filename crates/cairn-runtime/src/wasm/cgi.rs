@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_types::ContentId;
-use wasmtime::{Linker, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
@@ -158,20 +157,8 @@ impl WasmExecutor {
             out_limit: u64::MAX,
             stopped: None,
         };
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|h| &mut h.limits);
-        store.set_fuel(r.fuel).map_err(rt)?;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            let h = ctx.data_mut();
-            if Instant::now() >= h.deadline {
-                h.stopped = Some(Stop::Wall);
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
-        let mut linker: Linker<Host> = Linker::new(&self.engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h| &mut h.wasi).map_err(rt)?;
+        let mut store = self.store(host, r.fuel)?;
+        let linker = self.linker()?;
         let ran = linker
             .instantiate(&mut store, &module)
             .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
