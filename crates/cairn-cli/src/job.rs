@@ -59,6 +59,15 @@ pub(crate) struct SubmitArgs {
     lease: crate::service::OpenOptions,
 }
 
+/// Refuse a module a provider would refuse, before anything is paid.
+pub(crate) fn check_wasm(bytes: &[u8]) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("cairn-validate-{}", std::process::id()));
+    let exec =
+        cairn_runtime::WasmExecutor::new(cairn_runtime::WasmConfig { work_dir: tmp, cache_dir: None })?;
+    exec.validate(bytes).context("the workload is not a valid WebAssembly module")?;
+    Ok(())
+}
+
 /// Refuse an image a provider would refuse, before anything is paid.
 pub(crate) fn check_image(bytes: &[u8]) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("cairn-image-check-{}", std::process::id()));
@@ -349,9 +358,7 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             if let Some(bytes) = &resolved.workload
                 && matches!(resolved.spec.kind, cairn_types::WorkloadKind::Wasm | cairn_types::WorkloadKind::Render)
             {
-                let tmp = std::env::temp_dir().join(format!("cairn-validate-{}", std::process::id()));
-                let exec = cairn_runtime::WasmExecutor::new(cairn_runtime::WasmConfig { work_dir: tmp, cache_dir: None })?;
-                exec.validate(bytes).context("the workload is not a valid WebAssembly module")?;
+                check_wasm(bytes)?;
             }
             // An image a provider would refuse is refused here, before anything is paid.
             if let Some(bytes) = &resolved.workload

@@ -228,12 +228,7 @@ pub(crate) async fn open_and_report(
         let wasm =
             resolved.spec.service.as_deref().is_some_and(|s| s.runtime == cairn_types::ServiceRuntime::Wasm);
         if wasm {
-            let tmp = std::env::temp_dir().join(format!("cairn-validate-{}", std::process::id()));
-            let exec = cairn_runtime::WasmExecutor::new(cairn_runtime::WasmConfig {
-                work_dir: tmp,
-                cache_dir: None,
-            })?;
-            exec.validate(bytes).context("the workload is not a valid WebAssembly module")?;
+            crate::job::check_wasm(bytes)?;
         } else {
             crate::job::check_image(bytes)?;
         }

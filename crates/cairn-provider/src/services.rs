@@ -203,15 +203,7 @@ async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<String> {
                 exec.prepare_file(&id, &workload)?;
             }
             let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d)?;
-            for (name, src) in &inputs {
-                if name.contains('/') || name == ".." || name == "." || name.is_empty() {
-                    return Err(Error::Config(format!("input name {name:?}")));
-                }
-                if std::fs::hard_link(src, d.join(name)).is_err() {
-                    std::fs::copy(src, d.join(name))?;
-                }
-            }
+            cairn_runtime::container::link_inputs(&d, &inputs)?;
             Ok::<_, Error>(())
         })
         .await

@@ -314,7 +314,10 @@ pub(crate) fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// Place `inputs` (plain names only) in `dir`: hard links where possible, copies otherwise.
-fn link_inputs(dir: &Path, inputs: &[(String, PathBuf)]) -> Result<()> {
+///
+/// # Errors
+/// [`RunError::InvalidWorkload`] for a name that is not a plain file name; [`RunError::Io`].
+pub fn link_inputs(dir: &Path, inputs: &[(String, PathBuf)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io)?;
     for (name, src) in inputs {
         if name.contains('/') || name == ".." || name == "." || name.is_empty() {
