@@ -45,6 +45,11 @@ pub const RESULTS_FILE: &str = "results.jsonl";
 /// The output naming the instruction-set class the task ran on.
 pub const ISA_FILE: &str = ".cairn/isa";
 
+/// The engine's numerics revision, part of the class: raised whenever a kernel change alters
+/// results (2: `Q5_0` and unpadded `Q8_0` decoding steps through Cairn's own kernel, activations
+/// quantized per 32 values there).
+pub const NUMERICS: &str = "n2";
+
 /// Default tokens a chat reply may use when the request does not say.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
@@ -169,9 +174,12 @@ impl InferenceExecutor {
     }
 
     /// The class its results are reproducible in, bit for bit: written into every output bundle
-    /// and advertised by providers as `inference.class`.
+    /// and advertised by providers as `inference.class`. It names the engine's numerics
+    /// revision too, so providers on engines that compute differently are never compared bit
+    /// for bit.
     pub fn class(&self) -> String {
-        if self.on_gpu() { format!("gpu:{}", isa_class()) } else { isa_class() }
+        let isa = isa_class();
+        if self.on_gpu() { format!("gpu:{NUMERICS}:{isa}") } else { format!("{NUMERICS}:{isa}") }
     }
 
     /// The header of a prepared model.

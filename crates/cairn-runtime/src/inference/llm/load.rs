@@ -1,18 +1,20 @@
 //! Reading a decoder-only language model from GGUF: its shape from the metadata, its weights
 //! from the tensors, kept quantized in memory.
 //!
-//! One conversion happens on the way in: `Q5_0` blocks become `Q8_0` blocks. Both are a scale
-//! times small integers (5-bit values fit in 8 bits), so the weights are the same numbers; the
-//! engine's `Q8_0` kernels are vectorised while its `Q5_0` kernel is scalar, and the common
-//! `Q4_K_M` files keep a quarter of their weights in `Q5_0` (rows whose length is not a multiple
-//! of 256 cannot be k-quants).
+//! `Q5_0` matrices (the common `Q4_K_M` files keep a quarter to a half of their weights in
+//! `Q5_0`: rows whose length is not a multiple of 256 cannot be k-quants) and `Q8_0` matrices
+//! with such rows are kept as stored and multiplied by Cairn's own kernel ([`super::quant`]).
+//! On GPU devices `Q5_0` blocks become `Q8_0` blocks: both are a scale times small integers
+//! (5-bit values fit in 8 bits), so the weights are the same numbers.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file, gguf_file};
+use candle_core::quantized::{GgmlDType, QTensor, ggml_file, gguf_file};
 use candle_core::{Device, Tensor};
 
+pub(crate) use super::linear::{Linear, Proj};
+use super::quant::{Format, QMatrix};
 use crate::{Result, RunError};
 
 /// The architectures read from GGUF.
@@ -204,17 +206,69 @@ impl<R: Read + Seek> Tensors<'_, R> {
             .map_err(|e| invalid(format!("{name}: {}", super::super::models::one_line(e))))
     }
 
-    /// A weight as a matrix product.
-    pub(crate) fn linear(&mut self, name: &str) -> Result<Linear> {
+    /// A matrix Cairn's own kernel takes ([`super::quant`]), as stored: on the CPU, `Q5_0`, and
+    /// `Q8_0` whose rows candle would pad.
+    pub(crate) fn own(&mut self, name: &str) -> Result<Option<QMatrix>> {
+        let Some(info) = self.ct.tensor_infos.get(name) else { return Ok(None) };
+        let Some(format) = own_format(info) else { return Ok(None) };
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let dims = info.shape.dims();
+        let (rows, k) = (dims[0], dims[1]);
+        let mut raw = vec![0u8; info.shape.elem_count() / 32 * format.block_bytes()];
+        self.reader
+            .seek(SeekFrom::Start(self.ct.tensor_data_offset + info.offset))
+            .and_then(|_| self.reader.read_exact(&mut raw))
+            .map_err(|e| invalid(format!("{name}: {e}")))?;
+        QMatrix::new(format, &raw, rows, k).map(Some).map_err(|e| invalid(format!("{name}: {e}")))
+    }
+
+    /// A weight as candle's matrix product.
+    fn candle_linear(&mut self, name: &str) -> Result<Linear> {
         let k = self.ct.tensor_infos.get(name).and_then(|i| i.shape.dims().last().copied()).unwrap_or(0);
         let (t, padded) = self.quantized(name)?;
         Linear::new(t, k, padded)
+    }
+
+    /// A weight as a matrix product: candle's, or for the formats Cairn's kernel takes, that
+    /// kernel for decoding steps and candle's for prompt passes (see [`Linear::Dual`]).
+    pub(crate) fn linear(&mut self, name: &str) -> Result<Linear> {
+        match self.own(name)? {
+            Some(m) => Ok(Linear::Dual { own: Arc::new(m), prompt: Box::new(self.candle_linear(name)?) }),
+            None => self.candle_linear(name),
+        }
     }
 
     /// Several weights read by the same input, as one product when they can be stacked (all
     /// `Q8_0` rows of one width after conversion): one pass over the input instead of several.
     /// Each output column is still its own weight row's dot product.
     pub(crate) fn projections(&mut self, names: &[&str]) -> Result<Proj> {
+        let formats: Vec<Option<Format>> =
+            names.iter().map(|n| self.ct.tensor_infos.get(*n).and_then(own_format)).collect();
+        if self.device.is_cpu() && formats.iter().any(Option::is_some) {
+            if formats.iter().all(|f| *f == formats[0]) {
+                let mut parts = Vec::with_capacity(names.len());
+                for n in names {
+                    parts.extend(self.own(n)?);
+                }
+                let sizes: Vec<usize> = parts.iter().map(QMatrix::rows).collect();
+                if let Some(own) = QMatrix::stack(parts).filter(|_| sizes.len() == names.len())
+                    && let Proj::Fused(prompt, _) = self.candle_projections(names)?
+                {
+                    return Ok(Proj::Fused(
+                        Linear::Dual { own: Arc::new(own), prompt: Box::new(prompt) },
+                        sizes,
+                    ));
+                }
+            }
+            return names.iter().map(|n| self.linear(n)).collect::<Result<Vec<_>>>().map(Proj::Split);
+        }
+        self.candle_projections(names)
+    }
+
+    /// [`Self::projections`] with candle's products.
+    fn candle_projections(&mut self, names: &[&str]) -> Result<Proj> {
         let k = self.ct.tensor_infos.get(names[0]).and_then(|i| i.shape.dims().last().copied()).unwrap_or(0);
         let mut parts = Vec::with_capacity(names.len());
         for n in names {
@@ -253,72 +307,24 @@ impl<R: Read + Seek> Tensors<'_, R> {
     }
 }
 
-/// A quantized matrix product whose rows may be padded past the input width, and which gives
-/// each input row the same bits however many rows it is given with.
-pub(crate) struct Linear {
-    mm: QMatMul,
-    k: usize,
-    padded: usize,
-    /// The engine runs a single row of this type through another kernel than several rows
-    /// (x86 `Q6_K`: a compact dot product for one row, tiles for more); such a row is given a
-    /// twin so every row takes the tiled kernel.
-    twin_single_row: bool,
-}
-
-impl Linear {
-    pub(crate) fn new(t: Arc<QTensor>, k: usize, padded: usize) -> Result<Self> {
-        let twin_single_row = cfg!(target_arch = "x86_64") && t.dtype() == GgmlDType::Q6K;
-        let mm = QMatMul::from_arc(t).map_err(|e| invalid(super::super::models::one_line(e)))?;
-        Ok(Linear { mm, k, padded, twin_single_row })
-    }
-
-    /// `x`: `(rows, k)`.
-    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        use candle_core::Module as _;
-        let x = if self.padded > self.k {
-            x.pad_with_zeros(candle_core::D::Minus1, 0, self.padded - self.k)?
-        } else {
-            x.clone()
-        };
-        if self.twin_single_row && x.dim(0)? == 1 {
-            return self.mm.forward(&Tensor::cat(&[&x, &x], 0)?)?.narrow(0, 0, 1);
-        }
-        self.mm.forward(&x)
-    }
-}
-
-/// Projections of one input: stacked into one product, or apart.
-pub(crate) enum Proj {
-    /// One product; the output columns of each part, in order.
-    Fused(Linear, Vec<usize>),
-    /// Separate products.
-    Split(Vec<Linear>),
-}
-
-impl Proj {
-    /// Each part's output, `(rows, n_part)`.
-    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        match self {
-            Proj::Split(ls) => ls.iter().map(|l| l.forward(x)).collect(),
-            Proj::Fused(l, sizes) => {
-                let y = l.forward(x)?;
-                let mut at = 0;
-                let mut out = Vec::with_capacity(sizes.len());
-                for n in sizes {
-                    out.push(y.narrow(1, at, *n)?.contiguous()?);
-                    at += n;
-                }
-                Ok(out)
-            }
-        }
-    }
-}
-
 /// Whether batching is known to leave every row's bits alone on this architecture (checked by
 /// `one_row_gets_the_same_bits_alone_or_batched` for every weight type the engine uses). On
 /// others, sequences are decoded one at a time.
 pub fn batch_invariant() -> bool {
     cfg!(target_arch = "x86_64")
+}
+
+/// The format Cairn's own kernel takes a weight in, if it does: `Q5_0` matrices, and `Q8_0`
+/// matrices whose rows the tile kernels would pad (elsewhere candle's `Q8_0` kernels are faster).
+fn own_format(info: &gguf_file::TensorInfo) -> Option<Format> {
+    let dims = info.shape.dims();
+    let k = *dims.last()?;
+    let format = match info.ggml_dtype {
+        GgmlDType::Q5_0 => Format::Q5_0,
+        GgmlDType::Q8_0 if k % 256 != 0 => Format::Q8_0,
+        _ => return None,
+    };
+    (dims.len() == 2 && QMatrix::fits(k)).then_some(format)
 }
 
 /// Whether `Q8_0` rows are padded for the tiled VNNI kernels (a property of the instruction-set
@@ -425,6 +431,7 @@ mod batch_tests {
     #[test]
     fn one_row_gets_the_same_bits_alone_or_batched() {
         let dev = Device::Cpu;
+        let steps = super::super::linear::Rows::steps();
         let cases = [
             (GgmlDType::Q8_0, 640),
             (GgmlDType::Q8_0, 768),
@@ -443,11 +450,11 @@ mod batch_tests {
             let bits = |t: Tensor| -> Vec<Vec<u32>> {
                 t.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect()
             };
-            let all = bits(lin.forward(&x).unwrap());
+            let all = bits(lin.forward(&x, &steps).unwrap());
             for r in 0..5 {
-                let one = bits(lin.forward(&x.narrow(0, r, 1).unwrap()).unwrap());
+                let one = bits(lin.forward(&x.narrow(0, r, 1).unwrap(), &steps).unwrap());
                 assert!(one[0] == all[r], "{dtype:?} k={k}: row {r} alone differs from batched");
-                let two = bits(lin.forward(&x.narrow(0, r.min(3), 2).unwrap()).unwrap());
+                let two = bits(lin.forward(&x.narrow(0, r.min(3), 2).unwrap(), &steps).unwrap());
                 assert!(two[r - r.min(3)] == all[r], "{dtype:?} k={k}: row {r} in a pair differs");
             }
         }

@@ -8,14 +8,16 @@
 //! others — which is what lets an auditor re-run it alone and compare bit for bit.
 //! `tests/it/llm.rs` checks this on the real models.
 
+mod linear;
 pub mod load;
+mod quant;
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
+use linear::{Linear, Proj, Rows};
 pub use load::{Arch, Config, MAX_SERVED_CONTEXT};
-use load::{Linear, Proj};
 
 use crate::{Result, RunError};
 
@@ -42,6 +44,13 @@ struct Layer {
     sliding: bool,
 }
 
+/// The token table: candle's (rows maybe padded past the model width), or Cairn's, shared
+/// with the output product when the model ties them.
+enum Embed {
+    Candle(Arc<QTensor>, usize),
+    Own(Arc<quant::QMatrix>),
+}
+
 /// Rotary tables for one base: `(positions, head_dim / 2)`.
 struct Rope {
     cos: Tensor,
@@ -65,7 +74,7 @@ impl Rope {
 pub struct Llm {
     /// Its shape.
     pub cfg: Config,
-    embed: Arc<QTensor>,
+    embed: Embed,
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
@@ -163,11 +172,20 @@ impl Llm {
     ) -> Result<Self> {
         let cfg = Config::from_gguf(ct)?;
         let mut t = load::Tensors { ct, reader, device };
-        let (embed, embed_width) = t.quantized("token_embd.weight")?;
+        let embed = match t.own("token_embd.weight")? {
+            Some(m) => Embed::Own(Arc::new(m)),
+            None => {
+                let (q, width) = t.quantized("token_embd.weight")?;
+                Embed::Candle(q, width)
+            }
+        };
         let output = if t.has("output.weight") {
             t.linear("output.weight")?
         } else {
-            Linear::new(embed.clone(), cfg.d_model, embed_width)?
+            match &embed {
+                Embed::Own(m) => Linear::Own(m.clone()),
+                Embed::Candle(q, width) => Linear::new(q.clone(), cfg.d_model, *width)?,
+            }
         };
         let gemma = cfg.arch == Arch::Gemma3;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -234,8 +252,15 @@ impl Llm {
             ids.extend_from_slice(toks);
         }
         let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, &self.device).map_err(engine)?;
-        let mut x = self.embed.embedding(&ids).map_err(engine)?;
+        let lengths: Vec<usize> = segs.iter().map(|s| s.1).collect();
+        let rows = Rows::new(&lengths, &self.device).map_err(engine)?;
+        let mut x = match &self.embed {
+            Embed::Own(m) => m.rows_f32(&ids, &self.device).map_err(engine)?,
+            Embed::Candle(q, _) => {
+                let ids = Tensor::from_vec(ids, total, &self.device).map_err(engine)?;
+                q.embedding(&ids).map_err(engine)?
+            }
+        };
         if x.dim(1).map_err(engine)? != cfg.d_model {
             x = x.narrow(1, 0, cfg.d_model).and_then(|x| x.contiguous()).map_err(engine)?;
         }
@@ -244,7 +269,7 @@ impl Llm {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.eps).map_err(engine)?;
-            let mut qkv = layer.qkv.forward(&h).map_err(engine)?.into_iter();
+            let mut qkv = layer.qkv.forward(&h, &rows).map_err(engine)?.into_iter();
             let mut next = |b: &Option<Tensor>| -> Result<Tensor> {
                 let y = qkv.next().ok_or_else(|| RunError::Runtime("missing projection".into()))?;
                 match b {
@@ -262,13 +287,13 @@ impl Llm {
             }
             let attn =
                 if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0).map_err(engine)? };
-            let mut o = layer.wo.forward(&attn).map_err(engine)?;
+            let mut o = layer.wo.forward(&attn, &rows).map_err(engine)?;
             if let Some(w) = &layer.post_attn_norm {
                 o = candle_nn::ops::rms_norm(&o, w, cfg.eps).map_err(engine)?;
             }
             x = (x + o).map_err(engine)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.eps).map_err(engine)?;
-            let mut gu = layer.gate_up.forward(&h).map_err(engine)?.into_iter();
+            let mut gu = layer.gate_up.forward(&h, &rows).map_err(engine)?.into_iter();
             let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
                 return Err(RunError::Runtime("missing projection".into()));
             };
@@ -277,7 +302,7 @@ impl Llm {
                 Arch::Qwen2 => g.silu(),
             }
             .map_err(engine)?;
-            let mut f = layer.down.forward(&(g * u).map_err(engine)?).map_err(engine)?;
+            let mut f = layer.down.forward(&(g * u).map_err(engine)?, &rows).map_err(engine)?;
             if let Some(w) = &layer.post_ffn_norm {
                 f = candle_nn::ops::rms_norm(&f, w, cfg.eps).map_err(engine)?;
             }
@@ -287,7 +312,7 @@ impl Llm {
         let last = Tensor::from_vec(last, segs.len(), &self.device).map_err(engine)?;
         let x = x.index_select(&last, 0).map_err(engine)?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, cfg.eps).map_err(engine)?;
-        let logits = self.output.forward(&x).map_err(engine)?;
+        let logits = self.output.forward(&x, &Rows::steps()).map_err(engine)?;
         for (seq, toks) in batch.iter_mut() {
             seq.pos += toks.len();
         }
