@@ -324,7 +324,7 @@ fn own_format(info: &gguf_file::TensorInfo) -> Option<Format> {
         GgmlDType::Q8_0 if k % 256 != 0 => Format::Q8_0,
         _ => return None,
     };
-    (dims.len() == 2 && QMatrix::fits(k)).then_some(format)
+    (dims.len() == 2 && QMatrix::fits(dims[0], k)).then_some(format)
 }
 
 /// Whether `Q8_0` rows are padded for the tiled VNNI kernels (a property of the instruction-set

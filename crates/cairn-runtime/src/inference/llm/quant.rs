@@ -7,23 +7,27 @@
 //! A `Q5_0` block is an f16 scale, 32 high bits and 16 bytes of low nibbles: value `i` is
 //! `d * (q_i - 16)`, `q_i` in `0..32`. A `Q8_0` block is an f16 scale and 32 signed bytes.
 //!
-//! The product of one weight row and one input row: the input row is quantized to `Q8_0` (per
-//! 32 values, scale rounded to f16, as llama.cpp does); each block's integer products are
-//! summed exactly in eight lanes of four; each lane accumulates `scale_w * scale_x * sum` by a
-//! fused multiply-add, block after block; the eight lanes are added in a fixed order. The AVX2
-//! kernel and the portable one follow exactly these steps, so they give the same bits, and a
-//! row's result depends on that row alone: batching never changes it.
+//! Layout: weight rows in panels of 16, block by block, interleaved four values at a time (the
+//! same bytes in another order), so one vector holds four values of each of 16 rows and the
+//! vector lanes are output columns: no sums across lanes.
+//!
+//! The product of one weight row (column `c`) and one input row, the same bits on every path:
+//! the input row is quantized to `Q8_0` (per 32 values, scale rounded to f16, as llama.cpp
+//! does); each block's 32 integer products are summed exactly; the column accumulates
+//! `fma(scale_w · scale_x, sum, acc)` block after block. The AVX-512 and AVX2 kernels and the
+//! portable one follow exactly these steps (tested), and a row's result depends on that row
+//! alone: batching never changes it.
 
 use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Values in one block.
 const BLOCK: usize = 32;
-/// Blocks regrouped together in memory (the same bytes in another order): four f16 scales,
-/// then the four blocks' values, so four scales are converted at once.
-const GROUP: usize = 4;
-/// Input rows multiplied together against each unpacked weight block.
-const TILE: usize = 4;
+/// Weight rows interleaved together.
+const PANEL: usize = 16;
+/// Input rows multiplied together against each unpacked panel block.
+const TILE_512: usize = 16;
+const TILE_256: usize = 4;
 
 /// The stored block formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +48,7 @@ impl Format {
     }
 }
 
-/// A matrix of `rows` weight rows of `k` values each, regrouped.
+/// A matrix of `rows` weight rows of `k` values each, in panels.
 pub(crate) struct QMatrix {
     format: Format,
     raw: Vec<u8>,
@@ -53,43 +57,72 @@ pub(crate) struct QMatrix {
 }
 
 /// One input row quantized to `Q8_0`: a scale per block, the signed bytes, and per block
-/// `16 ×` the sum of each lane's four bytes (`Q5_0` weights are multiplied as `q` in `0..32`
-/// and the offset of 16 taken off afterwards, exactly).
+/// `16 ×` the sum of its bytes (`Q5_0` weights are multiplied as `q` in `0..32` and the offset
+/// of 16 taken off afterwards, exactly).
 struct Q8Row {
     d: Vec<f32>,
     q: Vec<i8>,
-    offsets: Vec<[i32; 8]>,
+    sum16: Vec<i32>,
 }
 
 impl QMatrix {
-    /// Whether rows of `k` values can be held (whole groups of blocks).
-    pub(crate) fn fits(k: usize) -> bool {
-        k > 0 && k.is_multiple_of(BLOCK * GROUP)
+    /// Whether a `rows × k` matrix can be held (whole blocks, whole panels).
+    pub(crate) fn fits(rows: usize, k: usize) -> bool {
+        k > 0 && k.is_multiple_of(BLOCK) && rows > 0 && rows.is_multiple_of(PANEL)
     }
 
-    /// `raw` holds `rows` rows of `k / 32` blocks each, as stored in GGUF. Rows must be whole
-    /// groups of four blocks and every scale finite.
+    /// `raw` holds `rows` rows of `k / 32` blocks each, as stored in GGUF; every scale must be
+    /// finite.
     pub(crate) fn new(format: Format, raw: &[u8], rows: usize, k: usize) -> Result<Self, String> {
-        if !Self::fits(k) {
-            return Err(format!("rows of {k} values are not whole groups of {GROUP} blocks"));
+        if !Self::fits(rows, k) {
+            return Err(format!("a {rows} × {k} matrix is not whole panels of {PANEL} rows of whole blocks"));
         }
         let size = format.block_bytes();
-        if rows.checked_mul(k / BLOCK * size) != Some(raw.len()) {
+        let row_bytes = k / BLOCK * size;
+        if rows.checked_mul(row_bytes) != Some(raw.len()) {
             return Err(format!("{} bytes are not {rows} rows of {k} values", raw.len()));
         }
-        let mut grouped = Vec::with_capacity(raw.len());
-        for g in raw.chunks_exact(GROUP * size) {
-            for b in g.chunks_exact(size) {
-                if !f16_to_f32(u16::from_le_bytes([b[0], b[1]])).is_finite() {
-                    return Err("a block scale is not a finite number".into());
+        let mut out = Vec::with_capacity(raw.len());
+        for panel in raw.chunks_exact(PANEL * row_bytes) {
+            for b in 0..k / BLOCK {
+                let blk = |c: usize| &panel[c * row_bytes + b * size..][..size];
+                for c in 0..PANEL {
+                    if !f16_to_f32(u16::from_le_bytes([blk(c)[0], blk(c)[1]])).is_finite() {
+                        return Err("a block scale is not a finite number".into());
+                    }
+                    out.extend_from_slice(&blk(c)[..2]);
                 }
-                grouped.extend_from_slice(&b[..2]);
-            }
-            for b in g.chunks_exact(size) {
-                grouped.extend_from_slice(&b[2..]);
+                match format {
+                    Format::Q8_0 => {
+                        for g in 0..8 {
+                            for c in 0..PANEL {
+                                out.extend_from_slice(&blk(c)[2 + 4 * g..][..4]);
+                            }
+                        }
+                    }
+                    Format::Q5_0 => {
+                        // Eight masks: bit `4c + j` of mask `g` is the high bit of value `4g + j`
+                        // of row `c`.
+                        for g in 0..8 {
+                            let mut mask = 0u64;
+                            for c in 0..PANEL {
+                                let qh = u32::from_le_bytes([blk(c)[2], blk(c)[3], blk(c)[4], blk(c)[5]]);
+                                mask |= u64::from((qh >> (4 * g)) & 0xf) << (4 * c);
+                            }
+                            out.extend_from_slice(&mask.to_le_bytes());
+                        }
+                        // Four nibble chunks: bytes `4g..4g+4` of every row (values `4g..` in the
+                        // low nibbles, `16 + 4g..` in the high).
+                        for g in 0..4 {
+                            for c in 0..PANEL {
+                                out.extend_from_slice(&blk(c)[6 + 4 * g..][..4]);
+                            }
+                        }
+                    }
+                }
             }
         }
-        Ok(QMatrix { format, raw: grouped, rows, k })
+        Ok(QMatrix { format, raw: out, rows, k })
     }
 
     /// Several matrices of one format and row width, one under the other.
@@ -111,27 +144,26 @@ impl QMatrix {
         self.rows
     }
 
-    fn row_bytes(&self) -> usize {
-        self.k / BLOCK * self.format.block_bytes()
+    fn panel_bytes(&self) -> usize {
+        PANEL * self.k / BLOCK * self.format.block_bytes()
     }
 
     /// Rows `ids` as f32, `(ids.len(), k)`: a table lookup (token embeddings). Each value is
     /// `scale * q`, as candle dequantizes.
     pub(crate) fn rows_f32(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
-        let (size, row_bytes) = (self.format.block_bytes(), self.row_bytes());
+        let step = PANEL * self.format.block_bytes();
         let mut out = Vec::with_capacity(ids.len() * self.k);
         for &id in ids {
             let id = id as usize;
             if id >= self.rows {
                 candle_core::bail!("row {id} of {}", self.rows);
             }
-            let row = &self.raw[id * row_bytes..][..row_bytes];
-            for group in row.chunks_exact(GROUP * size) {
-                for j in 0..GROUP {
-                    let d = f16_to_f32(u16::from_le_bytes([group[2 * j], group[2 * j + 1]]));
-                    let vals = &group[2 * GROUP + (size - 2) * j..][..size - 2];
-                    out.extend(block_values(self.format, vals).map(|q| d * q as f32));
-                }
+            let panel = &self.raw[id / PANEL * self.panel_bytes()..][..self.panel_bytes()];
+            let c = id % PANEL;
+            for pb in panel.chunks_exact(step) {
+                let d = scale(pb, c);
+                let offset = if self.format == Format::Q5_0 { 16 } else { 0 };
+                out.extend((0..BLOCK).map(|i| d * (value(self.format, pb, c, i) - offset) as f32));
             }
         }
         Tensor::from_vec(out, (ids.len(), self.k), device)
@@ -139,24 +171,37 @@ impl QMatrix {
 
     /// `x`: `(m, k)` → `(m, rows)`.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(x, simd())
+    }
+
+    fn forward_with(&self, x: &Tensor, simd: Simd) -> candle_core::Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
             candle_core::bail!("input width {k}, weights {}", self.k);
         }
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let acts: Vec<Q8Row> = xs.chunks_exact(k).map(quantize_row).collect();
-        let row_bytes = self.row_bytes();
-        // Each weight row is read once and multiplied by every input row, on candle's own
-        // worker pool (its workers spin between products; a second pool would fight them).
+        let quantize = || xs.chunks_exact(k).map(quantize_row).collect::<Vec<Q8Row>>();
+        // With the vector features on, rounding is inlined rather than a library call per value.
+        let acts = match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512(v4) => v4.vectorize(quantize),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2(v3) => v3.vectorize(quantize),
+            Simd::Portable => quantize(),
+        };
+        let panel_bytes = self.panel_bytes();
+        // Each panel is read once and multiplied by every input row, on candle's own worker
+        // pool (its workers spin between products; a second pool would fight them).
         let out: Vec<AtomicU32> = (0..m * self.rows).map(|_| AtomicU32::new(0)).collect();
-        let simd = simd();
-        candle_core::utils::barrier_pool().execute_chunked(self.rows, |range| {
-            let weights = &self.raw[range.start * row_bytes..range.end * row_bytes];
-            let mut by_row = vec![0f32; range.len() * m];
-            dot_rows(simd, self.format, weights, row_bytes, &acts, &mut by_row);
-            for (j, outs) in range.zip(by_row.chunks_exact(m)) {
-                for (r, v) in outs.iter().enumerate() {
-                    out[r * self.rows + j].store(v.to_bits(), Ordering::Relaxed);
+        candle_core::utils::barrier_pool().execute_chunked(self.rows / PANEL, |range| {
+            let mut by_row = vec![[0f32; PANEL]; m];
+            for p in range {
+                let panel = &self.raw[p * panel_bytes..][..panel_bytes];
+                panel_product(simd, self.format, panel, &acts, &mut by_row);
+                for (r, cols) in by_row.iter().enumerate() {
+                    for (c, v) in cols.iter().enumerate() {
+                        out[r * self.rows + p * PANEL + c].store(v.to_bits(), Ordering::Relaxed);
+                    }
                 }
             }
         });
@@ -166,30 +211,37 @@ impl QMatrix {
     }
 }
 
-/// A block's 32 values (`Q5_0`: `q - 16`).
-fn block_values(format: Format, vals: &[u8]) -> impl Iterator<Item = i32> + '_ {
-    (0..BLOCK).map(move |i| match format {
-        Format::Q8_0 => i32::from(vals[i] as i8),
-        Format::Q5_0 => q5_value(vals, i) - 16,
-    })
+/// Row `c`'s scale in a panel block.
+#[inline(always)]
+fn scale(pb: &[u8], c: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([pb[2 * c], pb[2 * c + 1]]))
 }
 
-/// Value `i` of a `Q5_0` block's high bits and nibbles, `0..32`.
+/// Value `i` of row `c` in a panel block: `Q8_0` signed, `Q5_0` as `q` in `0..32`.
 #[inline(always)]
-fn q5_value(vals: &[u8], i: usize) -> i32 {
-    let qh = u32::from_le_bytes([vals[0], vals[1], vals[2], vals[3]]);
-    let qs = &vals[4..];
-    let nibble = if i < 16 { qs[i] & 0x0f } else { qs[i - 16] >> 4 };
-    i32::from(nibble) | (((qh >> i) & 1) << 4) as i32
+fn value(format: Format, pb: &[u8], c: usize, i: usize) -> i32 {
+    let (g, j) = (i / 4, i % 4);
+    match format {
+        Format::Q8_0 => i32::from(pb[2 * PANEL + 64 * g + 4 * c + j] as i8),
+        Format::Q5_0 => {
+            let at = 2 * PANEL + 8 * g;
+            let mask = u64::from_le_bytes(pb[at..at + 8].try_into().unwrap_or([0; 8]));
+            let high = ((mask >> (4 * c + j)) & 1) as i32;
+            let chunk = pb[2 * PANEL + 64 + 64 * (g % 4) + 4 * c + j];
+            let nibble = if g < 4 { chunk & 0x0f } else { chunk >> 4 };
+            i32::from(nibble) | (high << 4)
+        }
+    }
 }
 
 /// `Q8_0` quantization of one row (llama.cpp's reference rounding: the scale is
 /// `max |x| / 127`, values are `round(x / scale)`, and the scale is kept as f16).
+#[inline(always)]
 fn quantize_row(x: &[f32]) -> Q8Row {
     let blocks = x.len() / BLOCK;
     let mut d = Vec::with_capacity(blocks);
     let mut q = Vec::with_capacity(x.len());
-    let mut offsets = Vec::with_capacity(blocks);
+    let mut sum16 = Vec::with_capacity(blocks);
     for b in x.chunks_exact(BLOCK) {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = amax / 127.0;
@@ -197,19 +249,17 @@ fn quantize_row(x: &[f32]) -> Q8Row {
         let start = q.len();
         // |v * inv| <= 127 by construction, so the cast never saturates (NaN becomes 0).
         q.extend(b.iter().map(|v| (v * inv).round() as i8));
-        let mut lanes = [0i32; 8];
-        for (lane, four) in lanes.iter_mut().zip(q[start..].chunks_exact(4)) {
-            *lane = 16 * four.iter().map(|&v| i32::from(v)).sum::<i32>();
-        }
-        offsets.push(lanes);
+        sum16.push(16 * q[start..].iter().map(|&v| i32::from(v)).sum::<i32>());
         d.push(f16_to_f32(half::f16::from_f32(scale).to_bits()));
     }
-    Q8Row { d, q, offsets }
+    Q8Row { d, q, sum16 }
 }
 
 /// The instruction set the kernel runs with on this machine.
 #[derive(Clone, Copy)]
 enum Simd {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(pulp::x86::V4),
     #[cfg(target_arch = "x86_64")]
     Avx2(pulp::x86::V3),
     Portable,
@@ -217,54 +267,56 @@ enum Simd {
 
 fn simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
-    if let Some(v3) = pulp::x86::V3::try_new() {
-        return Simd::Avx2(v3);
+    {
+        if let Some(v4) = pulp::x86::V4::try_new() {
+            return Simd::Avx512(v4);
+        }
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            return Simd::Avx2(v3);
+        }
     }
     Simd::Portable
 }
 
-/// Every weight row in `weights` against every input row; `out[j * m + r]`.
-fn dot_rows(simd: Simd, format: Format, weights: &[u8], row_bytes: usize, acts: &[Q8Row], out: &mut [f32]) {
-    let m = acts.len();
+/// One panel against every input row: `out[r][c]`.
+fn panel_product(simd: Simd, format: Format, panel: &[u8], acts: &[Q8Row], out: &mut [[f32; PANEL]]) {
+    // Input rows in tiles, then one at a time.
+    macro_rules! tiled {
+        ($dot:ident, $s:expr, $tile:expr) => {{
+            let mut tiles = acts.chunks_exact($tile);
+            let mut done = 0;
+            for t in tiles.by_ref() {
+                let v = x86::$dot::<{ $tile }>($s, format, panel, std::array::from_fn(|i| &t[i]));
+                out[done..done + $tile].copy_from_slice(&v);
+                done += $tile;
+            }
+            for a in tiles.remainder() {
+                out[done] = x86::$dot::<1>($s, format, panel, [a])[0];
+                done += 1;
+            }
+        }};
+    }
     match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512(v4) => v4.vectorize(
+            #[inline(always)]
+            || tiled!(dot512, v4, TILE_512),
+        ),
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2(v3) => v3.vectorize(
             #[inline(always)]
-            || {
-                for (w, outs) in weights.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-                    let mut tiles = acts.chunks_exact(TILE);
-                    let mut done = 0;
-                    for t in tiles.by_ref() {
-                        let v = avx2::dot::<TILE>(v3, format, w, [&t[0], &t[1], &t[2], &t[3]]);
-                        outs[done..done + TILE].copy_from_slice(&v);
-                        done += TILE;
-                    }
-                    for a in tiles.remainder() {
-                        outs[done] = avx2::dot::<1>(v3, format, w, [a])[0];
-                        done += 1;
-                    }
-                }
-            },
+            || tiled!(dot256, v3, TILE_256),
         ),
         Simd::Portable => {
-            for (w, outs) in weights.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-                for (a, o) in acts.iter().zip(outs.iter_mut()) {
-                    *o = dot_portable(format, w, a);
-                }
+            for (a, o) in acts.iter().zip(out.iter_mut()) {
+                *o = dot_portable(format, panel, a);
             }
         }
     }
 }
 
-/// The lanes added in a fixed order.
-#[inline(always)]
-fn lane_sum(l: [f32; 8]) -> f32 {
-    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
-}
-
 /// f16 → f32: the exponent and mantissa moved into place and re-biased by a multiply by
-/// 2^112, exact for normal and subnormal values; infinities and NaNs set apart. (The library
-/// conversion is a call per block behind a feature check, which cost more than the block.)
+/// 2^112, exact for normal and subnormal values; infinities and NaNs set apart.
 #[inline(always)]
 fn f16_to_f32(h: u16) -> f32 {
     let sign = (u32::from(h) & 0x8000) << 16;
@@ -277,121 +329,220 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(sign | magnitude)
 }
 
-/// The reference: the same lanes, the same order of operations.
-fn dot_portable(format: Format, w: &[u8], a: &Q8Row) -> f32 {
-    let size = format.block_bytes();
-    let mut acc = [0f32; 8];
-    for (g, group) in w.chunks_exact(GROUP * size).enumerate() {
-        for j in 0..GROUP {
-            let b = g * GROUP + j;
-            let d = f16_to_f32(u16::from_le_bytes([group[2 * j], group[2 * j + 1]])) * a.d[b];
-            let vals = &group[2 * GROUP + (size - 2) * j..][..size - 2];
-            let y = &a.q[b * BLOCK..][..BLOCK];
-            for (lane, acc) in acc.iter_mut().enumerate() {
-                let mut sum = 0i32;
-                for i in lane * 4..lane * 4 + 4 {
-                    let w = match format {
-                        Format::Q8_0 => i32::from(vals[i] as i8),
-                        Format::Q5_0 => q5_value(vals, i),
-                    };
-                    sum += w * i32::from(y[i]);
-                }
-                if format == Format::Q5_0 {
-                    sum -= a.offsets[b][lane];
-                }
-                *acc = d.mul_add(sum as f32, *acc);
+/// The reference, which every vector kernel reproduces bit for bit.
+fn dot_portable(format: Format, panel: &[u8], a: &Q8Row) -> [f32; PANEL] {
+    let mut acc = [0f32; PANEL];
+    for (b, pb) in panel.chunks_exact(PANEL * format.block_bytes()).enumerate() {
+        let y = &a.q[b * BLOCK..][..BLOCK];
+        for (c, acc) in acc.iter_mut().enumerate() {
+            let mut sum: i32 = (0..BLOCK).map(|i| value(format, pb, c, i) * i32::from(y[i])).sum();
+            if format == Format::Q5_0 {
+                sum -= a.sum16[b];
             }
+            *acc = (scale(pb, c) * a.d[b]).mul_add(sum as f32, *acc);
         }
     }
-    lane_sum(acc)
+    acc
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{BLOCK, Format, GROUP, Q8Row, lane_sum};
-    use pulp::x86::V3;
-    use std::arch::x86_64::{__m128, __m128i, __m256, __m256i};
+mod x86 {
+    use super::{BLOCK, Format, PANEL, Q8Row};
+    use pulp::x86::{V3, V4};
+    use std::arch::x86_64::{__m256, __m256i, __m512, __m512i};
 
-    /// One weight row against `R` input rows: each weight block is unpacked once for all.
+    /// Four input bytes `4g..4g+4` of block `b`, as one 32-bit lane.
     #[inline(always)]
-    pub(super) fn dot<const R: usize>(s: V3, format: Format, w: &[u8], a: [&Q8Row; R]) -> [f32; R] {
-        match format {
-            Format::Q5_0 => dot_format::<R, true>(s, w, a),
-            Format::Q8_0 => dot_format::<R, false>(s, w, a),
+    fn four(a: &Q8Row, b: usize, g: usize) -> i32 {
+        let y = &a.q[b * BLOCK + 4 * g..][..4];
+        i32::from_le_bytes([y[0] as u8, y[1] as u8, y[2] as u8, y[3] as u8])
+    }
+
+    /// One panel against `R` input rows, 512 bits: a lane per weight row.
+    #[inline(always)]
+    pub(super) fn dot512<const R: usize>(
+        s: V4,
+        format: Format,
+        panel: &[u8],
+        a: [&Q8Row; R],
+    ) -> [[f32; PANEL]; R] {
+        let q5 = format == Format::Q5_0;
+        let one16 = s.avx512f._mm512_set1_epi16(1);
+        let low = s.avx512f._mm512_set1_epi8(0x0f);
+        let bit4 = s.avx512f._mm512_set1_epi8(0x10);
+        let zero = s.avx512f._mm512_setzero_si512();
+        let mut acc: [__m512; R] = [s.avx512f._mm512_setzero_ps(); R];
+        for (b, pb) in panel.chunks_exact(PANEL * format.block_bytes()).enumerate() {
+            let h: [u8; 32] = pb[..32].try_into().unwrap_or([0; 32]);
+            let dw = s.avx512f._mm512_cvtph_ps(pulp::cast(h));
+            let vec = |at: usize| -> __m512i {
+                let v: [u8; 64] = pb[at..at + 64].try_into().unwrap_or([0; 64]);
+                pulp::cast(v)
+            };
+            // The eight value vectors (`Q5_0`: q in 0..32; `Q8_0`: |w|) and, for `Q8_0`, where
+            // w is negative.
+            let mut w = [zero; 8];
+            let mut negative = [0u64; 8];
+            if q5 {
+                for g in 0..4 {
+                    let chunk = vec(2 * PANEL + 64 + 64 * g);
+                    w[g] = s.avx512f._mm512_and_si512(chunk, low);
+                    w[g + 4] = s.avx512f._mm512_and_si512(s.avx512bw._mm512_srli_epi16::<4>(chunk), low);
+                }
+                for (g, w) in w.iter_mut().enumerate() {
+                    let at = 2 * PANEL + 8 * g;
+                    let mask = u64::from_le_bytes(pb[at..at + 8].try_into().unwrap_or([0; 8]));
+                    *w = s.avx512f._mm512_or_si512(*w, s.avx512bw._mm512_maskz_mov_epi8(mask, bit4));
+                }
+            } else {
+                for g in 0..8 {
+                    let v = vec(2 * PANEL + 64 * g);
+                    negative[g] = s.avx512bw._mm512_movepi8_mask(v);
+                    w[g] = s.avx512bw._mm512_abs_epi8(v);
+                }
+            }
+            for r in 0..R {
+                let sums = if q5 {
+                    // Four pair-sums per i16 lane stay within 4·2·31·127 < 2^15.
+                    let mut halves = [zero; 2];
+                    for (g, w) in w.iter().enumerate() {
+                        let y = s.avx512f._mm512_set1_epi32(four(a[r], b, g));
+                        halves[g / 4] = s
+                            .avx512bw
+                            ._mm512_add_epi16(halves[g / 4], s.avx512bw._mm512_maddubs_epi16(*w, y));
+                    }
+                    let sums = s.avx512f._mm512_add_epi32(
+                        s.avx512bw._mm512_madd_epi16(halves[0], one16),
+                        s.avx512bw._mm512_madd_epi16(halves[1], one16),
+                    );
+                    s.avx512f._mm512_sub_epi32(sums, s.avx512f._mm512_set1_epi32(a[r].sum16[b]))
+                } else {
+                    let mut sums = zero;
+                    for g in 0..8 {
+                        let y = s.avx512f._mm512_set1_epi32(four(a[r], b, g));
+                        let y = s.avx512bw._mm512_mask_sub_epi8(y, negative[g], zero, y);
+                        let pairs = s.avx512bw._mm512_maddubs_epi16(w[g], y);
+                        sums = s.avx512f._mm512_add_epi32(sums, s.avx512bw._mm512_madd_epi16(pairs, one16));
+                    }
+                    sums
+                };
+                let d = s.avx512f._mm512_mul_ps(dw, s.avx512f._mm512_set1_ps(a[r].d[b]));
+                acc[r] = s.avx512f._mm512_fmadd_ps(d, s.avx512f._mm512_cvtepi32_ps(sums), acc[r]);
+            }
         }
+        acc.map(pulp::cast)
+    }
+
+    /// The same, 256 bits: the panel in two halves of eight weight rows.
+    #[inline(always)]
+    pub(super) fn dot256<const R: usize>(
+        s: V3,
+        format: Format,
+        panel: &[u8],
+        a: [&Q8Row; R],
+    ) -> [[f32; PANEL]; R] {
+        let mut out = [[0f32; PANEL]; R];
+        for half in 0..2 {
+            let part = dot256_half::<R>(s, format, panel, &a, half);
+            for (o, p) in out.iter_mut().zip(part) {
+                o[8 * half..8 * half + 8].copy_from_slice(&p);
+            }
+        }
+        out
     }
 
     #[inline(always)]
-    fn dot_format<const R: usize, const Q5: bool>(s: V3, w: &[u8], a: [&Q8Row; R]) -> [f32; R] {
-        let size = if Q5 { Format::Q5_0 } else { Format::Q8_0 }.block_bytes();
-        let low_nibbles = s.sse2._mm_set1_epi8(0x0f);
+    fn dot256_half<const R: usize>(
+        s: V3,
+        format: Format,
+        panel: &[u8],
+        a: &[&Q8Row; R],
+        half: usize,
+    ) -> [[f32; 8]; R] {
+        let q5 = format == Format::Q5_0;
+        let one16 = s.avx._mm256_set1_epi16(1);
+        let low = s.avx._mm256_set1_epi8(0x0f);
+        let bit4 = s.avx._mm256_set1_epi8(0x10);
+        let ones = s.avx._mm256_set1_epi8(-1);
         // Byte i of each 8: every bit set but bit i, so `| bits == !0` exactly when bit i is set.
         let all_but_one: __m256i = pulp::cast([0x7fbf_dfef_f7fb_fdfeu64; 4]);
         let spread: __m256i =
             pulp::cast([0u64, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303]);
-        let ones = s.avx._mm256_set1_epi8(-1);
-        let bit4 = s.avx._mm256_set1_epi8(0x10);
-        let one16 = s.avx._mm256_set1_epi16(1);
-        let (sign_bit, rest_bits) = (s.sse2._mm_set1_epi32(0x8000), s.sse2._mm_set1_epi32(0x7fff));
-        let rebias = s.sse._mm_set1_ps(f32::from_bits(0x7780_0000));
+        let zero = s.avx._mm256_setzero_si256();
         let mut acc: [__m256; R] = [s.avx._mm256_setzero_ps(); R];
-        for (g, group) in w.chunks_exact(GROUP * size).enumerate() {
-            // The four scales at once (finite, checked at load): see `f16_to_f32`.
-            let mut h = [0u8; 16];
-            h[..8].copy_from_slice(&group[..8]);
-            let h = s.sse4_1._mm_cvtepu16_epi32(pulp::cast(h));
-            let sign = s.sse2._mm_slli_epi32::<16>(s.sse2._mm_and_si128(h, sign_bit));
-            let rest = s.sse2._mm_slli_epi32::<13>(s.sse2._mm_and_si128(h, rest_bits));
-            let mag: __m128 = s.sse._mm_mul_ps(s.sse2._mm_castsi128_ps(rest), rebias);
-            let wd: __m128 = s.sse2._mm_castsi128_ps(s.sse2._mm_or_si128(pulp::cast(mag), sign));
-            let mut ds = [[0f32; GROUP]; R];
-            for (r, d) in ds.iter_mut().enumerate() {
-                let ad: [f32; GROUP] = a[r].d[g * GROUP..][..GROUP].try_into().unwrap_or([0.0; GROUP]);
-                *d = pulp::cast(s.sse._mm_mul_ps(wd, pulp::cast(ad)));
-            }
-            for j in 0..GROUP {
-                let b = g * GROUP + j;
-                let vals = &group[2 * GROUP + (size - 2) * j..][..size - 2];
-                // The weights as bytes: `q` in 0..32 for `Q5_0`, signed values for `Q8_0`.
-                let q: __m256i = if Q5 {
-                    let qh = u32::from_le_bytes([vals[0], vals[1], vals[2], vals[3]]);
-                    let qs: [u8; 16] = vals[4..20].try_into().unwrap_or([0; 16]);
-                    let qs: __m128i = pulp::cast(qs);
-                    let lo = s.sse2._mm_and_si128(qs, low_nibbles);
-                    let hi = s.sse2._mm_and_si128(s.sse2._mm_srli_epi16::<4>(qs), low_nibbles);
-                    let nibbles = s.avx._mm256_set_m128i(hi, lo);
-                    // 0xff in byte i where bit i of qh is set; q = nibble | 16 there.
-                    let bits = s.avx2._mm256_shuffle_epi8(s.avx._mm256_set1_epi32(qh as i32), spread);
+        for (b, pb) in panel.chunks_exact(PANEL * format.block_bytes()).enumerate() {
+            let dw: [f32; 8] = std::array::from_fn(|c| super::scale(pb, 8 * half + c));
+            let dw: __m256 = pulp::cast(dw);
+            let vec = |at: usize| -> __m256i {
+                let v: [u8; 32] = pb[at + 32 * half..at + 32 * half + 32].try_into().unwrap_or([0; 32]);
+                pulp::cast(v)
+            };
+            let mut w = [zero; 8];
+            let mut signed = [zero; 8];
+            if q5 {
+                for g in 0..4 {
+                    let chunk = vec(2 * PANEL + 64 + 64 * g);
+                    w[g] = s.avx2._mm256_and_si256(chunk, low);
+                    w[g + 4] = s.avx2._mm256_and_si256(s.avx2._mm256_srli_epi16::<4>(chunk), low);
+                }
+                for (g, w) in w.iter_mut().enumerate() {
+                    let at = 2 * PANEL + 8 * g + 4 * half;
+                    let mask = u32::from_le_bytes(pb[at..at + 4].try_into().unwrap_or([0; 4]));
+                    let bits = s.avx2._mm256_shuffle_epi8(s.avx._mm256_set1_epi32(mask as i32), spread);
                     let set = s.avx2._mm256_cmpeq_epi8(s.avx2._mm256_or_si256(bits, all_but_one), ones);
-                    s.avx2._mm256_or_si256(nibbles, s.avx2._mm256_and_si256(set, bit4))
-                } else {
-                    let v: [u8; BLOCK] = vals[..BLOCK].try_into().unwrap_or([0; BLOCK]);
-                    pulp::cast(v)
-                };
-                // Unsigned by signed: `Q5_0` as is; `Q8_0` as |w| by y with w's sign.
-                let unsigned = if Q5 { q } else { s.avx2._mm256_sign_epi8(q, q) };
-                for r in 0..R {
-                    let y: [i8; BLOCK] = a[r].q[b * BLOCK..][..BLOCK].try_into().unwrap_or([0; BLOCK]);
-                    let y: __m256i = pulp::cast(y);
-                    let y = if Q5 { y } else { s.avx2._mm256_sign_epi8(y, q) };
-                    // Pairs into i16: at most 2·31·127 (`Q5_0`) or 2·128·127 (`Q8_0`).
-                    let pairs = s.avx2._mm256_maddubs_epi16(unsigned, y);
-                    let mut sums = s.avx2._mm256_madd_epi16(pairs, one16);
-                    if Q5 {
-                        sums = s.avx2._mm256_sub_epi32(sums, pulp::cast(a[r].offsets[b]));
-                    }
-                    let lanes = s.avx._mm256_cvtepi32_ps(sums);
-                    acc[r] = s.fma._mm256_fmadd_ps(s.avx._mm256_set1_ps(ds[r][j]), lanes, acc[r]);
+                    *w = s.avx2._mm256_or_si256(*w, s.avx2._mm256_and_si256(set, bit4));
+                }
+            } else {
+                for g in 0..8 {
+                    signed[g] = vec(2 * PANEL + 64 * g);
+                    w[g] = s.avx2._mm256_sign_epi8(signed[g], signed[g]);
                 }
             }
+            for r in 0..R {
+                let sums = if q5 {
+                    let mut halves = [zero; 2];
+                    for (g, w) in w.iter().enumerate() {
+                        let y = s.avx._mm256_set1_epi32(four(a[r], b, g));
+                        halves[g / 4] =
+                            s.avx2._mm256_add_epi16(halves[g / 4], s.avx2._mm256_maddubs_epi16(*w, y));
+                    }
+                    let sums = s.avx2._mm256_add_epi32(
+                        s.avx2._mm256_madd_epi16(halves[0], one16),
+                        s.avx2._mm256_madd_epi16(halves[1], one16),
+                    );
+                    s.avx2._mm256_sub_epi32(sums, s.avx._mm256_set1_epi32(a[r].sum16[b]))
+                } else {
+                    let mut sums = zero;
+                    for g in 0..8 {
+                        let y = s.avx._mm256_set1_epi32(four(a[r], b, g));
+                        let pairs = s.avx2._mm256_maddubs_epi16(w[g], s.avx2._mm256_sign_epi8(y, signed[g]));
+                        sums = s.avx2._mm256_add_epi32(sums, s.avx2._mm256_madd_epi16(pairs, one16));
+                    }
+                    sums
+                };
+                let d = s.avx._mm256_mul_ps(dw, s.avx._mm256_set1_ps(a[r].d[b]));
+                acc[r] = s.fma._mm256_fmadd_ps(d, s.avx._mm256_cvtepi32_ps(sums), acc[r]);
+            }
         }
-        acc.map(|v| lane_sum(pulp::cast(v)))
+        acc.map(pulp::cast)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block's values as GGUF stores it (`Q5_0` with its offset taken off).
+    fn gguf_values(format: Format, blk: &[u8]) -> impl Iterator<Item = i32> + '_ {
+        (0..BLOCK).map(move |i| match format {
+            Format::Q8_0 => i32::from(blk[2 + i] as i8),
+            Format::Q5_0 => {
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                let nibble = if i < 16 { blk[6 + i] & 0x0f } else { blk[6 + i - 16] >> 4 };
+                (i32::from(nibble) | (((qh >> i) & 1) << 4) as i32) - 16
+            }
+        })
+    }
 
     /// Blocks of either format with varied scales and values.
     fn blocks(format: Format, n: usize, mut x: u64) -> Vec<u8> {
@@ -409,17 +560,23 @@ mod tests {
         raw
     }
 
+    fn bits(t: Tensor) -> Vec<Vec<u32>> {
+        t.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect()
+    }
+
     #[test]
-    fn the_vector_kernel_gives_the_portable_bits_and_the_exact_products() {
+    fn every_kernel_gives_the_portable_bits_and_the_exact_products() {
         for format in [Format::Q5_0, Format::Q8_0] {
-            let (k, rows, size) = (896, 5, format.block_bytes());
+            let (k, rows, size) = (896, 32, format.block_bytes());
             let mut raw = blocks(format, rows * k / BLOCK, 0x9e37_79b9_7f4a_7c15);
             if format == Format::Q8_0 {
                 raw[2] = 0x80; // -128, the extreme byte
             }
             let m = QMatrix::new(format, &raw, rows, k).unwrap();
-            let xs: Vec<f32> = (0..6 * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 97.0).collect();
-            let x = Tensor::from_vec(xs.clone(), (6, k), &Device::Cpu).unwrap();
+            // 11 input rows: a tile of eight (or two of four) and the rest one by one.
+            let n = 11;
+            let xs: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 97.0).collect();
+            let x = Tensor::from_vec(xs.clone(), (n, k), &Device::Cpu).unwrap();
             let y = m.forward(&x).unwrap().to_vec2::<f32>().unwrap();
             let row_bytes = k / BLOCK * size;
             let dense = m
@@ -430,30 +587,46 @@ mod tests {
             for (r, xr) in xs.chunks_exact(k).enumerate() {
                 let a = quantize_row(xr);
                 for j in 0..rows {
-                    let portable = dot_portable(format, &m.raw[j * row_bytes..][..row_bytes], &a);
-                    assert_eq!(y[r][j].to_bits(), portable.to_bits(), "{format:?} row {r} col {j}");
                     // Against the stored weights (as GGUF holds them) and the activations in f64.
                     let w = &raw[j * row_bytes..][..row_bytes];
                     let mut exact = 0f64;
                     for (b, blk) in w.chunks_exact(size).enumerate() {
                         let dw = f64::from(f16_to_f32(u16::from_le_bytes([blk[0], blk[1]])));
-                        for (i, v) in block_values(format, &blk[2..]).enumerate() {
+                        for (i, v) in gguf_values(format, blk).enumerate() {
                             let wv = dw * f64::from(v);
                             assert_eq!(wv as f32, dense[j][b * BLOCK + i], "the lookup gives the weight");
                             exact += wv * f64::from(a.d[b]) * f64::from(a.q[b * BLOCK + i]);
                         }
                     }
+                    let got = f64::from(y[r][j]);
                     assert!(
-                        (f64::from(portable) - exact).abs() <= 1e-4 * exact.abs().max(1.0),
-                        "{portable} vs {exact}"
+                        (got - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                        "{format:?} {got} vs {exact}"
                     );
                 }
             }
-            // A row alone gets the same bits as in a batch of six (in a tile of four, or after).
-            for r in [1, 5] {
-                let alone = m.forward(&x.narrow(0, r, 1).unwrap()).unwrap().to_vec2::<f32>().unwrap();
-                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&alone[0]), bits(&y[r]), "{format:?}");
+            // Every instruction set this machine has gives the portable bits.
+            let mut paths = vec![Simd::Portable];
+            #[cfg(target_arch = "x86_64")]
+            {
+                paths.extend(pulp::x86::V3::try_new().map(Simd::Avx2));
+                paths.extend(pulp::x86::V4::try_new().map(Simd::Avx512));
+            }
+            let want = bits(m.forward_with(&x, Simd::Portable).unwrap());
+            for p in &paths {
+                assert_eq!(bits(m.forward_with(&x, *p).unwrap()), want, "{format:?}");
+            }
+            eprintln!("{format:?}: {} instruction sets compared", paths.len());
+            // A row alone, or in a pair, gets the bits it gets in the batch of eleven.
+            let all = bits(m.forward(&x).unwrap());
+            for r in [0, 5, 9, 10] {
+                assert_eq!(
+                    bits(m.forward(&x.narrow(0, r, 1).unwrap()).unwrap())[0],
+                    all[r],
+                    "{format:?} row {r}"
+                );
+                let from = r.min(n - 2);
+                assert_eq!(bits(m.forward(&x.narrow(0, from, 2).unwrap()).unwrap())[r - from], all[r]);
             }
         }
     }
@@ -472,14 +645,15 @@ mod tests {
 
     #[test]
     fn a_wrong_shape_or_scale_is_refused() {
-        assert!(QMatrix::new(Format::Q5_0, &[0; 87], 1, 128).is_err());
-        assert!(QMatrix::new(Format::Q5_0, &[0; 22], 1, 32).is_err(), "not a whole group");
-        let mut inf = vec![0; 88];
+        assert!(QMatrix::new(Format::Q5_0, &[0; 16 * 22 - 1], 16, 32).is_err(), "short");
+        assert!(QMatrix::new(Format::Q5_0, &[0; 22], 1, 32).is_err(), "not a whole panel");
+        assert!(QMatrix::new(Format::Q8_0, &[0; 16 * 34], 16, 31).is_err(), "not whole blocks");
+        let mut inf = vec![0; 16 * 22];
         inf[22..24].copy_from_slice(&0x7c00u16.to_le_bytes());
-        assert!(QMatrix::new(Format::Q5_0, &inf, 1, 128).is_err(), "an infinite scale");
-        let m = QMatrix::new(Format::Q8_0, &[0; 136], 1, 128).unwrap();
+        assert!(QMatrix::new(Format::Q5_0, &inf, 16, 32).is_err(), "an infinite scale");
+        let m = QMatrix::new(Format::Q8_0, &[0; 16 * 34], 16, 32).unwrap();
         let x = Tensor::zeros((1, 64), DType::F32, &Device::Cpu).unwrap();
         assert!(m.forward(&x).is_err());
-        assert!(m.rows_f32(&[1], &Device::Cpu).is_err(), "a row past the end");
+        assert!(m.rows_f32(&[16], &Device::Cpu).is_err(), "a row past the end");
     }
 }
