@@ -161,42 +161,19 @@ impl Proj {
 mod tests {
     use super::*;
 
+    /// Prompt rows get +100, step rows −100.
+    fn roles(lengths: &[usize], x: &Tensor) -> Vec<f32> {
+        let rows = Rows::new(lengths, &Device::Cpu).unwrap();
+        rows.apply(x, |x| x + 100.0, |x| x - 100.0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
     #[test]
     fn mixed_rows_each_take_their_role_and_keep_their_place() {
-        let dev = Device::Cpu;
         // Segments of 3 (prompt), 1 (step), 2 (prompt), 1 (step) tokens; row i holds i.
-        let x = Tensor::from_vec((0..7).map(|i| i as f32).collect::<Vec<_>>(), (7, 1), &dev).unwrap();
-        let rows = Rows::new(&[3, 1, 2, 1], &dev).unwrap();
-        let y = rows
-            .apply(&x, |x| x + 100.0, |x| x - 100.0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(y, vec![100.0, 101.0, 102.0, -97.0, 104.0, 105.0, -94.0]);
-        let all_steps = Rows::new(&[1, 1], &dev).unwrap();
+        let x = Tensor::from_vec((0..7).map(|i| i as f32).collect::<Vec<_>>(), (7, 1), &Device::Cpu).unwrap();
+        assert_eq!(roles(&[3, 1, 2, 1], &x), vec![100.0, 101.0, 102.0, -97.0, 104.0, 105.0, -94.0]);
         let x2 = x.narrow(0, 0, 2).unwrap();
-        assert_eq!(
-            all_steps
-                .apply(&x2, |x| x + 100.0, |x| x - 100.0)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            vec![-100.0, -99.0]
-        );
-        let prompt = Rows::new(&[2], &dev).unwrap();
-        assert_eq!(
-            prompt
-                .apply(&x2, |x| x + 100.0, |x| x - 100.0)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            vec![100.0, 101.0]
-        );
+        assert_eq!(roles(&[1, 1], &x2), vec![-100.0, -99.0]);
+        assert_eq!(roles(&[2], &x2), vec![100.0, 101.0]);
     }
 }
