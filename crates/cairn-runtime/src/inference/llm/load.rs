@@ -181,11 +181,7 @@ impl<R: Read + Seek> Tensors<'_, R> {
         let pad = pad_to_tiles() && dims.len() == 2 && k % 32 == 0 && k % 256 != 0;
         if dtype == GgmlDType::Q5_0 || (dtype == GgmlDType::Q8_0 && pad) {
             let size = if dtype == GgmlDType::Q5_0 { Q5_0_BYTES } else { Q8_0_BYTES };
-            let mut raw = vec![0u8; info.shape.elem_count() / 32 * size];
-            self.reader
-                .seek(SeekFrom::Start(self.ct.tensor_data_offset + info.offset))
-                .and_then(|_| self.reader.read_exact(&mut raw))
-                .map_err(|e| invalid(format!("{name}: {e}")))?;
+            let raw = self.raw_blocks(name, size)?;
             let mut q8 = if dtype == GgmlDType::Q5_0 { q5_0_to_q8_0(&raw) } else { raw };
             let mut dims = dims;
             if pad {
@@ -206,6 +202,17 @@ impl<R: Read + Seek> Tensors<'_, R> {
             .map_err(|e| invalid(format!("{name}: {}", super::super::models::one_line(e))))
     }
 
+    /// A tensor's bytes as stored: blocks of 32 values, `block_bytes` each.
+    fn raw_blocks(&mut self, name: &str, block_bytes: usize) -> Result<Vec<u8>> {
+        let info = self.ct.tensor_infos.get(name).ok_or_else(|| invalid(format!("GGUF has no {name}")))?;
+        let mut raw = vec![0u8; info.shape.elem_count() / 32 * block_bytes];
+        self.reader
+            .seek(SeekFrom::Start(self.ct.tensor_data_offset + info.offset))
+            .and_then(|_| self.reader.read_exact(&mut raw))
+            .map_err(|e| invalid(format!("{name}: {e}")))?;
+        Ok(raw)
+    }
+
     /// A matrix Cairn's own kernel takes ([`super::quant`]), as stored: on the CPU, `Q5_0`, and
     /// `Q8_0` whose rows candle would pad.
     pub(crate) fn own(&mut self, name: &str) -> Result<Option<QMatrix>> {
@@ -214,13 +221,8 @@ impl<R: Read + Seek> Tensors<'_, R> {
         if !self.device.is_cpu() {
             return Ok(None);
         }
-        let dims = info.shape.dims();
-        let (rows, k) = (dims[0], dims[1]);
-        let mut raw = vec![0u8; info.shape.elem_count() / 32 * format.block_bytes()];
-        self.reader
-            .seek(SeekFrom::Start(self.ct.tensor_data_offset + info.offset))
-            .and_then(|_| self.reader.read_exact(&mut raw))
-            .map_err(|e| invalid(format!("{name}: {e}")))?;
+        let (rows, k) = (info.shape.dims()[0], info.shape.dims()[1]);
+        let raw = self.raw_blocks(name, format.block_bytes())?;
         QMatrix::new(format, &raw, rows, k).map(Some).map_err(|e| invalid(format!("{name}: {e}")))
     }
 

@@ -152,6 +152,7 @@ impl QMatrix {
     /// `scale * q`, as candle dequantizes.
     pub(crate) fn rows_f32(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
         let step = PANEL * self.format.block_bytes();
+        let offset = if self.format == Format::Q5_0 { 16 } else { 0 };
         let mut out = Vec::with_capacity(ids.len() * self.k);
         for &id in ids {
             let id = id as usize;
@@ -162,7 +163,6 @@ impl QMatrix {
             let c = id % PANEL;
             for pb in panel.chunks_exact(step) {
                 let d = scale(pb, c);
-                let offset = if self.format == Format::Q5_0 { 16 } else { 0 };
                 out.extend((0..BLOCK).map(|i| d * (value(self.format, pb, c, i) - offset) as f32));
             }
         }
@@ -250,7 +250,7 @@ fn quantize_row(x: &[f32]) -> Q8Row {
         // |v * inv| <= 127 by construction, so the cast never saturates (NaN becomes 0).
         q.extend(b.iter().map(|v| (v * inv).round() as i8));
         sum16.push(16 * q[start..].iter().map(|&v| i32::from(v)).sum::<i32>());
-        d.push(f16_to_f32(half::f16::from_f32(scale).to_bits()));
+        d.push(half::f16::from_f32_const(scale).to_f32_const());
     }
     Q8Row { d, q, sum16 }
 }
@@ -315,18 +315,11 @@ fn panel_product(simd: Simd, format: Format, panel: &[u8], acts: &[Q8Row], out: 
     }
 }
 
-/// f16 → f32: the exponent and mantissa moved into place and re-biased by a multiply by
-/// 2^112, exact for normal and subnormal values; infinities and NaNs set apart.
+/// f16 bits → f32, exactly (the library's inline conversion: its run-time dispatched one is a
+/// call per value, which cost more than the block it scales).
 #[inline(always)]
 fn f16_to_f32(h: u16) -> f32 {
-    let sign = (u32::from(h) & 0x8000) << 16;
-    let rest = u32::from(h) & 0x7fff;
-    let magnitude = if rest >= 0x7c00 {
-        (rest << 13) | 0x7f80_0000
-    } else {
-        (f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000)).to_bits()
-    };
-    f32::from_bits(sign | magnitude)
+    half::f16::from_bits(h).to_f32_const()
 }
 
 /// The reference, which every vector kernel reproduces bit for bit.
