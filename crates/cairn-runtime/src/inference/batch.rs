@@ -2,9 +2,9 @@
 //!
 //! A [`Decoding`] holds one reply in progress: its sequence (caches), sampler, tokens and stop
 //! rules. Alone, it is fed its prompt and then each token it picks. In a [`Batcher`], one thread
-//! owns the model's decode loop: a new request's prompt gets its own pass, then every active
-//! reply advances one token per step in a single batched pass. Requests join and leave between
-//! steps. Because the engine gives each row the bits it gets alone ([`super::llm`]), a reply is
+//! owns the model's decode loop: the prompts of requests that arrived since the last step share
+//! a pass, then every active reply advances one token per step in a single batched pass.
+//! Requests join and leave between steps. Because the engine gives each row the bits it gets alone ([`super::llm`]), a reply is
 //! the same whether it ran alone or in any batch — an auditor re-runs it alone and compares.
 
 use std::sync::Arc;
@@ -213,6 +213,10 @@ pub struct BatchStats {
     pub tokens: std::sync::atomic::AtomicU64,
     /// The most replies decoded in one step.
     pub peak: std::sync::atomic::AtomicUsize,
+    /// Passes that fed new prompts (several prompts arriving together share one).
+    pub prompt_passes: std::sync::atomic::AtomicU64,
+    /// Microseconds the loop spent in those passes (the rest of its busy time is decoding).
+    pub prompt_micros: std::sync::atomic::AtomicU64,
 }
 
 /// A model's shared decode loop.
@@ -266,13 +270,64 @@ struct Active {
     reply: Reply,
 }
 
+/// Most prompt rows fed in one pass (prompts that arrive together share passes up to this).
+const PROMPT_ROWS: usize = 512;
+
+/// Several prompts in one pass, each reply taking its first token; where the pass fails, each
+/// prompt again alone, so one request's failure is its own.
+fn prompts(
+    llm: &Llm,
+    tok: &ChatTokenizer,
+    mut group: Vec<(Decoding, Vec<u32>, Reply)>,
+) -> Vec<(Decoding, Reply, Result<()>)> {
+    let rows = {
+        let mut batch: Vec<(&mut Sequence, &[u32])> =
+            group.iter_mut().map(|(d, p, _)| (&mut d.seq, p.as_slice())).collect();
+        llm.forward(&mut batch)
+    };
+    match rows {
+        Ok(rows) if rows.len() == group.len() => group
+            .into_iter()
+            .zip(rows)
+            .map(|((mut d, _, reply), row)| {
+                let step = d.accept(row, tok);
+                (d, reply, step)
+            })
+            .collect(),
+        Err(e) if group.len() == 1 => {
+            let mut e = Some(e);
+            group
+                .into_iter()
+                .map(|(d, _, reply)| {
+                    (
+                        d,
+                        reply,
+                        Err(e.take().unwrap_or_else(|| RunError::Runtime("prompt pass failed".into()))),
+                    )
+                })
+                .collect()
+        }
+        _ => group
+            .into_iter()
+            .map(|(mut d, prompt, reply)| {
+                d.seq = llm.sequence();
+                let step = llm
+                    .forward(&mut [(&mut d.seq, prompt.as_slice())])
+                    .and_then(|mut rows| d.accept(rows.pop().unwrap_or_default(), tok));
+                (d, reply, step)
+            })
+            .collect(),
+    }
+}
+
 fn run(llm: &Llm, tok: &ChatTokenizer, rx: &mpsc::Receiver<Request>, max: usize, stats: &BatchStats) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut active: Vec<Active> = Vec::new();
     loop {
         // Admit new requests: wait when idle, otherwise take what has arrived.
-        while active.len() < max {
-            let next = if active.is_empty() {
+        let mut joining: Vec<(Decoding, Vec<u32>, Reply)> = Vec::new();
+        while active.len() + joining.len() < max {
+            let next = if active.is_empty() && joining.is_empty() {
                 match rx.recv() {
                     Ok(r) => r,
                     Err(_) => return,
@@ -280,17 +335,10 @@ fn run(llm: &Llm, tok: &ChatTokenizer, rx: &mpsc::Receiver<Request>, max: usize,
             } else {
                 match rx.try_recv() {
                     Ok(r) => r,
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        if active.is_empty() {
-                            return;
-                        }
-                        break;
-                    }
+                    Err(_) => break,
                 }
             };
-            // Its prompt in a pass of its own.
-            let mut d = match Decoding::new(llm, next.prompt.len(), &next.params, next.on_token) {
+            let d = match Decoding::new(llm, next.prompt.len(), &next.params, next.on_token) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = next.reply.send(Ok(Err(e)));
@@ -301,17 +349,32 @@ fn run(llm: &Llm, tok: &ChatTokenizer, rx: &mpsc::Receiver<Request>, max: usize,
                 let _ = next.reply.send(Ok(d.result(tok)));
                 continue;
             }
-            let step = llm
-                .forward(&mut [(&mut d.seq, next.prompt.as_slice())])
-                .and_then(|mut rows| d.accept(rows.pop().unwrap_or_default(), tok));
-            match step {
-                Err(e) => {
-                    let _ = next.reply.send(Err(e));
+            joining.push((d, next.prompt, next.reply));
+        }
+        // Their prompts together, in passes of up to `PROMPT_ROWS` rows.
+        let mut joining = joining.into_iter().peekable();
+        while joining.peek().is_some() {
+            let mut group = Vec::new();
+            let mut rows = 0;
+            while let Some(j) = joining.next_if(|j| group.is_empty() || rows + j.1.len() <= PROMPT_ROWS) {
+                rows += j.1.len();
+                group.push(j);
+            }
+            stats.prompt_passes.fetch_add(1, Relaxed);
+            let started = std::time::Instant::now();
+            let fed = prompts(llm, tok, group);
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            stats.prompt_micros.fetch_add(micros, Relaxed);
+            for (d, reply, step) in fed {
+                match step {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Ok(()) if d.done() => {
+                        let _ = reply.send(Ok(d.result(tok)));
+                    }
+                    Ok(()) => active.push(Active { d, reply }),
                 }
-                Ok(()) if d.done() => {
-                    let _ = next.reply.send(Ok(d.result(tok)));
-                }
-                Ok(()) => active.push(Active { d, reply: next.reply }),
             }
         }
         if active.is_empty() {

@@ -47,8 +47,8 @@ pub const ISA_FILE: &str = ".cairn/isa";
 
 /// The engine's numerics revision, part of the class: raised whenever a kernel change alters
 /// results (2: `Q5_0` and unpadded `Q8_0` decoding steps through Cairn's own kernel, activations
-/// quantized per 32 values there).
-pub const NUMERICS: &str = "n2";
+/// quantized per 32 values there; 3: decoding steps' attention in Cairn's own loops).
+pub const NUMERICS: &str = "n3";
 
 /// Default tokens a chat reply may use when the request does not say.
 pub const DEFAULT_MAX_TOKENS: usize = 256;

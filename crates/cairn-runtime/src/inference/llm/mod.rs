@@ -8,6 +8,8 @@
 //! others — which is what lets an auditor re-run it alone and compare bit for bit.
 //! `tests/it/llm.rs` checks this on the real models.
 
+mod attention;
+mod gated;
 mod linear;
 pub mod load;
 mod quant;
@@ -16,6 +18,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
+use attention::{LayerCache, Norms, Rope};
 use linear::{Linear, Proj, Rows};
 pub use load::{Arch, Config, MAX_SERVED_CONTEXT};
 
@@ -34,6 +37,9 @@ struct Layer {
     bv: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
+    /// The same norms' weights as values, for the attention steps.
+    q_norm_values: Option<Vec<f32>>,
+    k_norm_values: Option<Vec<f32>>,
     wo: Linear,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
@@ -49,25 +55,6 @@ struct Layer {
 enum Embed {
     Candle(Arc<QTensor>, usize),
     Own(Arc<quant::QMatrix>),
-}
-
-/// Rotary tables for one base: `(positions, head_dim / 2)`.
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rope {
-    fn new(base: f32, head_dim: usize, positions: usize, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
-        let mut angles = Vec::with_capacity(positions * half);
-        for p in 0..positions {
-            angles.extend(inv.iter().map(|f| p as f32 * f));
-        }
-        let t = Tensor::from_vec(angles, (positions, half), device).map_err(engine)?;
-        Ok(Rope { cos: t.cos().map_err(engine)?, sin: t.sin().map_err(engine)? })
-    }
 }
 
 /// A loaded language model. Shared read-only between sequences (and threads).
@@ -86,53 +73,6 @@ pub struct Llm {
 impl std::fmt::Debug for Llm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Llm").field("cfg", &self.cfg).finish_non_exhaustive()
-    }
-}
-
-/// One layer's keys and values for one sequence: `(kv_heads, capacity, head_dim)` buffers of
-/// which the first `len` positions are filled; capacity doubles as the sequence grows.
-#[derive(Default)]
-struct LayerCache {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-    len: usize,
-}
-
-impl LayerCache {
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
-        let (kvh, add, hd) = k.dims3().map_err(engine)?;
-        let cap = self.k.as_ref().map_or(0, |t| t.dims()[1]);
-        if self.len + add > cap {
-            let new_cap = (self.len + add).max(cap * 2).max(64);
-            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
-                let t = Tensor::zeros((kvh, new_cap, hd), DType::F32, k.device()).map_err(engine)?;
-                if let Some(old) = old
-                    && self.len > 0
-                {
-                    t.slice_set(&old.narrow(1, 0, self.len).map_err(engine)?, 1, 0).map_err(engine)?;
-                }
-                Ok(t)
-            };
-            self.k = Some(grow(&self.k)?);
-            self.v = Some(grow(&self.v)?);
-        }
-        if let (Some(kb), Some(vb)) = (&self.k, &self.v) {
-            kb.slice_set(k, 1, self.len).map_err(engine)?;
-            vb.slice_set(v, 1, self.len).map_err(engine)?;
-        }
-        self.len += add;
-        Ok(())
-    }
-
-    /// Positions `from..len` of the keys and values.
-    fn view(&self, from: usize) -> Result<(Tensor, Tensor)> {
-        match (&self.k, &self.v) {
-            (Some(k), Some(v)) => Ok((
-                k.narrow(1, from, self.len - from).map_err(engine)?,
-                v.narrow(1, from, self.len - from).map_err(engine)?,
-            )),
-            _ => Err(RunError::Runtime("empty key/value cache".into())),
-        }
     }
 }
 
@@ -194,14 +134,24 @@ impl Llm {
             let opt = |t: &mut load::Tensors<'_, R>, s: &str| -> Result<Option<Tensor>> {
                 if t.has(&n(s)) { t.dense(&n(s)).map(Some) } else { Ok(None) }
             };
+            let q_norm = opt(&mut t, "attn_q_norm.weight")?;
+            let k_norm = opt(&mut t, "attn_k_norm.weight")?;
+            let values = |w: &Option<Tensor>| -> Result<Option<Vec<f32>>> {
+                w.as_ref()
+                    .map(|w| w.to_dtype(DType::F32).and_then(|w| w.to_vec1::<f32>()).map_err(engine))
+                    .transpose()
+            };
+            let (q_norm_values, k_norm_values) = (values(&q_norm)?, values(&k_norm)?);
             layers.push(Layer {
                 attn_norm: t.dense(&n("attn_norm.weight"))?,
                 qkv: t.projections(&[&n("attn_q.weight"), &n("attn_k.weight"), &n("attn_v.weight")])?,
                 bq: opt(&mut t, "attn_q.bias")?,
                 bk: opt(&mut t, "attn_k.bias")?,
                 bv: opt(&mut t, "attn_v.bias")?,
-                q_norm: opt(&mut t, "attn_q_norm.weight")?,
-                k_norm: opt(&mut t, "attn_k_norm.weight")?,
+                q_norm,
+                k_norm,
+                q_norm_values,
+                k_norm_values,
                 wo: t.linear(&n("attn_output.weight"))?,
                 post_attn_norm: if gemma { Some(t.dense(&n("post_attention_norm.weight"))?) } else { None },
                 ffn_norm: t.dense(&n("ffn_norm.weight"))?,
@@ -280,13 +230,7 @@ impl Llm {
             let q = next(&layer.bq)?;
             let k = next(&layer.bk)?;
             let v = next(&layer.bv)?;
-            let mut outs = Vec::with_capacity(segs.len());
-            for (si, &(off, len, start)) in segs.iter().enumerate() {
-                let cache = &mut batch[si].0.caches[li];
-                outs.push(self.attend(layer, cache, &q, &k, &v, off, len, start)?);
-            }
-            let attn =
-                if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0).map_err(engine)? };
+            let attn = self.attend(li, layer, batch, &segs, (&q, &k, &v))?;
             let mut o = layer.wo.forward(&attn, &rows).map_err(engine)?;
             if let Some(w) = &layer.post_attn_norm {
                 o = candle_nn::ops::rms_norm(&o, w, cfg.eps).map_err(engine)?;
@@ -297,12 +241,7 @@ impl Llm {
             let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
                 return Err(RunError::Runtime("missing projection".into()));
             };
-            let g = match cfg.arch {
-                Arch::Gemma3 => g.gelu(),
-                Arch::Qwen2 => g.silu(),
-            }
-            .map_err(engine)?;
-            let mut f = layer.down.forward(&(g * u).map_err(engine)?, &rows).map_err(engine)?;
+            let mut f = layer.down.forward(&gated::gated(cfg.arch, &g, &u)?, &rows).map_err(engine)?;
             if let Some(w) = &layer.post_ffn_norm {
                 f = candle_nn::ops::rms_norm(&f, w, cfg.eps).map_err(engine)?;
             }
@@ -319,81 +258,61 @@ impl Llm {
         logits.to_dtype(DType::F32).and_then(|l| l.to_vec2::<f32>()).map_err(engine)
     }
 
-    /// Attention of one sequence's rows `off..off+len` (its positions `start..start+len`).
-    #[allow(clippy::too_many_arguments)]
+    /// Attention of every sequence in one layer: prompt segments one by one, one-token steps
+    /// together (see [`attention`]). Returns `(rows, heads · head_dim)` in row order.
     fn attend(
         &self,
+        li: usize,
         layer: &Layer,
-        cache: &mut LayerCache,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        off: usize,
-        len: usize,
-        start: usize,
+        batch: &mut [(&mut Sequence, &[u32])],
+        segs: &[(usize, usize, usize)],
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
-        let rows = |t: &Tensor, heads: usize| -> Result<Tensor> {
-            t.narrow(0, off, len).and_then(|t| t.reshape((len, heads, hd))).map_err(engine)
+        let rope = match (&self.rope_local, layer.sliding) {
+            (Some(local), true) => local,
+            _ => &self.rope_global,
         };
-        let (mut qs, mut ks, vs) = (rows(q, nh)?, rows(k, nkv)?, rows(v, nkv)?);
-        if let Some(w) = &layer.q_norm {
-            qs = candle_nn::ops::rms_norm(&qs, w, cfg.eps).map_err(engine)?;
-        }
-        if let Some(w) = &layer.k_norm {
-            ks = candle_nn::ops::rms_norm(&ks, w, cfg.eps).map_err(engine)?;
-        }
-        let heads_first = |t: Tensor| t.transpose(0, 1).and_then(|t| t.contiguous()).map_err(engine);
-        let (qs, ks, vs) = (heads_first(qs)?, heads_first(ks)?, heads_first(vs)?);
-        let rope = if layer.sliding {
-            self.rope_local.as_ref().unwrap_or(&self.rope_global)
-        } else {
-            &self.rope_global
-        };
-        let cos = rope.cos.narrow(0, start, len).map_err(engine)?;
-        let sin = rope.sin.narrow(0, start, len).map_err(engine)?;
-        let rot = |t: &Tensor| -> Result<Tensor> {
-            let t = t.unsqueeze(0).map_err(engine)?;
-            candle_nn::rotary_emb::rope(&t, &cos, &sin).and_then(|t| t.squeeze(0)).map_err(engine)
-        };
-        let (qs, ks) = (rot(&qs)?, rot(&ks)?);
-        cache.append(&ks, &vs)?;
-        // Keys this step can see: a sliding layer's first query looks back `window - 1`.
         let window = if layer.sliding { cfg.window } else { None };
-        let from = window.map_or(0, |w| start.saturating_sub(w.saturating_sub(1)));
-        let (kall, vall) = cache.view(from)?;
-        let keys = cache.len - from;
-        let rep = nh / nkv;
-        // Query heads grouped under their key/value head: (kv_heads, rep * len, head_dim).
-        let qg = qs.reshape((nkv, rep * len, hd)).map_err(engine)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (qg.matmul(&kall.t().map_err(engine)?).map_err(engine)? * scale).map_err(engine)?;
-        let scores = if len > 1 || window.is_some_and(|w| keys > w) {
-            let mut mask = Vec::with_capacity(len * keys);
-            for i in 0..len {
-                let qp = start + i;
-                for j in 0..keys {
-                    let kp = from + j;
-                    let seen = kp <= qp && window.is_none_or(|w| qp - kp < w);
-                    mask.push(if seen { 0f32 } else { f32::NEG_INFINITY });
-                }
-            }
-            let mask = Tensor::from_vec(mask, (len, keys), &self.device).map_err(engine)?;
-            scores
-                .reshape((nkv, rep, len, keys))
-                .and_then(|s| s.broadcast_add(&mask))
-                .and_then(|s| s.reshape((nkv, rep * len, keys)))
-                .map_err(engine)?
-        } else {
-            scores
+        let norms = Norms {
+            q: layer.q_norm.as_ref(),
+            k: layer.k_norm.as_ref(),
+            q_values: layer.q_norm_values.as_deref(),
+            k_values: layer.k_norm_values.as_deref(),
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores).map_err(engine)?;
-        let out = probs.matmul(&vall.contiguous().map_err(engine)?).map_err(engine)?;
-        out.reshape((nh, len, hd))
-            .and_then(|o| o.transpose(0, 1))
-            .and_then(|o| o.reshape((len, nh * hd)))
-            .map_err(engine)
+        let mut outs: Vec<Option<Tensor>> = Vec::with_capacity(segs.len());
+        for (si, &seg) in segs.iter().enumerate() {
+            outs.push(if seg.1 > 1 {
+                let cache = &mut batch[si].0.caches[li];
+                Some(attention::prompt(cfg, rope, window, &norms, cache, (q, k, v), seg)?)
+            } else {
+                None
+            });
+        }
+        let step_segs: Vec<usize> = (0..segs.len()).filter(|&si| segs[si].1 == 1).collect();
+        if !step_segs.is_empty() {
+            let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(engine);
+            let (qv, kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
+            let rows: Vec<usize> = step_segs.iter().map(|&si| segs[si].0).collect();
+            let pos: Vec<usize> = step_segs.iter().map(|&si| segs[si].2).collect();
+            let mut caches: Vec<&mut LayerCache> = batch
+                .iter_mut()
+                .enumerate()
+                .filter(|(si, _)| segs[*si].1 == 1)
+                .map(|(_, (seq, _))| &mut seq.caches[li])
+                .collect();
+            let out = attention::steps(cfg, rope, window, &norms, &mut caches, (&qv, &kv, &vv), &rows, &pos)?;
+            let width = cfg.heads * cfg.head_dim;
+            if step_segs.len() == segs.len() {
+                return Tensor::from_vec(out, (segs.len(), width), &self.device).map_err(engine);
+            }
+            for (n, &si) in step_segs.iter().enumerate() {
+                let row = Tensor::from_slice(&out[n * width..(n + 1) * width], (1, width), &self.device);
+                outs[si] = Some(row.map_err(engine)?);
+            }
+        }
+        let mut outs: Vec<Tensor> = outs.into_iter().flatten().collect();
+        if outs.len() == 1 { Ok(outs.remove(0)) } else { Tensor::cat(&outs, 0).map_err(engine) }
     }
 
     /// Last-dimension index of the largest logit (the first on ties).
@@ -406,4 +325,21 @@ impl Llm {
         }
         best as u32
     }
+}
+
+/// `f` compiled for the best x86 vector extension this CPU has. The loops keep one order of
+/// operations on every path (no sums across lanes are reassociated, nothing is fused), so the
+/// bits do not depend on which one runs.
+#[inline(always)]
+pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(v4) = pulp::x86::V4::try_new() {
+            return v4.vectorize(f);
+        }
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            return v3.vectorize(f);
+        }
+    }
+    f()
 }

@@ -43,8 +43,9 @@ fn every_kernel_gives_the_portable_bits_and_the_exact_products() {
             raw[2] = 0x80; // -128, the extreme byte
         }
         let m = QMatrix::new(format, &raw, rows, k).unwrap();
-        // 11 input rows: a tile of eight (or two of four) and the rest one by one.
-        let n = 11;
+        // 19 input rows: a tile of sixteen (AVX-512) or four tiles of four (AVX2), and the rest
+        // one by one.
+        let n = 19;
         let xs: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 97.0).collect();
         let x = Tensor::from_vec(xs.clone(), (n, k), &Device::Cpu).unwrap();
         let y = m.forward(&x).unwrap().to_vec2::<f32>().unwrap();
@@ -78,6 +79,9 @@ fn every_kernel_gives_the_portable_bits_and_the_exact_products() {
         {
             paths.extend(pulp::x86::V3::try_new().map(Simd::Avx2));
             paths.extend(pulp::x86::V4::try_new().map(Simd::Avx512));
+            if let (Some(v4), Some(vnni)) = (pulp::x86::V4::try_new(), x86::V4Vnni::try_new()) {
+                paths.push(Simd::Avx512Vnni(v4, x86::Vnni(vnni)));
+            }
         }
         let want = bits(m.forward_with(&x, Simd::Portable).unwrap());
         for p in &paths {
@@ -110,4 +114,35 @@ fn a_wrong_shape_or_scale_is_refused() {
     let x = Tensor::zeros((1, 64), DType::F32, &Device::Cpu).unwrap();
     assert!(m.forward(&x).is_err());
     assert!(m.rows_f32(&[16], &Device::Cpu).is_err(), "a row past the end");
+}
+
+/// Cairn's kernel against candle's tiles on a Qwen-sized projection, by rows per product (run
+/// with `cargo test --release -p cairn-runtime --lib kernel_speed -- --ignored --nocapture`).
+#[test]
+#[ignore = "a timing, not a check"]
+fn kernel_speed() {
+    use candle_core::Module as _;
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    let (k, rows) = (1024, 4864);
+    let w: Vec<f32> = (0..rows * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+    let wt = Tensor::from_vec(w, (rows, k), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
+    let raw = q.data().unwrap().to_vec();
+    let own = QMatrix::new(Format::Q8_0, &raw, rows, k).unwrap();
+    let candle = QMatMul::from_qtensor(q).unwrap();
+    for m in [1, 16, 64, 256, 800] {
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 498.0).collect();
+        let x = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+        let time = |f: &dyn Fn() -> Tensor| {
+            let _ = f();
+            let reps = (2000 / m).max(3);
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let _ = f();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        };
+        let (a, b) = (time(&|| own.forward(&x).unwrap()), time(&|| candle.forward(&x).unwrap()));
+        eprintln!("m={m}: cairn {:.3} ms, candle {:.3} ms, ratio {:.2}", a * 1e3, b * 1e3, b / a);
+    }
 }
