@@ -190,59 +190,65 @@ pub(super) fn steps(
     let eps = cfg.eps;
     // Queries normed and rotated; keys too, then appended with the values.
     let mut queries = vec![0f32; n * qw];
-    vectorized(|| {
-        for (i, (&r, &p)) in rows.iter().zip(pos).enumerate() {
-            let qi = &mut queries[i * qw..][..qw];
-            qi.copy_from_slice(&q[r * qw..][..qw]);
-            for head in qi.chunks_exact_mut(hd) {
-                if let Some(w) = norms.q_values {
-                    rms_norm(head, w, eps);
+    vectorized(
+        #[inline(always)]
+        || {
+            for (i, (&r, &p)) in rows.iter().zip(pos).enumerate() {
+                let qi = &mut queries[i * qw..][..qw];
+                qi.copy_from_slice(&q[r * qw..][..qw]);
+                for head in qi.chunks_exact_mut(hd) {
+                    if let Some(w) = norms.q_values {
+                        rms_norm(head, w, eps);
+                    }
+                    rope.rotate(head, p);
                 }
-                rope.rotate(head, p);
-            }
-            let cache = &mut *caches[i];
-            let at = cache.k.len();
-            cache.k.extend_from_slice(&k[r * kw..][..kw]);
-            for head in cache.k[at..].chunks_exact_mut(hd) {
-                if let Some(w) = norms.k_values {
-                    rms_norm(head, w, eps);
+                let cache = &mut *caches[i];
+                let at = cache.k.len();
+                cache.k.extend_from_slice(&k[r * kw..][..kw]);
+                for head in cache.k[at..].chunks_exact_mut(hd) {
+                    if let Some(w) = norms.k_values {
+                        rms_norm(head, w, eps);
+                    }
+                    rope.rotate(head, p);
                 }
-                rope.rotate(head, p);
+                cache.v.extend_from_slice(&v[r * kw..][..kw]);
+                cache.len += 1;
             }
-            cache.v.extend_from_slice(&v[r * kw..][..kw]);
-            cache.len += 1;
-        }
-    });
+        },
+    );
     let mut out = vec![0f32; n * qw];
     let slots: Vec<Mutex<&mut [f32]>> = out.chunks_exact_mut(qw).map(Mutex::new).collect();
     let caches: Vec<&LayerCache> = caches.iter().map(|c| &**c).collect();
     let scale = 1.0 / (hd as f32).sqrt();
     let rep = nh / nkv;
     candle_core::utils::barrier_pool().execute_chunked(n, |range| {
-        vectorized(|| {
-            for i in range {
-                let Ok(mut slot) = slots[i].lock() else { continue };
-                let cache = caches[i];
-                let from = window.map_or(0, |w| pos[i].saturating_sub(w.saturating_sub(1)));
-                let mut scores = vec![0f32; cache.len - from];
-                for h in 0..nh {
-                    let g = h / rep;
-                    let qh = &queries[i * qw + h * hd..][..hd];
-                    let key = |j: usize| &cache.k[(j * nkv + g) * hd..][..hd];
-                    let value = |j: usize| &cache.v[(j * nkv + g) * hd..][..hd];
-                    for (s, j) in scores.iter_mut().zip(from..cache.len) {
-                        *s = dot(qh, key(j)) * scale;
-                    }
-                    softmax(&mut scores);
-                    let oh = &mut slot[h * hd..][..hd];
-                    for (&p, j) in scores.iter().zip(from..cache.len) {
-                        for (o, &x) in oh.iter_mut().zip(value(j)) {
-                            *o += p * x;
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in range {
+                    let Ok(mut slot) = slots[i].lock() else { continue };
+                    let cache = caches[i];
+                    let from = window.map_or(0, |w| pos[i].saturating_sub(w.saturating_sub(1)));
+                    let mut scores = vec![0f32; cache.len - from];
+                    for h in 0..nh {
+                        let g = h / rep;
+                        let qh = &queries[i * qw + h * hd..][..hd];
+                        let key = |j: usize| &cache.k[(j * nkv + g) * hd..][..hd];
+                        let value = |j: usize| &cache.v[(j * nkv + g) * hd..][..hd];
+                        for (s, j) in scores.iter_mut().zip(from..cache.len) {
+                            *s = dot(qh, key(j)) * scale;
+                        }
+                        softmax(&mut scores);
+                        let oh = &mut slot[h * hd..][..hd];
+                        for (&p, j) in scores.iter().zip(from..cache.len) {
+                            for (o, &x) in oh.iter_mut().zip(value(j)) {
+                                *o += p * x;
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     });
     drop(slots);
     Ok(out)
@@ -267,9 +273,9 @@ fn fold(mut acc: [f32; LANES]) -> f32 {
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
+    let ((ca, ta), (cb, tb)) = (a.as_chunks::<LANES>(), b.as_chunks::<LANES>());
+    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.iter().zip(cb) {
         for l in 0..LANES {
             acc[l] += x[l] * y[l];
         }
@@ -281,8 +287,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     let mut acc = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    let tail: f32 = tail.iter().map(|v| v * v).sum();
     for c in chunks {
         for l in 0..LANES {
             acc[l] += c[l] * c[l];
@@ -294,13 +300,16 @@ fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// In place; the largest score is taken off first.
+/// In place; the largest score is taken off first. The exponential is the gate's (vectorised;
+/// the C library's `expf` per score was two thirds of a step's attention).
 #[inline(always)]
 fn softmax(s: &mut [f32]) {
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
     for v in s.iter_mut() {
-        *v = (*v - max).exp();
+        *v = super::gated::exp(*v - max);
+    }
+    let mut sum = 0f32;
+    for v in s.iter() {
         sum += *v;
     }
     for v in s.iter_mut() {

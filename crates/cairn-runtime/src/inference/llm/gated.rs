@@ -23,7 +23,7 @@ const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 
 /// `e^x` for `x` in about `[-87, 88]` (clamped there: beyond, the sigmoids below are 0 or 1).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 in two parts: `n · LN2_HI` is exact for the `n` that occur.
     const LN2_HI: f32 = 0.693_359_4;
@@ -67,21 +67,24 @@ pub(super) fn gated(arch: Arch, g: &Tensor, u: &Tensor) -> Result<Tensor> {
     {
         let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(CHUNK).map(Mutex::new).collect();
         candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
-            vectorized(|| {
-                for c in range {
-                    let Ok(mut slot) = slots[c].lock() else { continue };
-                    let at = c * CHUNK;
-                    let (g, u) = (&gs[at..at + slot.len()], &us[at..at + slot.len()]);
-                    match arch {
-                        Arch::Gemma3 => {
-                            slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = gelu(*g) * u)
-                        }
-                        Arch::Qwen2 => {
-                            slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = silu(*g) * u)
+            vectorized(
+                #[inline(always)]
+                || {
+                    for c in range {
+                        let Ok(mut slot) = slots[c].lock() else { continue };
+                        let at = c * CHUNK;
+                        let (g, u) = (&gs[at..at + slot.len()], &us[at..at + slot.len()]);
+                        match arch {
+                            Arch::Gemma3 => {
+                                slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = gelu(*g) * u)
+                            }
+                            Arch::Qwen2 => {
+                                slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = silu(*g) * u)
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
         });
     }
     Tensor::from_vec(out, g.shape(), g.device()).map_err(engine)
