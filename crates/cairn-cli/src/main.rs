@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_batching;
 mod bench_container;
 mod bench_inference;
 mod bench_service;
