@@ -295,17 +295,8 @@ fn prompts(
             })
             .collect(),
         Err(e) if group.len() == 1 => {
-            let mut e = Some(e);
-            group
-                .into_iter()
-                .map(|(d, _, reply)| {
-                    (
-                        d,
-                        reply,
-                        Err(e.take().unwrap_or_else(|| RunError::Runtime("prompt pass failed".into()))),
-                    )
-                })
-                .collect()
+            let (d, _, reply) = group.remove(0);
+            vec![(d, reply, Err(e))]
         }
         _ => group
             .into_iter()
