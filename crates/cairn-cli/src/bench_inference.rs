@@ -41,6 +41,9 @@ pub(crate) struct InferenceArgs {
     /// the executor and the market).
     #[arg(long)]
     reference_only: bool,
+    /// Only the embedding table (skips chat, the executor's chat runs and the market).
+    #[arg(long)]
+    embeddings_only: bool,
     /// Concurrent chat requests to one provider's executor (continuous batching), e.g. 1,4,16.
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
@@ -52,11 +55,11 @@ const LLAMA_REFERENCE: &str = include_str!("../../../scripts/bench/llama_referen
 pub(crate) const BENCH_PROMPT: &str =
     "Write a long story about a hiker who builds cairns along a mountain trail.";
 
-fn bench_sentence(i: usize) -> String {
+pub(crate) fn bench_sentence(i: usize) -> String {
     format!("Sentence number {i} describes stones, trails and the weather on day {}.", i * 7 % 31)
 }
 
-fn requests_file(dir: &std::path::Path, lines: &[serde_json::Value]) -> Result<PathBuf> {
+pub(crate) fn requests_file(dir: &std::path::Path, lines: &[serde_json::Value]) -> Result<PathBuf> {
     let path = dir.join("requests.jsonl");
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&path, text)?;
@@ -121,7 +124,10 @@ pub(crate) async fn run(a: InferenceArgs) -> Result<()> {
     if a.reference_only {
         return Ok(());
     }
-    embeddings_batching(&minilm, &dir, a.embeddings, a.reps)?;
+    crate::bench_embeddings::embeddings(&minilm, &dir, a.embeddings, a.reps)?;
+    if a.embeddings_only {
+        return Ok(());
+    }
     let embed_lines: Vec<serde_json::Value> =
         (0..a.embeddings).map(|i| serde_json::json!({ "input": bench_sentence(i) })).collect();
     let chat_line = serde_json::json!({
@@ -373,62 +379,6 @@ fn reference(
     println!(
         "The two engines' greedy tokens agree for the first {same} of {tokens}; fed llama.cpp's tokens, Cairn picks the same next token {forced} times of {}.",
         ref_ids.len()
-    );
-    println!();
-    Ok(())
-}
-
-/// One request's inputs embedded one at a time (how every input ran before) against in padded
-/// batches, in-process and through the executor (one request carrying all the inputs).
-fn embeddings_batching(
-    model: &crate::model::StoredModel,
-    dir: &std::path::Path,
-    n: usize,
-    reps: usize,
-) -> Result<()> {
-    use cairn_runtime::inference::{Engine, ModelPackage};
-    use cairn_runtime::{Executor as _, InferenceConfig, InferenceExecutor, TaskRun};
-    let engine = Engine::load(&ModelPackage::open(&model.path)?, &cairn_runtime::inference::Device::Cpu)?;
-    let texts: Vec<String> = (0..n).map(bench_sentence).collect();
-    let exec = InferenceExecutor::new(InferenceConfig::cpu(dir.join("embed-batch")));
-    exec.prepare_file(&model.id, &model.path)?;
-    exec.preload(&model.id)?;
-    let req = requests_file(dir, &[serde_json::json!({ "input": texts })])?;
-    let mut task = TaskRun::new(model.id, cairn_types::Limits { wall_ms: 600_000, ..Default::default() });
-    task.inputs.push(("requests.jsonl".into(), req));
-    let (mut one, mut batched, mut executor) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        for s in &texts {
-            engine.embed(s)?;
-        }
-        one.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        engine.embed_batch(&texts)?;
-        batched.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        exec.run(&task)?;
-        executor.push(t.elapsed().as_secs_f64());
-    }
-    let (o, b, e) = (median(&mut one), median(&mut batched), median(&mut executor));
-    let k = n as f64;
-    println!("{} embeddings of {n} sentences, medians of {}:", model.header.name, reps.max(1));
-    println!();
-    println!("| path | time | embeddings/s | vs one at a time |");
-    println!("|---|---:|---:|---:|");
-    println!("| one at a time, in-process | {:.0} ms | {:.1} | 1.00× |", o * 1e3, k / o);
-    println!(
-        "| batched ({} per batch), in-process | {:.0} ms | {:.1} | {:.2}× |",
-        cairn_runtime::inference::models::EMBED_BATCH,
-        b * 1e3,
-        k / b,
-        o / b
-    );
-    println!(
-        "| batched, provider executor (one request) | {:.0} ms | {:.1} | {:.2}× |",
-        e * 1e3,
-        k / e,
-        o / e
     );
     println!();
     Ok(())

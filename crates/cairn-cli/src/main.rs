@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod bench_batching;
 mod bench_container;
+mod bench_embeddings;
 mod bench_inference;
 mod bench_service;
 mod bench_train;

@@ -5,17 +5,23 @@
 //! reads `requests.jsonl` (one OpenAI-shaped request per line) and commits `results.jsonl` (one
 //! [`ResultLine`] per request, in order) plus `.cairn/isa`, the instruction-set class it ran on.
 //!
-//! Determinism: requests run one at a time and unbatched (batch composition changes float
-//! rounding), sampling is seeded (the request's `seed`, else one derived from the task seed and
-//! the request's position), and CPU kernels give the same bits for any thread count. Within an
+//! Determinism: every kernel gives a row the same bits however many rows share its product (an
+//! embedding input or a chat reply is the same alone or batched; on candle's BERT, used on a
+//! GPU, batches follow from the request alone), sampling is seeded (the request's `seed`, else
+//! one derived from the task seed and the request's position), and CPU kernels give the same
+//! bits for any thread count. Within an
 //! instruction-set class results must match bit for bit; across classes [`compare`] applies a
 //! tolerance that can only escalate to a same-class re-run, never convict by itself.
 
+pub mod audit;
 pub mod batch;
+pub(crate) mod encoder;
 pub mod import;
 pub mod llm;
 pub mod models;
+pub(crate) mod numeric;
 pub mod package;
+pub(crate) mod quant;
 pub mod request;
 pub mod tokenize;
 
@@ -27,6 +33,7 @@ use std::time::Instant;
 use cairn_types::{ContentId, OutputBundle, WorkloadKind};
 pub use candle_core::Device;
 
+pub use audit::{COSINE_TOLERANCE, Verdict, compare};
 pub use models::ModelTokenizer;
 pub use package::{Family, ModelPackage, PackageHeader, hash_file, write_package};
 pub use request::{
@@ -47,8 +54,9 @@ pub const ISA_FILE: &str = ".cairn/isa";
 
 /// The engine's numerics revision, part of the class: raised whenever a kernel change alters
 /// results (2: `Q5_0` and unpadded `Q8_0` decoding steps through Cairn's own kernel, activations
-/// quantized per 32 values there; 3: decoding steps' attention in Cairn's own loops).
-pub const NUMERICS: &str = "n3";
+/// quantized per 32 values there; 3: decoding steps' attention in Cairn's own loops; 4: embeddings
+/// on Cairn's encoder, `Q8_0` products).
+pub const NUMERICS: &str = "n4";
 
 /// Default tokens a chat reply may use when the request does not say.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -420,6 +428,15 @@ impl Engine {
         Loaded::load(pkg, device).map(Engine)
     }
 
+    /// Load a package on candle's own implementation where Cairn has its own (BERT on the
+    /// CPU): the reference Cairn's encoder is measured against.
+    ///
+    /// # Errors
+    /// As the executor's loading.
+    pub fn load_reference(pkg: &ModelPackage, device: &Device) -> Result<Self> {
+        Loaded::load_with(pkg, device, true).map(Engine)
+    }
+
     /// One sentence embedding.
     ///
     /// # Errors
@@ -527,67 +544,5 @@ impl Engine {
         };
         let g = self.0.chat(&messages, &p)?.map_err(|e| RunError::Runtime(e.message))?;
         Ok((g.text, g.ids.len()))
-    }
-}
-
-/// What an audit concludes from two runs of the same requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every result is bit-identical.
-    Match,
-    /// Different instruction-set classes; every difference is within tolerance. Accept.
-    Tolerated,
-    /// Different classes and a difference past tolerance (or a GPU run): re-run on the
-    /// worker's class to decide. Never grounds for slashing by itself.
-    Escalate,
-    /// Same class, different bits: the deterministic mode was not honoured.
-    Mismatch,
-}
-
-/// Cosine similarity two embeddings must reach across instruction-set classes.
-pub const COSINE_TOLERANCE: f64 = 0.9999;
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        ab += f64::from(*x) * f64::from(*y);
-        aa += f64::from(*x) * f64::from(*x);
-        bb += f64::from(*y) * f64::from(*y);
-    }
-    if aa == 0.0 || bb == 0.0 { if aa == bb { 1.0 } else { 0.0 } } else { ab / (aa.sqrt() * bb.sqrt()) }
-}
-
-fn within_tolerance(a: &ResultLine, b: &ResultLine) -> bool {
-    match (&a.embeddings, &b.embeddings) {
-        (Some(x), Some(y)) => {
-            x.len() == y.len()
-                && x.iter().zip(y).all(|(u, v)| u.len() == v.len() && cosine(u, v) >= COSINE_TOLERANCE)
-        }
-        // Generated text has no meaningful tolerance: one flipped near-tie changes the rest.
-        _ => a.token_ids == b.token_ids && a.error == b.error,
-    }
-}
-
-/// Compare a worker's results with an auditor's re-run.
-pub fn compare(
-    worker: &[ResultLine],
-    worker_isa: &str,
-    auditor: &[ResultLine],
-    auditor_isa: &str,
-) -> Verdict {
-    let same_shape = worker.len() == auditor.len()
-        && worker.iter().zip(auditor).all(|(a, b)| a.index == b.index && a.custom_id == b.custom_id);
-    let identical = same_shape && worker == auditor;
-    let same_class = worker_isa == auditor_isa && !worker_isa.starts_with("gpu:");
-    if identical {
-        return Verdict::Match;
-    }
-    if same_class {
-        return Verdict::Mismatch;
-    }
-    if same_shape && worker.iter().zip(auditor).all(|(a, b)| within_tolerance(a, b)) {
-        Verdict::Tolerated
-    } else {
-        Verdict::Escalate
     }
 }

@@ -1,4 +1,5 @@
-//! The models the executor runs, on candle: BERT-family sentence embeddings, Gemma 3 and
+//! The models the executor runs: BERT-family sentence embeddings (on Cairn's encoder on the
+//! CPU, candle's BERT elsewhere), Gemma 3 and
 //! Qwen 2.5 chat from GGUF on Cairn's own engine ([`super::llm`]), and character models trained
 //! on Cairn; each with its tokenizer.
 
@@ -9,6 +10,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::Tokenizer;
 
+use super::encoder::{Encoder, Unsupported};
 use super::llm::{Config as LlmConfig, Llm};
 use super::package::{Family, ModelPackage};
 use super::request::{ChatMessage, ReqError};
@@ -136,16 +138,34 @@ fn char_prompt(vocab: &[char], messages: &[ChatMessage]) -> Result<Vec<u32>, Req
 
 fn bert_tokenizer(json: &[u8]) -> Result<Tokenizer> {
     let mut t = Tokenizer::from_bytes(json).map_err(tok_err)?;
-    // tokenizer.json pads to 128; inputs run one at a time, unpadded (batch composition is
-    // part of what an auditor must reproduce bit for bit).
+    // tokenizer.json pads to 128; inputs run unpadded (Cairn's encoder packs them; candle's
+    // BERT pads its own batches).
     t.with_padding(None);
     t.with_truncation(None).map_err(tok_err)?;
     Ok(t)
 }
 
+/// Which BERT runs an embedding model.
+pub(crate) enum Bert {
+    /// Cairn's encoder (on the CPU): unpadded, the same bits alone or batched.
+    Own(Box<Encoder>),
+    /// Candle's BERT (on a GPU, or shapes the encoder does not compute), in padded batches.
+    Candle { model: Box<BertModel>, device: Device },
+}
+
+impl Bert {
+    /// Tokens one input may take.
+    fn context(&self) -> usize {
+        match self {
+            Bert::Own(enc) => enc.context().min(BERT_CONTEXT),
+            Bert::Candle { .. } => BERT_CONTEXT,
+        }
+    }
+}
+
 /// A loaded model.
 pub(crate) enum Loaded {
-    Bert { model: Box<BertModel>, tokenizer: Box<Tokenizer>, device: Device },
+    Bert { model: Bert, tokenizer: Box<Tokenizer> },
     Llm { llm: Box<Llm>, tokenizer: Box<ChatTokenizer> },
     Trained { model: Box<crate::train::Trained>, vocab: Vec<char> },
 }
@@ -182,22 +202,36 @@ pub(crate) struct Generation {
 impl Loaded {
     /// Load a package's model onto `device`.
     pub(crate) fn load(pkg: &ModelPackage, device: &Device) -> Result<Self> {
+        Self::load_with(pkg, device, candle_bert())
+    }
+
+    /// As [`load`](Self::load); `candle_bert` keeps embedding models on candle's BERT.
+    pub(crate) fn load_with(pkg: &ModelPackage, device: &Device, candle_bert: bool) -> Result<Self> {
         match pkg.header.family {
             Family::Bert => {
-                let cfg: BertConfig = serde_json::from_slice(&pkg.read("config.json")?)
-                    .map_err(|e| RunError::InvalidWorkload(format!("config.json: {}", one_line(e))))?;
-                let tokenizer = bert_tokenizer(&pkg.read("tokenizer.json")?)?;
+                let config = pkg.read("config.json")?;
+                let tokenizer = Box::new(bert_tokenizer(&pkg.read("tokenizer.json")?)?);
                 let vb =
                     VarBuilder::from_buffered_safetensors(pkg.read("model.safetensors")?, DType::F32, device)
                         .map_err(|e| {
                             RunError::InvalidWorkload(format!("model.safetensors: {}", one_line(e)))
                         })?;
+                if device.is_cpu() && !candle_bert {
+                    match Encoder::load(&config, &vb) {
+                        Ok(enc) => return Ok(Loaded::Bert { model: Bert::Own(Box::new(enc)), tokenizer }),
+                        Err(Unsupported::Invalid(e)) => return Err(RunError::InvalidWorkload(e)),
+                        Err(Unsupported::Shape(why)) => {
+                            tracing::debug!(%why, "BERT shape outside Cairn's encoder: candle's BERT runs it")
+                        }
+                    }
+                }
+                let cfg: BertConfig = serde_json::from_slice(&config)
+                    .map_err(|e| RunError::InvalidWorkload(format!("config.json: {}", one_line(e))))?;
                 let model = BertModel::load(vb, &cfg)
                     .map_err(|e| RunError::InvalidWorkload(format!("BERT: {}", one_line(e))))?;
                 Ok(Loaded::Bert {
-                    model: Box::new(model),
-                    tokenizer: Box::new(tokenizer),
-                    device: device.clone(),
+                    model: Bert::Candle { model: Box::new(model), device: device.clone() },
+                    tokenizer,
                 })
             }
             Family::Gemma3 | Family::Qwen2 => {
@@ -236,39 +270,19 @@ impl Loaded {
     /// One sentence embedding: mean pooling over tokens, L2-normalised. Returns the vector and
     /// the tokens it took.
     pub(crate) fn embed(&self, text: &str) -> Result<std::result::Result<(Vec<f32>, usize), ReqError>> {
-        let Loaded::Bert { model, tokenizer, device } = self else {
-            return Ok(Err(ReqError::invalid("this model does not make embeddings")));
-        };
-        let ids = match tokenizer.encode_fast(text, true) {
-            Ok(e) => e.get_ids().to_vec(),
-            Err(e) => return Ok(Err(ReqError::invalid(e))),
-        };
-        if ids.len() > BERT_CONTEXT {
-            return Ok(Err(ReqError::context(ids.len(), BERT_CONTEXT)));
-        }
-        let n = ids.len();
-        let input = Tensor::new(ids.as_slice(), device).and_then(|t| t.unsqueeze(0)).map_err(engine)?;
-        let types = input.zeros_like().map_err(engine)?;
-        let out = model.forward(&input, &types, None).map_err(engine)?;
-        let pooled = (out.sum(1).map_err(engine)? / n as f64).map_err(engine)?;
-        let norm = pooled.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(engine)?;
-        let v = pooled
-            .broadcast_div(&norm)
-            .and_then(|t| t.squeeze(0))
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(engine)?;
-        Ok(Ok((v, n)))
+        Ok(self.embed_many(&[text.to_string()])?.map(|mut v| v.remove(0)))
     }
 
-    /// Embeddings of several inputs, batched: inputs sorted by length (then position) and run
-    /// in padded batches of up to [`EMBED_BATCH`], each pooled over its own tokens only. The
-    /// batches follow from the inputs alone, so a re-run makes the same batches and the same
-    /// bits. Returns each vector and its tokens, in input order, or the first input refused.
+    /// Embeddings of several inputs, in input order with the tokens each took, or the first
+    /// input refused. On Cairn's encoder every input runs unpadded and gets the bits it gets
+    /// alone. On candle's BERT inputs are sorted by length (then position) and run in padded
+    /// batches of up to [`EMBED_BATCH`], each pooled over its own tokens only: the batches follow
+    /// from the inputs alone, so a re-run makes the same batches and the same bits.
     pub(crate) fn embed_many(
         &self,
         texts: &[String],
     ) -> Result<std::result::Result<Vec<Embedded>, ReqError>> {
-        let Loaded::Bert { model, tokenizer, device } = self else {
+        let Loaded::Bert { model, tokenizer } = self else {
             return Ok(Err(ReqError::invalid("this model does not make embeddings")));
         };
         let mut all: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
@@ -277,41 +291,19 @@ impl Loaded {
                 Ok(e) => e.get_ids().to_vec(),
                 Err(e) => return Ok(Err(ReqError::invalid(e))),
             };
-            if ids.len() > BERT_CONTEXT {
-                return Ok(Err(ReqError::context(ids.len(), BERT_CONTEXT)));
+            if ids.len() > model.context() {
+                return Ok(Err(ReqError::context(ids.len(), model.context())));
+            }
+            if ids.is_empty() {
+                return Ok(Err(ReqError::invalid("an input that makes no tokens")));
             }
             all.push(ids);
         }
-        let mut order: Vec<usize> = (0..all.len()).collect();
-        order.sort_by_key(|&i| (all[i].len(), i));
-        let mut out: Vec<(Vec<f32>, usize)> = vec![(Vec::new(), 0); all.len()];
-        for batch in order.chunks(EMBED_BATCH) {
-            let width = batch.iter().map(|&i| all[i].len()).max().unwrap_or(0);
-            let mut ids = Vec::with_capacity(batch.len() * width);
-            let mut mask = Vec::with_capacity(batch.len() * width);
-            for &i in batch {
-                let row = &all[i];
-                ids.extend_from_slice(row);
-                ids.resize(ids.len() + width - row.len(), 0);
-                mask.extend(std::iter::repeat_n(1u32, row.len()));
-                mask.resize(mask.len() + width - row.len(), 0);
-            }
-            let shape = (batch.len(), width);
-            let input = Tensor::from_vec(ids, shape, device).map_err(engine)?;
-            let mask = Tensor::from_vec(mask, shape, device).map_err(engine)?;
-            let types = input.zeros_like().map_err(engine)?;
-            let hidden = model.forward(&input, &types, Some(&mask)).map_err(engine)?;
-            let m = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(engine)?;
-            let summed = hidden.broadcast_mul(&m).and_then(|h| h.sum(1)).map_err(engine)?;
-            let counts = m.sum(1).map_err(engine)?;
-            let pooled = summed.broadcast_div(&counts).map_err(engine)?;
-            let norm = pooled.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(engine)?;
-            let rows = pooled.broadcast_div(&norm).and_then(|t| t.to_vec2::<f32>()).map_err(engine)?;
-            for (&i, v) in batch.iter().zip(rows) {
-                out[i] = (v, all[i].len());
-            }
-        }
-        Ok(Ok(out))
+        let vectors = match model {
+            Bert::Own(enc) => enc.embed(&all).map_err(RunError::Runtime)?,
+            Bert::Candle { model, device } => candle_embed(model, device, &all)?,
+        };
+        Ok(Ok(vectors.into_iter().zip(all).map(|(v, ids)| (v, ids.len())).collect()))
     }
 
     /// Generate a chat reply.
@@ -335,6 +327,46 @@ impl Loaded {
 }
 
 /// The generation cut before its first stop sequence, if `text` has one.
+/// Candle's BERT over `all` in padded batches of up to [`EMBED_BATCH`] inputs of similar length.
+fn candle_embed(model: &BertModel, device: &Device, all: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|&i| (all[i].len(), i));
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); all.len()];
+    for batch in order.chunks(EMBED_BATCH) {
+        let width = batch.iter().map(|&i| all[i].len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(batch.len() * width);
+        let mut mask = Vec::with_capacity(batch.len() * width);
+        for &i in batch {
+            let row = &all[i];
+            ids.extend_from_slice(row);
+            ids.resize(ids.len() + width - row.len(), 0);
+            mask.extend(std::iter::repeat_n(1u32, row.len()));
+            mask.resize(mask.len() + width - row.len(), 0);
+        }
+        let shape = (batch.len(), width);
+        let input = Tensor::from_vec(ids, shape, device).map_err(engine)?;
+        let mask = Tensor::from_vec(mask, shape, device).map_err(engine)?;
+        let types = input.zeros_like().map_err(engine)?;
+        let hidden = model.forward(&input, &types, Some(&mask)).map_err(engine)?;
+        let m = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(engine)?;
+        let summed = hidden.broadcast_mul(&m).and_then(|h| h.sum(1)).map_err(engine)?;
+        let counts = m.sum(1).map_err(engine)?;
+        let pooled = summed.broadcast_div(&counts).map_err(engine)?;
+        let norm = pooled.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(engine)?;
+        let rows = pooled.broadcast_div(&norm).and_then(|t| t.to_vec2::<f32>()).map_err(engine)?;
+        for (&i, v) in batch.iter().zip(rows) {
+            out[i] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// `CAIRN_CANDLE_BERT=1` runs embedding models on candle's BERT even on the CPU (the reference
+/// the benchmark compares Cairn's encoder with).
+fn candle_bert() -> bool {
+    std::env::var("CAIRN_CANDLE_BERT").is_ok_and(|v| v == "1")
+}
+
 fn stopped(text: String, ids: &[u32], prompt_tokens: usize, stop: &[String]) -> Option<Generation> {
     let cut = stop.iter().filter_map(|s| text.find(s.as_str())).min()?;
     Some(Generation { text: text[..cut].to_string(), ids: ids.to_vec(), prompt_tokens, finish: "stop" })

@@ -14,7 +14,8 @@ use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
 
-use super::{Config, engine, vectorized};
+use super::{Config, engine};
+use crate::inference::numeric::{LANES, dot, fold, softmax, vectorized};
 use crate::{Result, RunError};
 
 /// Rotary tables for one base, `positions × head_dim / 2`.
@@ -254,35 +255,6 @@ pub(super) fn steps(
     Ok(out)
 }
 
-/// Lanes of the partial sums in [`dot`] and [`rms_norm`]: one AVX-512 vector.
-const LANES: usize = 16;
-
-/// Sixteen partial sums, then folded in halves: a fixed order whatever the vector width.
-#[inline(always)]
-fn fold(mut acc: [f32; LANES]) -> f32 {
-    let mut width = LANES / 2;
-    while width > 0 {
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-        width /= 2;
-    }
-    acc[0]
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let ((ca, ta), (cb, tb)) = (a.as_chunks::<LANES>(), b.as_chunks::<LANES>());
-    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.iter().zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    fold(acc) + tail
-}
-
 /// `x / sqrt(mean(x²) + eps) · w`, in place.
 #[inline(always)]
 fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
@@ -297,23 +269,6 @@ fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     let rms = ((fold(acc) + tail) / x.len() as f32 + eps).sqrt();
     for (v, w) in x.iter_mut().zip(w) {
         *v = *v / rms * w;
-    }
-}
-
-/// In place; the largest score is taken off first. The exponential is the gate's (vectorised;
-/// the C library's `expf` per score was two thirds of a step's attention).
-#[inline(always)]
-fn softmax(s: &mut [f32]) {
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for v in s.iter_mut() {
-        *v = super::gated::exp(*v - max);
-    }
-    let mut sum = 0f32;
-    for v in s.iter() {
-        sum += *v;
-    }
-    for v in s.iter_mut() {
-        *v /= sum;
     }
 }
 

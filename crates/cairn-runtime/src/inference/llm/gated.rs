@@ -12,38 +12,15 @@ use std::sync::Mutex;
 
 use candle_core::Tensor;
 
-use super::{Arch, engine, vectorized};
+use super::{Arch, engine};
 use crate::Result;
+use crate::inference::numeric::{exp, vectorized};
 
 /// Values per unit of work.
 const CHUNK: usize = 4096;
 
 /// `√(2/π)`.
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
-
-/// `e^x` for `x` in about `[-87, 88]` (clamped there: beyond, the sigmoids below are 0 or 1).
-#[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 in two parts: `n · LN2_HI` is exact for the `n` that occur.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and taking away 1.5 · 2^23 rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
-    // 2^n, `n` in -126..=127.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
-}
 
 #[inline(always)]
 fn gelu(v: f32) -> f32 {

@@ -14,8 +14,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::load::invalid;
-use super::quant::QMatrix;
 use crate::Result;
+use crate::inference::quant::QMatrix;
 
 /// Which rows of a forward pass belong to prompt segments (more than one token).
 pub(crate) struct Rows {

@@ -14,7 +14,7 @@ use candle_core::quantized::{GgmlDType, QTensor, ggml_file, gguf_file};
 use candle_core::{Device, Tensor};
 
 pub(crate) use super::linear::{Linear, Proj};
-use super::quant::{Format, QMatrix};
+use crate::inference::quant::{Format, QMatrix};
 use crate::{Result, RunError};
 
 /// The architectures read from GGUF.

@@ -12,12 +12,12 @@ mod attention;
 mod gated;
 mod linear;
 pub mod load;
-mod quant;
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
+use crate::inference::quant;
 use attention::{LayerCache, Norms, Rope};
 use linear::{Linear, Proj, Rows};
 pub use load::{Arch, Config, MAX_SERVED_CONTEXT};
@@ -325,21 +325,4 @@ impl Llm {
         }
         best as u32
     }
-}
-
-/// `f` compiled for the best x86 vector extension this CPU has. The loops keep one order of
-/// operations on every path (no sums across lanes are reassociated, nothing is fused), so the
-/// bits do not depend on which one runs.
-#[inline(always)]
-pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if let Some(v4) = pulp::x86::V4::try_new() {
-            return v4.vectorize(f);
-        }
-        if let Some(v3) = pulp::x86::V3::try_new() {
-            return v3.vectorize(f);
-        }
-    }
-    f()
 }

@@ -146,3 +146,14 @@ fn kernel_speed() {
         eprintln!("m={m}: cairn {:.3} ms, candle {:.3} ms, ratio {:.2}", a * 1e3, b * 1e3, b / a);
     }
 }
+
+#[test]
+fn rounding_is_the_librarys_halves_away_from_zero() {
+    for i in -300_000..300_000 {
+        let x = i as f32 / 997.0;
+        assert_eq!(round_half_away(x).to_bits(), x.round().to_bits(), "{x}");
+    }
+    for x in [0.5f32, -0.5, 1.5, -2.5, 0.499_999_97, -0.499_999_97, 126.5, -127.0, 0.0, -0.0, 8_388_609.0] {
+        assert_eq!(round_half_away(x), x.round(), "{x}");
+    }
+}

@@ -19,12 +19,13 @@
 //! alone: batching never changes it.
 
 use candle_core::{DType, Device, Tensor};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Values in one block.
 const BLOCK: usize = 32;
 /// Weight rows interleaved together.
 const PANEL: usize = 16;
+/// Input rows per unit of work when a product has many (a multiple of the tiles).
+const GROUP_ROWS: usize = 64;
 /// Input rows multiplied together against each unpacked panel block.
 const TILE_512: usize = 16;
 const TILE_256: usize = 4;
@@ -125,6 +126,24 @@ impl QMatrix {
         Ok(QMatrix { format, raw: out, rows, k })
     }
 
+    /// `rows × k` f32 weights, row after row, quantized to `Q8_0` as llama.cpp does (per 32
+    /// values: the scale `max |w| / 127` kept as f16, values rounded).
+    pub(crate) fn quantize(w: &[f32], rows: usize, k: usize) -> Result<Self, String> {
+        if !Self::fits(rows, k) || rows.checked_mul(k) != Some(w.len()) {
+            return Err(format!("{} values are not a {rows} × {k} matrix of whole panels", w.len()));
+        }
+        if w.iter().any(|v| !v.is_finite()) {
+            return Err("a weight is not a finite number".into());
+        }
+        let mut raw = Vec::with_capacity(w.len() / BLOCK * Format::Q8_0.block_bytes());
+        for b in w.chunks_exact(BLOCK) {
+            let q = quantize_row(b);
+            raw.extend_from_slice(&half::f16::from_f32(q.d[0]).to_bits().to_le_bytes());
+            raw.extend(q.q.iter().map(|v| *v as u8));
+        }
+        Self::new(Format::Q8_0, &raw, rows, k)
+    }
+
     /// Several matrices of one format and row width, one under the other.
     pub(crate) fn stack(parts: Vec<QMatrix>) -> Option<Self> {
         let (format, k) = parts.first().map(|p| (p.format, p.k))?;
@@ -180,34 +199,103 @@ impl QMatrix {
             candle_core::bail!("input width {k}, weights {}", self.k);
         }
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let quantize = || xs.chunks_exact(k).map(quantize_row).collect::<Vec<Q8Row>>();
-        // With the vector features on, rounding is inlined rather than a library call per value.
-        let acts = match simd {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512(v4) | Simd::Avx512Vnni(v4, _) => v4.vectorize(quantize),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2(v3) => v3.vectorize(quantize),
-            Simd::Portable => quantize(),
-        };
-        let panel_bytes = self.panel_bytes();
-        // Each panel is read once and multiplied by every input row, on candle's own worker
-        // pool (its workers spin between products; a second pool would fight them).
-        let out: Vec<AtomicU32> = (0..m * self.rows).map(|_| AtomicU32::new(0)).collect();
-        candle_core::utils::barrier_pool().execute_chunked(self.rows / PANEL, |range| {
-            let mut by_row = vec![[0f32; PANEL]; m];
-            for p in range {
-                let panel = &self.raw[p * panel_bytes..][..panel_bytes];
-                panel_product(simd, self.format, panel, &acts, &mut by_row);
-                for (r, cols) in by_row.iter().enumerate() {
-                    for (c, v) in cols.iter().enumerate() {
-                        out[r * self.rows + p * PANEL + c].store(v.to_bits(), Ordering::Relaxed);
-                    }
+        Tensor::from_vec(self.product_with(&xs, simd), (m, self.rows), x.device())
+    }
+
+    /// `x`: `m` rows of `k` values, one after another → `m` rows of [`rows`](Self::rows)
+    /// values. Panics if `x` is not whole rows (callers size it).
+    pub(crate) fn product(&self, x: &[f32]) -> Vec<f32> {
+        self.product_with(x, simd())
+    }
+
+    fn product_with(&self, xs: &[f32], simd: Simd) -> Vec<f32> {
+        let k = self.k;
+        assert!(xs.len().is_multiple_of(k), "{} values are not rows of {k}", xs.len());
+        let m = xs.len() / k;
+        // Input rows are quantized on the pool too, in groups (a row's bytes depend on that row
+        // alone). With the vector features on, rounding is inlined rather than a library call
+        // per value.
+        const QUANTIZE_ROWS: usize = 16;
+        let groups = m.div_ceil(QUANTIZE_ROWS);
+        let slots: Vec<std::sync::Mutex<Vec<Q8Row>>> = (0..groups).map(|_| Default::default()).collect();
+        #[inline(always)]
+        fn quantize(xs: &[f32], k: usize, g: usize) -> Vec<Q8Row> {
+            let rows = &xs[g * QUANTIZE_ROWS * k..((g + 1) * QUANTIZE_ROWS * k).min(xs.len())];
+            let mut out = Vec::with_capacity(rows.len() / k);
+            for row in rows.chunks_exact(k) {
+                out.push(quantize_row(row));
+            }
+            out
+        }
+        candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
+            for g in range {
+                let done = match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512(v4) | Simd::Avx512Vnni(v4, _) => v4.vectorize(
+                        #[inline(always)]
+                        || quantize(xs, k, g),
+                    ),
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2(v3) => v3.vectorize(
+                        #[inline(always)]
+                        || quantize(xs, k, g),
+                    ),
+                    Simd::Portable => quantize(xs, k, g),
+                };
+                if let Ok(mut slot) = slots[g].lock() {
+                    *slot = done;
                 }
             }
         });
-        // The pool's barrier orders the workers' stores before this read.
-        let y: Vec<f32> = out.into_iter().map(|v| f32::from_bits(v.into_inner())).collect();
-        Tensor::from_vec(y, (m, self.rows), x.device())
+        let acts: Vec<Q8Row> = slots.into_iter().flat_map(|s| s.into_inner().unwrap_or_default()).collect();
+        if m == 0 {
+            return Vec::new();
+        }
+        let panel_bytes = self.panel_bytes();
+        let panels = self.rows / PANEL;
+        let panel = |p: usize| &self.raw[p * panel_bytes..][..panel_bytes];
+        let mut out = vec![0f32; m * self.rows];
+        if m >= 2 * GROUP_ROWS {
+            // Many rows (prompts, embeddings): groups of rows through every panel, each group's
+            // output rows written in place.
+            let slots: Vec<std::sync::Mutex<&mut [f32]>> =
+                out.chunks_mut(GROUP_ROWS * self.rows).map(std::sync::Mutex::new).collect();
+            candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
+                let mut by_row = vec![[0f32; PANEL]; GROUP_ROWS];
+                for g in range {
+                    let Ok(mut slot) = slots[g].lock() else { continue };
+                    let acts = &acts[g * GROUP_ROWS..(g * GROUP_ROWS + GROUP_ROWS).min(m)];
+                    let by_row = &mut by_row[..acts.len()];
+                    for p in 0..panels {
+                        panel_product(simd, self.format, panel(p), acts, by_row);
+                        for (row, v) in slot.chunks_exact_mut(self.rows).zip(by_row.iter()) {
+                            row[p * PANEL..][..PANEL].copy_from_slice(v);
+                        }
+                    }
+                }
+            });
+            return out;
+        }
+        // Few rows (decoding steps): each panel is read once and multiplied by every input row,
+        // on candle's own worker pool (its workers spin between products; a second pool would
+        // fight them). Results land panel by panel (`panels × m × 16`), then row by row.
+        let mut blocks = vec![[0f32; PANEL]; panels * m];
+        {
+            let slots: Vec<std::sync::Mutex<&mut [[f32; PANEL]]>> =
+                blocks.chunks_mut(m).map(std::sync::Mutex::new).collect();
+            candle_core::utils::barrier_pool().execute_chunked(panels, |range| {
+                for p in range {
+                    let Ok(mut slot) = slots[p].lock() else { continue };
+                    panel_product(simd, self.format, panel(p), &acts, &mut slot);
+                }
+            });
+        }
+        for (r, row) in out.chunks_exact_mut(self.rows).enumerate() {
+            for (p, dst) in row.chunks_exact_mut(PANEL).enumerate() {
+                dst.copy_from_slice(&blocks[p * m + r]);
+            }
+        }
+        out
     }
 }
 
@@ -238,21 +326,69 @@ fn value(format: Format, pb: &[u8], c: usize, i: usize) -> i32 {
 /// `max |x| / 127`, values are `round(x / scale)`, and the scale is kept as f16).
 #[inline(always)]
 fn quantize_row(x: &[f32]) -> Q8Row {
+    // Plain loops: iterator adapters compile to out-of-line folds that miss the caller's vector
+    // features.
     let blocks = x.len() / BLOCK;
     let mut d = Vec::with_capacity(blocks);
     let mut q = Vec::with_capacity(x.len());
     let mut sum16 = Vec::with_capacity(blocks);
-    for b in x.chunks_exact(BLOCK) {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
+    for b in x.as_chunks::<BLOCK>().0 {
+        // The largest magnitude, in 16 lanes and then folded (max is exact: any order gives
+        // it). Compare-and-select rather than `f32::max`, whose NaN rule does not vectorise (a
+        // NaN input leaves the block's result NaN either way).
+        #[inline(always)]
+        fn larger(a: f32, b: f32) -> f32 {
+            if b > a { b } else { a }
+        }
+        let mut lanes = [0f32; BLOCK / 2];
+        for l in 0..BLOCK / 2 {
+            lanes[l] = larger(b[l].abs(), b[l + BLOCK / 2].abs());
+        }
+        for width in [8, 4, 2, 1] {
+            for l in 0..width {
+                lanes[l] = larger(lanes[l], lanes[l + width]);
+            }
+        }
+        let scale = lanes[0] / 127.0;
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        let start = q.len();
-        // |v * inv| <= 127 by construction, so the cast never saturates (NaN becomes 0).
-        q.extend(b.iter().map(|v| (v * inv).round() as i8));
-        sum16.push(16 * q[start..].iter().map(|&v| i32::from(v)).sum::<i32>());
+        let mut block = [0i8; BLOCK];
+        // |v * inv| <= 127 by construction. Rounded values go to integers by adding 1.5 · 2^23
+        // and reading the low bits (exact for integers this small): a saturating `as` cast does
+        // not vectorise and cost more than everything else here. Their sum is taken in f32,
+        // exact in any order (at most 32 · 127).
+        let mut sums = [0f32; BLOCK / 2];
+        for l in 0..BLOCK / 2 {
+            let (r0, r1) = (round_half_away(b[l] * inv), round_half_away(b[l + BLOCK / 2] * inv));
+            block[l] = to_int(r0) as i8;
+            block[l + BLOCK / 2] = to_int(r1) as i8;
+            sums[l] = r0 + r1;
+        }
+        for width in [8, 4, 2, 1] {
+            for l in 0..width {
+                sums[l] += sums[l + width];
+            }
+        }
+        let sum = to_int(sums[0]);
+        q.extend_from_slice(&block);
+        sum16.push(16 * sum);
         d.push(half::f16::from_f32_const(scale).to_f32_const());
     }
     Q8Row { d, q, sum16 }
+}
+
+/// `x.round()` (halves away from zero) in operations that vectorise: the library's `roundf`
+/// has no vector instruction and was called once per value.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x.trunc();
+    // `x − t` is exact.
+    if (x - t).abs() >= 0.5 { t + 1f32.copysign(x) } else { t }
+}
+
+/// An integer-valued f32 of magnitude below 2^22 as an integer, in operations that vectorise.
+#[inline(always)]
+fn to_int(r: f32) -> i32 {
+    (r + 12_582_912.0).to_bits() as i32 - 0x4B40_0000
 }
 
 /// The instruction set the kernel runs with on this machine.
