@@ -55,7 +55,7 @@ pub const ISA_FILE: &str = ".cairn/isa";
 /// The engine's numerics revision, part of the class: raised whenever a kernel change alters
 /// results (2: `Q5_0` and unpadded `Q8_0` decoding steps through Cairn's own kernel, activations
 /// quantized per 32 values there; 3: decoding steps' attention in Cairn's own loops; 4: embeddings
-/// on Cairn's encoder, `Q8_0` products).
+/// on Cairn's encoder, `Q8_0` products; prompt rows of those formats through Cairn's kernel too).
 pub const NUMERICS: &str = "n4";
 
 /// Default tokens a chat reply may use when the request does not say.

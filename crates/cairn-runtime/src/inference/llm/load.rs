@@ -233,11 +233,11 @@ impl<R: Read + Seek> Tensors<'_, R> {
         Linear::new(t, k, padded)
     }
 
-    /// A weight as a matrix product: candle's, or for the formats Cairn's kernel takes, that
-    /// kernel for decoding steps and candle's for prompt passes (see [`Linear::Dual`]).
+    /// A weight as a matrix product: Cairn's kernel for the formats it takes (every row,
+    /// prompt or step), candle's otherwise.
     pub(crate) fn linear(&mut self, name: &str) -> Result<Linear> {
         match self.own(name)? {
-            Some(m) => Ok(Linear::Dual { own: Arc::new(m), prompt: Box::new(self.candle_linear(name)?) }),
+            Some(m) => Ok(Linear::Own(Arc::new(m))),
             None => self.candle_linear(name),
         }
     }
@@ -255,13 +255,8 @@ impl<R: Read + Seek> Tensors<'_, R> {
                     parts.extend(self.own(n)?);
                 }
                 let sizes: Vec<usize> = parts.iter().map(QMatrix::rows).collect();
-                if let Some(own) = QMatrix::stack(parts).filter(|_| sizes.len() == names.len())
-                    && let Proj::Fused(prompt, _) = self.candle_projections(names)?
-                {
-                    return Ok(Proj::Fused(
-                        Linear::Dual { own: Arc::new(own), prompt: Box::new(prompt) },
-                        sizes,
-                    ));
+                if let Some(own) = QMatrix::stack(parts).filter(|_| sizes.len() == names.len()) {
+                    return Ok(Proj::Fused(Linear::Own(Arc::new(own)), sizes));
                 }
             }
             return names.iter().map(|n| self.linear(n)).collect::<Result<Vec<_>>>().map(Proj::Split);
@@ -433,7 +428,6 @@ mod batch_tests {
     #[test]
     fn one_row_gets_the_same_bits_alone_or_batched() {
         let dev = Device::Cpu;
-        let steps = super::super::linear::Rows::steps();
         let cases = [
             (GgmlDType::Q8_0, 640),
             (GgmlDType::Q8_0, 768),
@@ -452,11 +446,11 @@ mod batch_tests {
             let bits = |t: Tensor| -> Vec<Vec<u32>> {
                 t.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect()
             };
-            let all = bits(lin.forward(&x, &steps).unwrap());
+            let all = bits(lin.forward(&x).unwrap());
             for r in 0..5 {
-                let one = bits(lin.forward(&x.narrow(0, r, 1).unwrap(), &steps).unwrap());
+                let one = bits(lin.forward(&x.narrow(0, r, 1).unwrap()).unwrap());
                 assert!(one[0] == all[r], "{dtype:?} k={k}: row {r} alone differs from batched");
-                let two = bits(lin.forward(&x.narrow(0, r.min(3), 2).unwrap(), &steps).unwrap());
+                let two = bits(lin.forward(&x.narrow(0, r.min(3), 2).unwrap()).unwrap());
                 assert!(two[r - r.min(3)] == all[r], "{dtype:?} k={k}: row {r} in a pair differs");
             }
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::inference::quant;
 use attention::{LayerCache, Norms, Rope};
-use linear::{Linear, Proj, Rows};
+use linear::{Linear, Proj};
 pub use load::{Arch, Config, MAX_SERVED_CONTEXT};
 
 use crate::{Result, RunError};
@@ -202,8 +202,6 @@ impl Llm {
             ids.extend_from_slice(toks);
         }
         let total = ids.len();
-        let lengths: Vec<usize> = segs.iter().map(|s| s.1).collect();
-        let rows = Rows::new(&lengths, &self.device).map_err(engine)?;
         let mut x = match &self.embed {
             Embed::Own(m) => m.rows_f32(&ids, &self.device).map_err(engine)?,
             Embed::Candle(q, _) => {
@@ -219,7 +217,7 @@ impl Llm {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.eps).map_err(engine)?;
-            let mut qkv = layer.qkv.forward(&h, &rows).map_err(engine)?.into_iter();
+            let mut qkv = layer.qkv.forward(&h).map_err(engine)?.into_iter();
             let mut next = |b: &Option<Tensor>| -> Result<Tensor> {
                 let y = qkv.next().ok_or_else(|| RunError::Runtime("missing projection".into()))?;
                 match b {
@@ -231,17 +229,17 @@ impl Llm {
             let k = next(&layer.bk)?;
             let v = next(&layer.bv)?;
             let attn = self.attend(li, layer, batch, &segs, (&q, &k, &v))?;
-            let mut o = layer.wo.forward(&attn, &rows).map_err(engine)?;
+            let mut o = layer.wo.forward(&attn).map_err(engine)?;
             if let Some(w) = &layer.post_attn_norm {
                 o = candle_nn::ops::rms_norm(&o, w, cfg.eps).map_err(engine)?;
             }
             x = (x + o).map_err(engine)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.eps).map_err(engine)?;
-            let mut gu = layer.gate_up.forward(&h, &rows).map_err(engine)?.into_iter();
+            let mut gu = layer.gate_up.forward(&h).map_err(engine)?.into_iter();
             let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
                 return Err(RunError::Runtime("missing projection".into()));
             };
-            let mut f = layer.down.forward(&gated::gated(cfg.arch, &g, &u)?, &rows).map_err(engine)?;
+            let mut f = layer.down.forward(&gated::gated(cfg.arch, &g, &u)?).map_err(engine)?;
             if let Some(w) = &layer.post_ffn_norm {
                 f = candle_nn::ops::rms_norm(&f, w, cfg.eps).map_err(engine)?;
             }
@@ -251,7 +249,7 @@ impl Llm {
         let last = Tensor::from_vec(last, segs.len(), &self.device).map_err(engine)?;
         let x = x.index_select(&last, 0).map_err(engine)?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, cfg.eps).map_err(engine)?;
-        let logits = self.output.forward(&x, &Rows::steps()).map_err(engine)?;
+        let logits = self.output.forward(&x).map_err(engine)?;
         for (seq, toks) in batch.iter_mut() {
             seq.pos += toks.len();
         }
