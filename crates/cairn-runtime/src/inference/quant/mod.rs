@@ -19,6 +19,7 @@
 //! alone: batching never changes it.
 
 use candle_core::{DType, Device, Tensor};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Values in one block.
 const BLOCK: usize = 32;
@@ -212,62 +213,51 @@ impl QMatrix {
         let k = self.k;
         assert!(xs.len().is_multiple_of(k), "{} values are not rows of {k}", xs.len());
         let m = xs.len() / k;
-        // Input rows are quantized on the pool too, in groups (a row's bytes depend on that row
-        // alone). With the vector features on, rounding is inlined rather than a library call
-        // per value.
-        const QUANTIZE_ROWS: usize = 16;
-        let groups = m.div_ceil(QUANTIZE_ROWS);
-        let slots: Vec<std::sync::Mutex<Vec<Q8Row>>> = (0..groups).map(|_| Default::default()).collect();
+        if m == 0 {
+            return Vec::new();
+        }
+        // Input rows are quantized where they are used (a row's bytes depend on that row alone),
+        // compiled for the vector extension.
         #[inline(always)]
-        fn quantize(xs: &[f32], k: usize, g: usize) -> Vec<Q8Row> {
-            let rows = &xs[g * QUANTIZE_ROWS * k..((g + 1) * QUANTIZE_ROWS * k).min(xs.len())];
+        fn quantize(rows: &[f32], k: usize) -> Vec<Q8Row> {
             let mut out = Vec::with_capacity(rows.len() / k);
             for row in rows.chunks_exact(k) {
                 out.push(quantize_row(row));
             }
             out
         }
-        candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
-            for g in range {
-                let done = match simd {
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx512(v4) | Simd::Avx512Vnni(v4, _) => v4.vectorize(
-                        #[inline(always)]
-                        || quantize(xs, k, g),
-                    ),
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx2(v3) => v3.vectorize(
-                        #[inline(always)]
-                        || quantize(xs, k, g),
-                    ),
-                    Simd::Portable => quantize(xs, k, g),
-                };
-                if let Ok(mut slot) = slots[g].lock() {
-                    *slot = done;
-                }
-            }
-        });
-        let acts: Vec<Q8Row> = slots.into_iter().flat_map(|s| s.into_inner().unwrap_or_default()).collect();
-        if m == 0 {
-            return Vec::new();
-        }
+        let quantized = |rows: &[f32]| match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512(v4) | Simd::Avx512Vnni(v4, _) => v4.vectorize(
+                #[inline(always)]
+                || quantize(rows, k),
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2(v3) => v3.vectorize(
+                #[inline(always)]
+                || quantize(rows, k),
+            ),
+            Simd::Portable => quantize(rows, k),
+        };
         let panel_bytes = self.panel_bytes();
         let panels = self.rows / PANEL;
         let panel = |p: usize| &self.raw[p * panel_bytes..][..panel_bytes];
-        let mut out = vec![0f32; m * self.rows];
         if m >= 2 * GROUP_ROWS {
-            // Many rows (prompts, embeddings): groups of rows through every panel, each group's
-            // output rows written in place.
+            // (Allocated here only: an untouched buffer of this size left ahead of the few-row
+            // path made its products 1.7× slower in `kernel_speed`.)
+            let mut out = vec![0f32; m * self.rows];
+            // Many rows (prompts, embeddings): each unit of work quantizes a group of rows and
+            // takes it through every panel, writing its output rows in place.
             let slots: Vec<std::sync::Mutex<&mut [f32]>> =
                 out.chunks_mut(GROUP_ROWS * self.rows).map(std::sync::Mutex::new).collect();
             candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
                 let mut by_row = vec![[0f32; PANEL]; GROUP_ROWS];
                 for g in range {
                     let Ok(mut slot) = slots[g].lock() else { continue };
-                    let acts = &acts[g * GROUP_ROWS..(g * GROUP_ROWS + GROUP_ROWS).min(m)];
+                    let acts = quantized(&xs[g * GROUP_ROWS * k..((g + 1) * GROUP_ROWS * k).min(xs.len())]);
                     let by_row = &mut by_row[..acts.len()];
                     for p in 0..panels {
-                        panel_product(simd, self.format, panel(p), acts, by_row);
+                        panel_product(simd, self.format, panel(p), &acts, by_row);
                         for (row, v) in slot.chunks_exact_mut(self.rows).zip(by_row.iter()) {
                             row[p * PANEL..][..PANEL].copy_from_slice(v);
                         }
@@ -276,26 +266,24 @@ impl QMatrix {
             });
             return out;
         }
+        let acts = quantized(xs);
         // Few rows (decoding steps): each panel is read once and multiplied by every input row,
         // on candle's own worker pool (its workers spin between products; a second pool would
-        // fight them). Results land panel by panel (`panels × m × 16`), then row by row.
-        let mut blocks = vec![[0f32; PANEL]; panels * m];
-        {
-            let slots: Vec<std::sync::Mutex<&mut [[f32; PANEL]]>> =
-                blocks.chunks_mut(m).map(std::sync::Mutex::new).collect();
-            candle_core::utils::barrier_pool().execute_chunked(panels, |range| {
-                for p in range {
-                    let Ok(mut slot) = slots[p].lock() else { continue };
-                    panel_product(simd, self.format, panel(p), &acts, &mut slot);
+        // fight them).
+        let cells: Vec<AtomicU32> = (0..m * self.rows).map(|_| AtomicU32::new(0)).collect();
+        candle_core::utils::barrier_pool().execute_chunked(panels, |range| {
+            let mut by_row = vec![[0f32; PANEL]; m];
+            for p in range {
+                panel_product(simd, self.format, panel(p), &acts, &mut by_row);
+                for (r, cols) in by_row.iter().enumerate() {
+                    for (c, v) in cols.iter().enumerate() {
+                        cells[r * self.rows + p * PANEL + c].store(v.to_bits(), Ordering::Relaxed);
+                    }
                 }
-            });
-        }
-        for (r, row) in out.chunks_exact_mut(self.rows).enumerate() {
-            for (p, dst) in row.chunks_exact_mut(PANEL).enumerate() {
-                dst.copy_from_slice(&blocks[p * m + r]);
             }
-        }
-        out
+        });
+        // The pool's barrier orders the workers' stores before this read.
+        cells.into_iter().map(|v| f32::from_bits(v.into_inner())).collect()
     }
 }
 
