@@ -15,6 +15,18 @@ pub(crate) enum ImageCommand {
     Build(BuildArgs),
     /// A minimal image from this machine's static busybox (Debian's `busybox-static`).
     Busybox(BusyboxArgs),
+    /// An image of installed Debian packages and everything they depend on (e.g. `blender`).
+    Debian(DebianArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DebianArgs {
+    /// Installed packages to include, with their dependencies.
+    #[arg(required = true)]
+    packages: Vec<String>,
+    /// Where to write the image.
+    #[arg(long, short)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +58,20 @@ pub(crate) fn run(cmd: ImageCommand) -> Result<()> {
                 bail!("{} is not a directory", a.dir.display());
             }
             write(&image::build(&a.dir)?, &a.out)
+        }
+        ImageCommand::Debian(a) => {
+            let tmp = std::env::temp_dir().join(format!("cairn-debian-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let names: Vec<&str> = a.packages.iter().map(String::as_str).collect();
+            let tree = cairn_runtime::container::debian::debian_tree(&names, &tmp);
+            let bytes = tree.as_ref().ok().map(|_| image::build(&tmp));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let tree = tree?;
+            println!("{} packages, {} files", tree.packages.len(), tree.files);
+            for u in &tree.unresolved {
+                println!("not included (no installed package by that name): {u}");
+            }
+            write(&bytes.context("no image")??, &a.out)
         }
         ImageCommand::Busybox(a) => {
             let Some(busybox) = image::find_busybox() else {

@@ -17,6 +17,7 @@
 //! status and the captured standard output and error. Metered units are milliseconds of wall
 //! time.
 
+pub mod debian;
 pub mod egress;
 pub mod image;
 mod oci;

@@ -105,6 +105,35 @@ fn a_container_reads_its_inputs_writes_its_outputs_and_reruns_to_the_same_bundle
     assert_eq!(m1.bundle, m2.bundle, "{:?}", m1.bundle);
 }
 
+/// An image of installed Debian packages (here `coreutils` and the libraries it links) runs a
+/// dynamically linked program in the sandbox; a package that is not installed is refused.
+#[test]
+fn an_image_of_debian_packages_runs_its_dynamically_linked_programs() {
+    tools();
+    let dir = scratch("debian-rootfs");
+    let tree = container::debian::debian_tree(&["coreutils"], &dir.join("root")).unwrap();
+    assert!(tree.packages.iter().any(|p| p == "libc6"), "{:?}", tree.packages);
+    assert!(!dir.join("root/usr/share/doc").exists(), "documentation is left out");
+    let bytes = image::build(&dir.join("root")).unwrap();
+    let id = ContentId::of(&bytes);
+    let exec = ContainerExecutor::new(ContainerConfig::in_dir(dir.join("exec"))).unwrap();
+    exec.prepare(&id, &bytes).unwrap();
+    let input = dir.join("words.txt");
+    std::fs::write(&input, "schist\nbasalt\ngranite\n").unwrap();
+    let limits = Limits { wall_ms: 20_000, output_bytes: 1 << 20, ..Limits::default() };
+    let task = TaskRun { memory_mb: 64, cpu_millis: 1_000, ..TaskRun::new(id, limits) }
+        .arg("/usr/bin/sort")
+        .arg("-o")
+        .arg("/out/sorted.txt")
+        .arg("/in/words.txt")
+        .input("words.txt", &input);
+    let r = exec.run(&task).unwrap();
+    assert_eq!(r.bundle.exit(), Some("ok"), "{}", text(&r.bundle, OutputBundle::STDERR));
+    assert_eq!(text(&r.bundle, "sorted.txt"), "basalt\ngranite\nschist");
+    let missing = container::debian::debian_tree(&["cairn-no-such-package"], &dir.join("none"));
+    assert!(matches!(missing, Err(RunError::InvalidWorkload(m)) if m.contains("not installed")));
+}
+
 #[test]
 fn the_sandbox_has_no_network_a_read_only_root_and_no_way_out_through_proc_or_links() {
     let (exec, id, dir) = executor("container-walls");
