@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::numeric::{LANES, dot, exp, fold, softmax, vectorized};
+use super::numeric::{LANES, dot, exp, fold, for_rows, softmax, vectorized};
 use super::quant::QMatrix;
 
 /// Rows per unit of work in the row-wise passes.
@@ -233,7 +233,7 @@ impl Encoder {
         let t = place.len();
         let eps = self.eps;
         let mut x = vec![0f32; t * h];
-        for_rows(&mut x, h, |r, row| {
+        for_rows(ROWS_PER_UNIT, &mut x, h, |r, row| {
             let (s, p) = place[r];
             let id = inputs[s][p] as usize;
             let (w, pos) = (&self.word[id * h..][..h], &self.position[p * h..][..h]);
@@ -244,22 +244,22 @@ impl Encoder {
         });
         for layer in &self.layers {
             let mut qkv = layer.qkv.m.product(&x);
-            for_rows(&mut qkv, 3 * h, |_, row| add(row, &layer.qkv.bias));
+            for_rows(ROWS_PER_UNIT, &mut qkv, 3 * h, |_, row| add(row, &layer.qkv.bias));
             let ctx = self.attention(&qkv, inputs, &starts);
             let mut a = layer.out.m.product(&ctx);
-            for_rows(&mut a, h, |r, row| {
+            for_rows(ROWS_PER_UNIT, &mut a, h, |r, row| {
                 add(row, &layer.out.bias);
                 add(row, &x[r * h..][..h]);
                 layer_norm(row, &layer.norm1, eps);
             });
             let mut u = layer.up.m.product(&a);
-            for_rows(&mut u, self.inter, |_, row| {
+            for_rows(ROWS_PER_UNIT, &mut u, self.inter, |_, row| {
                 for (v, b) in row.iter_mut().zip(&layer.up.bias) {
                     *v = gelu(*v + b);
                 }
             });
             let mut d = layer.down.m.product(&u);
-            for_rows(&mut d, h, |r, row| {
+            for_rows(ROWS_PER_UNIT, &mut d, h, |r, row| {
                 add(row, &layer.down.bias);
                 add(row, &a[r * h..][..h]);
                 layer_norm(row, &layer.norm2, eps);
@@ -343,25 +343,6 @@ impl Encoder {
         }
         ctx
     }
-}
-
-/// `f(row index, row)` for every `width`-value row of `out`, [`ROWS_PER_UNIT`] rows to a unit of
-/// work on candle's pool, compiled for the vector extension.
-fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(width * ROWS_PER_UNIT).map(Mutex::new).collect();
-    candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
-        vectorized(
-            #[inline(always)]
-            || {
-                for u in range.clone() {
-                    let Ok(mut slot) = slots[u].lock() else { continue };
-                    for (i, row) in slot.chunks_mut(width).enumerate() {
-                        f(u * ROWS_PER_UNIT + i, row);
-                    }
-                }
-            },
-        )
-    });
 }
 
 #[inline(always)]

@@ -88,3 +88,24 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     }
     f()
 }
+
+/// `f(row index, row)` for every `width`-value row of `out` (the last may be shorter), `per_unit`
+/// rows to a unit of work on candle's worker pool, compiled for the vector extension. Each row is
+/// written by one call, so the results do not depend on how the work is shared out.
+pub(crate) fn for_rows(per_unit: usize, out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let slots: Vec<std::sync::Mutex<&mut [f32]>> =
+        out.chunks_mut(width * per_unit).map(std::sync::Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for u in range.clone() {
+                    let Ok(mut slot) = slots[u].lock() else { continue };
+                    for (i, row) in slot.chunks_mut(width).enumerate() {
+                        f(u * per_unit + i, row);
+                    }
+                }
+            },
+        )
+    });
+}

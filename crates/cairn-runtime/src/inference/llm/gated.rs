@@ -8,13 +8,11 @@
 //! and a quarter of a prompt pass. It is plain f32 arithmetic in one order on every path, so
 //! its bits do not depend on the vector width or on how the values are shared out.
 
-use std::sync::Mutex;
-
 use candle_core::Tensor;
 
 use super::{Arch, engine};
 use crate::Result;
-use crate::inference::numeric::{exp, vectorized};
+use crate::inference::numeric::{exp, for_rows};
 
 /// Values per unit of work.
 const CHUNK: usize = 4096;
@@ -41,29 +39,20 @@ pub(super) fn gated(arch: Arch, g: &Tensor, u: &Tensor) -> Result<Tensor> {
         return Err(crate::RunError::Runtime("gate and up differ in shape".into()));
     }
     let mut out = vec![0f32; gs.len()];
-    {
-        let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(CHUNK).map(Mutex::new).collect();
-        candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for c in range {
-                        let Ok(mut slot) = slots[c].lock() else { continue };
-                        let at = c * CHUNK;
-                        let (g, u) = (&gs[at..at + slot.len()], &us[at..at + slot.len()]);
-                        match arch {
-                            Arch::Gemma3 => {
-                                slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = gelu(*g) * u)
-                            }
-                            Arch::Qwen2 => {
-                                slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = silu(*g) * u)
-                            }
-                        }
-                    }
-                },
-            )
-        });
-    }
+    for_rows(
+        1,
+        &mut out,
+        CHUNK,
+        #[inline(always)]
+        |c, slot| {
+            let at = c * CHUNK;
+            let (g, u) = (&gs[at..at + slot.len()], &us[at..at + slot.len()]);
+            match arch {
+                Arch::Gemma3 => slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = gelu(*g) * u),
+                Arch::Qwen2 => slot.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = silu(*g) * u),
+            }
+        },
+    );
     Tensor::from_vec(out, g.shape(), g.device()).map_err(engine)
 }
 
