@@ -23,6 +23,8 @@ const RESVG: &[u8] = include_bytes!("../../../testdata/wasm/third-party/resvg.wa
 const TRAIN_DIGITS: &str = include_str!("../../../examples/train-digits/train.yaml");
 const DIGITS: &[u8] = include_bytes!("../../../examples/train-digits/digits.csv");
 const WORDFREQ: &str = include_str!("../../../examples/container-wordfreq/job.yaml");
+const RENDER: &str = include_str!("../../../examples/render-scene/job.yaml");
+const MAKE_SCENE: &str = include_str!("../../../examples/render-scene/make_scene.py");
 const MACBETH: &str = include_str!("../../../examples/train-shakespeare/macbeth.txt");
 
 const SCENE: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="256" height="160">
@@ -93,7 +95,7 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
         ),
         (
             "mandelbrot",
-            "kind: render\nworkload: mandelbrot.wasm\nargs: [\"320\", \"240\", \"4\", \"256\"]\ntasks: 4\nmax_price_per_task: 0.3 CRN\nbid_window: 4\ndeadline_blocks: 300\n".into(),
+            "kind: wasm\nworkload: mandelbrot.wasm\nargs: [\"320\", \"240\", \"4\", \"256\"]\ntasks: 4\nmax_price_per_task: 0.3 CRN\nbid_window: 4\ndeadline_blocks: 300\n".into(),
         ),
         (
             "classifier",
@@ -101,7 +103,7 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
         ),
         (
             "svg-render",
-            "kind: render\nworkload: resvg.wasm\nargs: [\"/in/scene.svg\", \"/out/scene.png\"]\ninputs:\n  - name: scene.svg\n    path: scene.svg\nmax_price_per_task: 0.3 CRN\ndeadline_blocks: 300\n".into(),
+            "kind: wasm\nworkload: resvg.wasm\nargs: [\"/in/scene.svg\", \"/out/scene.png\"]\ninputs:\n  - name: scene.svg\n    path: scene.svg\nmax_price_per_task: 0.3 CRN\ndeadline_blocks: 300\n".into(),
         ),
         ("training", TRAIN_DIGITS.into()),
     ];
@@ -120,8 +122,31 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
         std::fs::remove_dir_all(&tree)?;
         std::fs::write(dir.join("macbeth.txt"), MACBETH)?;
         list.push(("wordfreq", WORDFREQ.into()));
+        // A Blender animation, where Blender is installed: the example's scene script makes
+        // the .blend, and the job names this machine's Blender version.
+        if let Some(version) = cairn_runtime::render::blender_version(std::path::Path::new("blender")) {
+            make_scene(dir)?;
+            list.push(("render", RENDER.replace("blender: \"3.4.1\"", &format!("blender: \"{version}\""))));
+        }
     }
     Ok(list)
+}
+
+/// Run the example's scene script in this machine's Blender, writing `dir/scene.blend`.
+fn make_scene(dir: &std::path::Path) -> Result<()> {
+    let script = dir.join("make_scene.py");
+    std::fs::write(&script, MAKE_SCENE)?;
+    let out = std::process::Command::new("blender")
+        .args(["-b", "--factory-startup", "-noaudio", "--python-exit-code", "1", "--python"])
+        .arg(&script)
+        .arg("--")
+        .arg(dir.join("scene.blend"))
+        .output()
+        .context("running blender to make the demo scene")?;
+    if !out.status.success() {
+        anyhow::bail!("blender could not make the demo scene: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
 }
 
 /// A short chat completion through the gateway; returns the reply and the job it ran as.
@@ -167,7 +192,7 @@ fn describe(
     let unit = match job.kind {
         cairn_types::WorkloadKind::Inference => "tokens",
         cairn_types::WorkloadKind::Train => "examples",
-        cairn_types::WorkloadKind::Container => "ms",
+        cairn_types::WorkloadKind::Container | cairn_types::WorkloadKind::Render => "ms",
         _ => "fuel",
     };
     let who = |p: &Address| names.get(p).cloned().unwrap_or_else(|| short(p));
@@ -383,6 +408,17 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             training =
                 json!({ "rounds": w.rounds, "curve": w.curve, "model": w.model, "metrics": w.metrics });
         }
+        let mut render = Value::Null;
+        if v.job.kind == cairn_types::WorkloadKind::Render {
+            let out = net.root.join("results").join(name);
+            let r = crate::render::result(&client, v, &out).await?;
+            let made = match (&r.video, &r.animation) {
+                (Some(p), _) | (None, Some(p)) => p.display().to_string(),
+                _ => r.video_note.clone().unwrap_or_default(),
+            };
+            say(json, &format!("[{name}] {} frame(s) assembled: {made}", r.frames.len()));
+            render = crate::render::json(&r);
+        }
         let first = tasks_json.first().cloned().unwrap_or_default();
         say(
             json,
@@ -410,6 +446,7 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
             "tasks": tasks_json,
             "results": combined,
             "training": training,
+            "render": render,
         }));
     }
     let mut website_json = Value::Null;

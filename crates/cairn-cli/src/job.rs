@@ -203,8 +203,10 @@ pub(crate) fn progress_bar(quiet: bool, template: &str) -> indicatif::ProgressBa
 
 /// Follow a job with a progress bar until it finishes (a training job round by round).
 pub(crate) async fn watch(client: &Client, job: &JobId, quiet: bool) -> Result<JobView> {
-    if job_view(client, job).await?.job.kind == cairn_types::WorkloadKind::Train {
-        return crate::train::watch(client, job, quiet).await;
+    match job_view(client, job).await?.job.kind {
+        cairn_types::WorkloadKind::Train => return crate::train::watch(client, job, quiet).await,
+        cairn_types::WorkloadKind::Render => return crate::render::watch(client, job, quiet).await,
+        _ => {}
     }
     let bar = progress_bar(quiet, "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks done  {msg}");
     loop {
@@ -356,9 +358,15 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                 return crate::service::open_and_report(&client, &key, resolved, &a.lease, a.api.json).await;
             }
             if let Some(bytes) = &resolved.workload
-                && matches!(resolved.spec.kind, cairn_types::WorkloadKind::Wasm | cairn_types::WorkloadKind::Render)
+                && resolved.spec.kind == cairn_types::WorkloadKind::Wasm
             {
                 check_wasm(bytes)?;
+            }
+            if let Some(bytes) = &resolved.workload
+                && resolved.spec.kind == cairn_types::WorkloadKind::Render
+                && !cairn_runtime::render::looks_like_blend(bytes)
+            {
+                anyhow::bail!("the workload is not a .blend file (a render job's workload is the scene)");
             }
             // An image a provider would refuse is refused here, before anything is paid.
             if let Some(bytes) = &resolved.workload
@@ -506,8 +514,16 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                 }
                 training = Some(serde_json::json!({ "metrics": w.metrics, "curve": w.curve, "model": w.model, "rounds": w.rounds }));
             }
+            let mut rendered = None;
+            if v.job.kind == cairn_types::WorkloadKind::Render {
+                let r = crate::render::result(&client, &v, &a.out).await?;
+                if !a.api.json {
+                    crate::render::report(&r, &a.out);
+                }
+                rendered = Some(crate::render::json(&r));
+            }
             if a.api.json {
-                println!("{}", serde_json::json!({ "job": a.job, "results": report, "combined": combined, "training": training }));
+                println!("{}", serde_json::json!({ "job": a.job, "results": report, "combined": combined, "training": training, "render": rendered }));
             }
             if report.is_empty() {
                 bail!("no task of job {} has an output yet", a.job);

@@ -24,6 +24,7 @@ mod manifest;
 mod model;
 mod node;
 mod provider;
+mod render;
 mod service;
 mod sim;
 mod train;

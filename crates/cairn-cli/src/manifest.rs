@@ -191,6 +191,14 @@ pub(crate) async fn resolve(text: &str, dir: &Path, node: &str) -> Result<Resolv
     if m.get("kind").and_then(Value::as_str) == Some("train") {
         fill_train_tasks(m)?;
     }
+    // `kind: render`: frames × tiles tasks, unless the manifest says (then they must agree).
+    if m.get("kind").and_then(Value::as_str) == Some("render")
+        && !m.contains_key("tasks")
+        && let Some(r) =
+            m.get("render").and_then(|r| serde_yaml_ng::from_value::<cairn_types::RenderSpec>(r.clone()).ok())
+    {
+        m.insert("tasks".into(), r.tasks().into());
+    }
     for field in ["inputs", "task_inputs"] {
         if let Some(list) = m.get_mut(field) {
             resolve_inputs(&fetcher, node, dir, list, field).await?;

@@ -41,6 +41,8 @@ pub(crate) struct Ctx {
     pub(crate) train: Arc<cairn_runtime::TrainExecutor>,
     /// Native containers (runc), where the operator prices `container` or `service` work.
     pub(crate) container: Option<Arc<cairn_runtime::ContainerExecutor>>,
+    /// Blender scenes, where the operator prices `render` work.
+    pub(crate) render: Option<Arc<cairn_runtime::RenderExecutor>>,
     /// Leases' services, where the operator prices `service` work.
     pub(crate) services: Option<Arc<crate::services::Services>>,
     /// `model:<id>` = `<task>:<name>` for each model served.
@@ -163,6 +165,7 @@ pub async fn run(home: &Path) -> Result<()> {
         None
     };
     let exec = Arc::new(WasmExecutor::new(WasmConfig::in_dir(home.runtime()))?);
+    let render = crate::render::executor(&cfg, &home.runtime().join("render")).await?;
     let services = match (&container, cfg.prices.contains_key(&WorkloadKind::Service)) {
         (Some(images), true) => {
             let host = cairn_runtime::container::service::ServiceHost::new(
@@ -183,6 +186,7 @@ pub async fn run(home: &Path) -> Result<()> {
         infer,
         train: Arc::new(cairn_runtime::TrainExecutor::new()),
         container,
+        render,
         services,
         model_attrs,
         ledger: Mutex::new(Ledger::load(&home.ledger())?),
@@ -321,6 +325,7 @@ pub(crate) fn info_from(ctx: &Ctx) -> ProviderInfo {
     let cfg = &ctx.cfg;
     let mut attributes = cfg.attributes.clone();
     attributes.extend(ctx.model_attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    crate::render::attributes(ctx.render.as_deref(), &mut attributes);
     if ctx.container.is_some() && cairn_runtime::container::egress::available() {
         attributes.insert(cairn_types::NETWORK_ATTRIBUTE.to_string(), "egress".to_string());
     }
@@ -411,8 +416,8 @@ pub(crate) async fn spec_of(ctx: &Ctx, job: &JobId) -> Option<JobSpec> {
 
 pub(crate) fn serves(ctx: &Ctx, spec: &JobSpec) -> Option<Amount> {
     match spec.kind {
-        // The WASM executor runs `wasm` and WASM-based `render` workloads.
-        WorkloadKind::Wasm | WorkloadKind::Render => {}
+        WorkloadKind::Wasm => {}
+        WorkloadKind::Render if ctx.render.is_some() => {}
         // Inference only on the models this provider holds.
         WorkloadKind::Inference if ctx.infer.is_prepared(&spec.workload) => {}
         WorkloadKind::Train => {}

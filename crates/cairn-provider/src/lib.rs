@@ -11,7 +11,9 @@
 //!
 //! Beside tasks it runs the leases the chain assigns it (`services`: long-running containers
 //! exposed at `<endpoint>/lease/<id>/…`) and answers the chain's probe draws (`probes`: it
-//! requests other providers' services as a client would and reports what it saw).
+//! requests other providers' services as a client would and reports what it saw). Where the
+//! operator prices `render` work, it renders Blender scenes with the machine's Blender in the
+//! container sandbox (`render`), advertising the version so only matching jobs come to it.
 
 mod audit;
 mod bidding;
@@ -22,6 +24,7 @@ pub mod inventory;
 pub mod ledger;
 mod pipeline;
 mod probes;
+mod render;
 pub mod sender;
 mod services;
 mod streams;

@@ -115,10 +115,15 @@ pub(crate) async fn execute(
         seed: task.id.0,
         train: spec.train.as_deref().cloned(),
         network: spec.network,
+        render: spec.render.as_deref().cloned(),
     };
     let exec: Arc<dyn Executor> = match spec.kind {
         WorkloadKind::Inference => ctx.infer.clone(),
         WorkloadKind::Train => ctx.train.clone(),
+        WorkloadKind::Render => match &ctx.render {
+            Some(r) => r.clone(),
+            None => return Err(Error::Config("this provider does not render".into())),
+        },
         WorkloadKind::Container => match &ctx.container {
             Some(c) => c.clone(),
             None => return Err(Error::Config("this provider does not run containers".into())),

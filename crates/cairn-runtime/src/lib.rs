@@ -19,6 +19,7 @@
 
 pub mod container;
 pub mod inference;
+pub mod render;
 pub mod train;
 mod wasm;
 
@@ -28,6 +29,7 @@ use cairn_types::{ContentId, Limits, OutputBundle, WorkloadKind};
 
 pub use container::{ContainerConfig, ContainerExecutor};
 pub use inference::{InferenceConfig, InferenceExecutor};
+pub use render::RenderExecutor;
 pub use train::{Metrics, TrainExecutor, decode_metrics, reference_loop};
 pub use wasm::cgi::{CgiReply, CgiRequest};
 pub use wasm::{WasmConfig, WasmExecutor};
@@ -124,6 +126,8 @@ pub struct TaskRun {
     /// For `container` jobs that ask for it: outbound network (user-mode NAT; see
     /// [`container::egress`]).
     pub network: bool,
+    /// For `render` jobs: what to render (the task's frame and tile follow from `task_index`).
+    pub render: Option<cairn_types::RenderSpec>,
 }
 
 impl TaskRun {
@@ -142,6 +146,7 @@ impl TaskRun {
             seed: [0; 32],
             train: None,
             network: false,
+            render: None,
         }
     }
 

@@ -49,6 +49,7 @@ pub mod model;
 mod params;
 mod penalty;
 mod registry;
+mod render;
 mod rewards;
 mod sortition;
 mod staking;

@@ -95,6 +95,9 @@ pub(crate) fn fits(ctx: &Ctx<'_>, p: &Provider, spec: &JobSpec, client: &Address
     if c.attributes.iter().any(|(k, v)| p.info.attributes.get(k) != Some(v)) {
         return false;
     }
+    if !crate::render::fits(p, spec) {
+        return false;
+    }
     if spec.network
         && p.info.attributes.get(cairn_types::NETWORK_ATTRIBUTE).map(String::as_str) != Some("egress")
     {

@@ -253,6 +253,10 @@ pub struct JobSpec {
     /// For `service` specs: the port, the price per block and the SLA (see [`crate::ServiceSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Box<crate::ServiceSpec>>,
+    /// For `render` jobs: the Blender version, frames, resolution, samples and tiles (see
+    /// [`crate::RenderSpec`]; the workload is the `.blend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render: Option<Box<crate::RenderSpec>>,
 }
 
 /// The provider attribute (value `egress`) that says its containers may have outbound network.
@@ -320,7 +324,14 @@ impl JobSpec {
                 max: limits::MAX_SPEC_BYTES,
             });
         }
-        let spec: JobSpec = serde_yaml_ng::from_str(text).map_err(|e| Error::Yaml(e.to_string()))?;
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| Error::Yaml(e.to_string()))?;
+        let tasks_given = value.get("tasks").is_some();
+        let mut spec: JobSpec = serde_yaml_ng::from_value(value).map_err(|e| Error::Yaml(e.to_string()))?;
+        // A render job's task count follows from its frames and tiles: fill it in when left out.
+        if let (false, Some(r)) = (tasks_given, spec.render.as_deref()) {
+            spec.tasks = u32::try_from(r.tasks()).unwrap_or(u32::MAX);
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -340,6 +351,7 @@ impl JobSpec {
 
     fn check(&self) -> std::result::Result<(), String> {
         use limits::*;
+        crate::render::check(self)?;
         if self.tasks == 0 || self.tasks > MAX_TASKS {
             return Err(format!("tasks must be 1..={MAX_TASKS}"));
         }

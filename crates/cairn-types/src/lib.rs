@@ -58,6 +58,7 @@ mod job;
 mod keys;
 mod provider;
 mod receipt;
+mod render;
 mod service;
 pub mod stream;
 mod train;
@@ -83,6 +84,9 @@ pub use provider::{
 pub use receipt::{
     AuditKind, AuditOutcome, ErrorCode, Event, LeaseEnd, Receipt, RefundReason, RoundVerdict, SlashReason,
     TxStatus,
+};
+pub use render::{
+    BLENDER_ATTRIBUTE, Frames, RenderEngine, RenderSpec, Resolution, SCENE_FILE, render_limits,
 };
 pub use service::{ServiceRuntime, ServiceSpec, Sla, service_limits};
 pub use train::{Decimal, ModelArch, Optimizer, TrainRole, TrainSpec, train_limits};

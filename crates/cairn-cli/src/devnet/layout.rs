@@ -128,15 +128,19 @@ pub(super) fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Re
     let service = [ucrn(100), ucrn(150), ucrn(200)];
     // Native containers where this machine can run them (runc, as root).
     let containers = cairn_runtime::container::available(Path::new("runc"));
+    // Blender scenes where Blender is installed too (they render in the container sandbox).
+    let blender = containers && cairn_runtime::render::blender_version(Path::new("blender")).is_some();
     for (i, k) in provider_keys.iter().enumerate() {
         let listen: std::net::SocketAddr = format!("127.0.0.1:{}", port(a.provider_port, i)?).parse()?;
         let mut prices = BTreeMap::new();
         prices.insert(WorkloadKind::Wasm, wasm[i % 3]);
-        prices.insert(WorkloadKind::Render, render[i % 3]);
         prices.insert(WorkloadKind::Train, train[i % 3]);
         if containers {
             prices.insert(WorkloadKind::Container, wasm[i % 3]);
             prices.insert(WorkloadKind::Service, service[i % 3]);
+        }
+        if blender {
+            prices.insert(WorkloadKind::Render, render[i % 3]);
         }
         if !a.models.is_empty() {
             prices.insert(WorkloadKind::Inference, inference[i % 3]);

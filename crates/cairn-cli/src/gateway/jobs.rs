@@ -126,6 +126,7 @@ impl Gateway {
             deterministic: true,
             network: false,
             service: None,
+            render: None,
         };
         spec.validate().map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
         let hash = self.sender.submit(TxBody::SubmitJob(SubmitJob { spec })).await.map_err(|e| {

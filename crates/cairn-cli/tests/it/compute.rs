@@ -10,8 +10,9 @@ use crate::harness::*;
 #[test]
 fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     let _heavy = heavy();
-    // The container demo runs where runc and a static busybox are installed: here, always.
-    container_tools();
+    // The container demo runs where runc and a static busybox are installed, the render demo
+    // where Blender is too: here, always.
+    render_tools();
     let dir = TempDir::new("demo");
     let base = free_base(3);
     let (ok, stdout, stderr) = cairn(
@@ -40,7 +41,17 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["primes", "mandelbrot", "classifier", "svg-render", "training", "embeddings", "wordfreq", "chat"]
+        [
+            "primes",
+            "mandelbrot",
+            "classifier",
+            "svg-render",
+            "training",
+            "embeddings",
+            "wordfreq",
+            "render",
+            "chat"
+        ]
     );
     assert!(v["gateway"].as_str().unwrap().ends_with("/v1"));
     assert!(!v["chat"]["reply"].as_str().unwrap().trim().is_empty(), "{}", v["chat"]);
@@ -79,6 +90,17 @@ fn the_devnet_runs_its_demo_jobs_to_settled_verified_outputs() {
     let training = jobs.iter().find(|j| j["name"] == "training").unwrap();
     let last = training["training"]["rounds"].as_array().unwrap().last().unwrap().clone();
     assert!(last["eval_accuracy"].as_f64().unwrap() > 0.8, "{last}");
+    // The Blender animation: every frame assembled from verified tiles, and the video.
+    let render = dir.0.join("results/render");
+    let frames: Vec<_> = std::fs::read_dir(render.join("frames")).unwrap().flatten().collect();
+    assert_eq!(frames.len(), 16, "one frame per task");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(render.join("frames.json")).unwrap()).unwrap();
+    assert_eq!(manifest["frames"].as_array().unwrap().len(), 16);
+    let first = cairn_runtime::render::frames::decode(&std::fs::read(frames[0].path()).unwrap()).unwrap();
+    assert_eq!((first.width, first.height), (320, 180));
+    assert!(std::fs::metadata(render.join("video.mp4")).unwrap().len() > 1000, "the video is written");
+    assert_eq!(&std::fs::read(render.join("animation.png")).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     let svg = dir.0.join("results/svg-render/task-0/scene.png");
     assert_eq!(&std::fs::read(svg).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     assert!(stderr.contains("settled:"), "the path is shown: {stderr}");
@@ -145,7 +167,7 @@ fn a_provider_killed_mid_task_is_replaced_after_the_deadline_and_the_client_stil
     std::fs::copy(testdata("wasm/mandelbrot.wasm"), dir.0.join("mandelbrot.wasm")).unwrap();
     std::fs::write(
         &spec,
-        "kind: render\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 40\nlimits:\n  fuel: 200000000000\n",
+        "kind: wasm\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 40\nlimits:\n  fuel: 200000000000\n",
     )
     .unwrap();
     let before = rt.block_on(node.client().account(&client_key.address())).unwrap().balance;
@@ -285,6 +307,23 @@ fn bad_jobs_and_bad_data_get_clear_errors_and_lose_nothing() {
         testdata("wasm/sieve.wasm").display()
     ));
     assert!(!ok && err.contains("unknown field"), "{err}");
+    // Render jobs: a workload that is not a .blend, a billion frames, a 100k × 100k frame.
+    std::fs::write(dir.0.join("scene.blend"), b"PK\x03\x04 a zip, not a scene").unwrap();
+    let render =
+        |r: &str| format!("kind: render\nworkload: scene.blend\nmax_price_per_task: 1 CRN\nrender: {r}\n");
+    let (ok, _, err) = submit(&render(
+        "{ blender: '3.4.1', frames: { start: 1, end: 2 }, resolution: { width: 64, height: 64 } }",
+    ));
+    assert!(!ok && err.contains("not a .blend file"), "{err}");
+    std::fs::write(dir.0.join("scene.blend"), b"BLENDER-v304 and then some").unwrap();
+    let (ok, _, err) = submit(&render(
+        "{ blender: '3.4.1', frames: { start: 1, end: 1000000000 }, resolution: { width: 64, height: 64 } }",
+    ));
+    assert!(!ok && err.contains("render.frames"), "{err}");
+    let (ok, _, err) = submit(&render(
+        "{ blender: '3.4.1', frames: { start: 1, end: 2 }, resolution: { width: 100000, height: 100000 } }",
+    ));
+    assert!(!ok && err.contains("render.resolution"), "{err}");
     // Nothing was spent on refused jobs.
     let after = rt().block_on(node.client().account(&cairn_node_key(&key).address())).unwrap();
     assert_eq!(before.balance, after.balance);
@@ -357,7 +396,7 @@ fn one_provider_running_a_frame(name: &str) -> (TempDir, NodeProc, ProviderProc,
     let spec = dir.0.join("frame.yaml");
     std::fs::write(
         &spec,
-        "kind: render\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 600\nlimits:\n  fuel: 200000000000\n",
+        "kind: wasm\nworkload: mandelbrot.wasm\nargs: [\"1280\", \"960\", \"1\", \"1024\"]\nmax_price_per_task: 1 CRN\ndeadline_blocks: 600\nlimits:\n  fuel: 200000000000\n",
     )
     .unwrap();
     let job = submit_spec(&spec, &node.api, &dir.0.join("me.key"));

@@ -299,6 +299,24 @@ pub(crate) fn container_tools() {
     ONCE.get_or_init(install_container_tools);
 }
 
+/// Blender and ffmpeg for the render demo (installed from Debian on first use), beside the
+/// container tools its sandbox needs.
+pub(crate) fn render_tools() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    container_tools();
+    ONCE.get_or_init(|| {
+        let have = |p: &str| Command::new(p).arg("-version").output().is_ok();
+        if cairn_runtime::render::blender_version(Path::new("blender")).is_none() || !have("ffmpeg") {
+            let ok = Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "blender", "ffmpeg"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "the render demo needs `apt-get install --no-install-recommends blender ffmpeg`");
+        }
+    });
+}
+
 fn install_container_tools() {
     let runc = Path::new("runc");
     if cairn_runtime::container::image::find_busybox().is_none()

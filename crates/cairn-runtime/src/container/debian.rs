@@ -74,6 +74,21 @@ fn groups(field: &str) -> Vec<Vec<String>> {
 /// [`RunError::InvalidWorkload`] when a named package is not installed; [`RunError::Io`] when
 /// `dpkg` cannot run or the tree cannot be written.
 pub fn debian_tree(packages: &[&str], dir: &Path) -> Result<DebianTree> {
+    tree(packages, dir, false)
+}
+
+/// [`debian_tree`] with the files hard-linked rather than copied where `dir` is on the same
+/// filesystem (copied otherwise): a root for this machine's own sandboxes that costs no disk.
+/// The links share the host files' contents, so such a tree must only ever be mounted
+/// read-only.
+///
+/// # Errors
+/// As [`debian_tree`].
+pub fn debian_tree_linked(packages: &[&str], dir: &Path) -> Result<DebianTree> {
+    tree(packages, dir, true)
+}
+
+fn tree(packages: &[&str], dir: &Path, link: bool) -> Result<DebianTree> {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut unresolved: BTreeSet<String> = BTreeSet::new();
     let mut queue: VecDeque<String> = VecDeque::new();
@@ -120,6 +135,7 @@ pub fn debian_tree(packages: &[&str], dir: &Path) -> Result<DebianTree> {
         }
     }
     let mut files = 0;
+    let mut links = Vec::new();
     for p in &seen {
         let Some(list) = dpkg(&["dpkg-query", "-L", p])? else { continue };
         for path in list.lines().filter(|l| l.starts_with('/') && *l != "/.") {
@@ -140,20 +156,110 @@ pub fn debian_tree(packages: &[&str], dir: &Path) -> Result<DebianTree> {
                     std::fs::create_dir_all(parent).map_err(io)?;
                 }
                 std::os::unix::fs::symlink(std::fs::read_link(path).map_err(io)?, &to).map_err(io)?;
+                links.push(std::path::PathBuf::from(path));
             } else if ty.is_file() {
                 if let Some(parent) = to.parent() {
                     std::fs::create_dir_all(parent).map_err(io)?;
                 }
-                std::fs::copy(path, &to).map_err(io)?;
+                if !(link && std::fs::hard_link(path, &to).is_ok()) {
+                    std::fs::copy(path, &to).map_err(io)?;
+                }
                 files += 1;
             }
         }
     }
+    links.extend(alternatives(dir));
+    files += follow_links(dir, links, link)?;
     Ok(DebianTree {
         packages: seen.into_iter().collect(),
         unresolved: unresolved.into_iter().collect(),
         files,
     })
+}
+
+/// Links that point outside what the packages list — Debian's alternatives
+/// (`liblapack.so.3 → /etc/alternatives/… → the chosen implementation`) — followed on the host
+/// and their targets added, link by link. Returns the files added.
+fn follow_links(dir: &Path, mut links: Vec<std::path::PathBuf>, link: bool) -> Result<usize> {
+    let mut files = 0;
+    let mut steps = 0;
+    while let Some(at) = links.pop() {
+        steps += 1;
+        if steps > 100_000 {
+            break;
+        }
+        let Ok(target) = std::fs::read_link(&at) else { continue };
+        let host = normalize(&at.parent().unwrap_or(Path::new("/")).join(target));
+        let to = dir.join(host.strip_prefix("/").unwrap_or(&host));
+        if std::fs::symlink_metadata(&to).is_ok() {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&host).map_err(io)?, &to).map_err(io)?;
+            links.push(host);
+        } else if meta.is_file() {
+            if !(link && std::fs::hard_link(&host, &to).is_ok()) {
+                std::fs::copy(&host, &to).map_err(io)?;
+            }
+            files += 1;
+        }
+    }
+    Ok(files)
+}
+
+/// The links Debian's alternatives system made (`update-alternatives`, which `dpkg -L` does not
+/// list) whose choice is a file in the tree: the host's links, to be copied into it with what
+/// they point through.
+fn alternatives(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/var/lib/dpkg/alternatives") else { return out };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        let mut lines = text.lines().skip(1);
+        let mut pairs =
+            vec![(e.file_name().to_string_lossy().into_owned(), lines.next().unwrap_or("").to_string())];
+        // Slave links: name and path pairs up to a blank line.
+        while let (Some(name), Some(path)) = (lines.next().filter(|l| !l.is_empty()), lines.next()) {
+            pairs.push((name.to_string(), path.to_string()));
+        }
+        for (name, link) in pairs {
+            let chosen = std::fs::read_link(Path::new("/etc/alternatives").join(&name));
+            let in_tree = chosen.is_ok_and(|t| {
+                std::fs::symlink_metadata(dir.join(t.strip_prefix("/").unwrap_or(&t))).is_ok()
+            });
+            let to = dir.join(link.trim_start_matches('/'));
+            if in_tree
+                && !link.is_empty()
+                && std::fs::symlink_metadata(&to).is_err()
+                && let (Some(parent), Ok(target)) = (to.parent(), std::fs::read_link(&link))
+                && std::fs::create_dir_all(parent).is_ok()
+                && std::os::unix::fs::symlink(target, &to).is_ok()
+            {
+                out.push(std::path::PathBuf::from(link));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `p` with `.` and `..` resolved by name (no links followed).
+fn normalize(p: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]

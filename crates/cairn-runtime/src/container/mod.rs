@@ -147,26 +147,41 @@ impl ContainerExecutor {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        // Mount points the sandbox needs, made here (the root is read-only in the container).
-        for m in ["in", "out", "tmp", "proc", "dev", "sys"] {
-            let p = root.join(m);
-            match std::fs::symlink_metadata(&p) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(RunError::InvalidWorkload(format!("image: /{m} must be a directory")));
-                }
-                Err(_) => std::fs::create_dir_all(&p).map_err(io)?,
-            }
-        }
-        // runc gives a tmpfs the mode of the directory it covers: keep `/tmp` writable by the
-        // unprivileged user, whatever the image says.
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
-                .map_err(io)?;
+        if let Err(e) = ready_root(&root) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
         }
         std::fs::write(dir.join(".complete"), b"").map_err(io)?;
+        lock(&self.prepared).insert(*id, root);
+        Ok(())
+    }
+}
+
+/// Make the mount points the sandbox needs in `root` (it is read-only in the container).
+fn ready_root(root: &Path) -> Result<()> {
+    for m in ["in", "out", "tmp", "proc", "dev", "sys"] {
+        let p = root.join(m);
+        match std::fs::symlink_metadata(&p) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(RunError::InvalidWorkload(format!("image: /{m} must be a directory"))),
+            Err(_) => std::fs::create_dir_all(&p).map_err(io)?,
+        }
+    }
+    // runc gives a tmpfs the mode of the directory it covers: keep `/tmp` writable by the
+    // unprivileged user, whatever the image says.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).map_err(io)
+}
+
+impl ContainerExecutor {
+    /// Run tasks of image `id` in the root filesystem tree at `root`, made on this machine
+    /// rather than unpacked from an image file (the Blender root of [`crate::render`]).
+    ///
+    /// # Errors
+    /// [`RunError::Io`] when the mount points cannot be made.
+    pub fn adopt(&self, id: &ContentId, root: &Path) -> Result<()> {
+        ready_root(root)?;
+        let root = std::fs::canonicalize(root).map_err(io)?;
         lock(&self.prepared).insert(*id, root);
         Ok(())
     }

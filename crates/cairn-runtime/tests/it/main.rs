@@ -4,6 +4,7 @@
 
 mod container;
 mod inference;
+mod render;
 mod sandbox;
 mod services;
 mod train;

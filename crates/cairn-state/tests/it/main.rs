@@ -7,6 +7,7 @@ mod common;
 mod leases;
 mod lifecycle;
 mod properties;
+mod render;
 mod staking_rewards;
 mod streams;
 mod training;

@@ -32,6 +32,7 @@ fn spec() -> JobSpec {
         deterministic: true,
         network: false,
         service: None,
+        render: None,
     }
 }
 
@@ -47,6 +48,15 @@ fn train_spec() -> JobSpec {
     JobSpec::from_yaml(&format!(
         "kind: train\nworkload: {}\nmax_price_per_task: 0.05 CRN\ntasks: 9\ntrain:\n  model: {{ arch: gpt, layers: 2, d_model: 64, heads: 4, context: 32 }}\n  optimizer: {{ learning_rate: 3e-3, weight_decay: 0.01 }}\n  rounds: 3\n  width: 2\n  local_steps: 20\n  batch_size: 16\n  seed: 7\n",
         ContentId::of(b"shakespeare.txt")
+    ))
+    .unwrap()
+}
+
+fn render_spec() -> JobSpec {
+    JobSpec::from_yaml(&format!(
+        "kind: render\nworkload: {}\nmax_price_per_task: 0.2 CRN\ninputs: [{{ name: wood.png, id: {}, size: 5 }}]\nresources: {{ cpu_millis: 2000, memory_mb: 1024 }}\nrender:\n  blender: '3.4.1'\n  frames: {{ start: 1, end: 24 }}\n  resolution: {{ width: 320, height: 180 }}\n  samples: 16\n  seed: 3\n  tiles: 2\n  fps: 12\n",
+        ContentId::of(b"scene.blend"),
+        ContentId::of(b"wood!")
     ))
     .unwrap()
 }
@@ -76,6 +86,7 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
         ("submit_job_tx.hex", submit.encode()),
         ("job_spec.hex", spec().encode()),
         ("train_job_spec.hex", train_spec().encode()),
+        ("render_job_spec.hex", render_spec().encode()),
         ("block.hex", block.encode()),
     ];
     // Every other transaction body, one signed transaction each.
@@ -198,8 +209,9 @@ fn error_codes_match_the_golden_list() {
 #[test]
 fn golden_vectors_decode_to_their_values_and_verify() {
     let values = golden_values();
-    let [(_, t), (_, s), (_, j), (_, tj), (_, b)] = <[_; 5]>::try_from(values[..5].to_vec()).unwrap();
-    for (name, bytes) in &values[5..] {
+    let [(_, t), (_, s), (_, j), (_, tj), (_, rj), (_, b)] =
+        <[_; 6]>::try_from(values[..6].to_vec()).unwrap();
+    for (name, bytes) in &values[6..] {
         assert!(Tx::decode(bytes).unwrap().verify_signature().is_ok(), "{name}");
     }
     let tx = Tx::decode(&t).unwrap();
@@ -208,6 +220,7 @@ fn golden_vectors_decode_to_their_values_and_verify() {
     assert!(Tx::decode(&s).unwrap().verify_signature().is_ok());
     assert_eq!(JobSpec::decode(&j).unwrap(), spec());
     assert_eq!(JobSpec::decode(&tj).unwrap(), train_spec());
+    assert_eq!(JobSpec::decode(&rj).unwrap(), render_spec());
     assert_eq!(Block::decode(&b).unwrap().txs, vec![tx]);
 }
 
@@ -282,6 +295,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 deterministic: true,
                 network: false,
                 service: None,
+                render: None,
             },
         )
 }
