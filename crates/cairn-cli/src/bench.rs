@@ -25,6 +25,9 @@ pub(crate) enum BenchCommand {
     Container(crate::bench_container::ContainerArgs),
     /// Services: lease start-up, SLA accounting and migration off a SIGKILLed provider.
     Service(crate::bench_service::ServiceArgs),
+    /// Rendering: frames/min on a devnet with 1/2/3 providers vs `blender -b` directly, and
+    /// the share of render compute audits re-run.
+    Render(crate::bench_render::RenderArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +70,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(t) => return crate::runtime()?.block_on(crate::bench_train::run(t)),
         BenchCommand::Container(c) => return crate::bench_container::run(c),
         BenchCommand::Service(s) => return crate::runtime()?.block_on(crate::bench_service::run(s)),
+        BenchCommand::Render(r) => return crate::runtime()?.block_on(crate::bench_render::run(r)),
     };
     let rt = crate::runtime()?;
     let mut rows = Vec::new();

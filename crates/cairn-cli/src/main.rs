@@ -11,6 +11,7 @@ mod bench_batching;
 mod bench_container;
 mod bench_embeddings;
 mod bench_inference;
+mod bench_render;
 mod bench_service;
 mod bench_train;
 mod catalog;

@@ -183,5 +183,6 @@ fn end_block(ctx: &mut Ctx<'_>) -> Exec<()> {
             Due::DealEnd { deal } => storage::on_end(ctx, &deal)?,
         }
     }
+    crate::waiting::end_block(ctx)?;
     rewards::end_block(ctx)
 }

@@ -45,6 +45,11 @@ pub const SEALED: u8 = b'b';
 /// Prefix of punished consensus faults (validator, view).
 pub const FAULT: u8 = b'f';
 
+/// Head and tail counters of the waiting room (posted-price tasks waiting for room).
+pub const WAITING_ENDS: &[u8] = b"Mwaiting";
+/// Prefix of waiting-room entries.
+pub const WAITING: u8 = b'w';
+
 /// Prefix of the per-height count of scheduled work.
 pub const DUE_COUNT: u8 = b'D';
 /// Prefix of scheduled work items.
@@ -119,4 +124,8 @@ pub fn due_count(height: u64) -> Vec<u8> {
 /// Key of item `seq` scheduled at `height` (hashed, as [`due_count`]).
 pub fn due(height: u64, seq: u32) -> Vec<u8> {
     with(DUE, &hash_domain("cairn due key v1", &[&height.to_be_bytes(), &seq.to_be_bytes()])[..16])
+}
+/// Key of waiting-room entry `seq` (hashed, as [`due_count`]).
+pub fn waiting(seq: u64) -> Vec<u8> {
+    with(WAITING, &hash_domain("cairn waiting key v1", &[&seq.to_be_bytes()])[..16])
 }

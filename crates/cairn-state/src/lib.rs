@@ -58,6 +58,7 @@ pub mod store;
 mod streams;
 pub mod testkit;
 mod verify;
+mod waiting;
 
 use borsh::BorshDeserialize;
 use cairn_types::{

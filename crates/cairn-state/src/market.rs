@@ -139,9 +139,32 @@ fn start_attempt(ctx: &mut Ctx<'_>, t: &mut Task, job: &Job, spec: &JobSpec) -> 
         if take_first_with_room(ctx, t, spec, &mut cands)? {
             return Ok(());
         }
-        return open_auction(ctx, t, ctx.params.rematch_blocks);
+        return wait_for_room(ctx, t);
     }
     open_auction(ctx, t, spec.bid_window)
+}
+
+/// A posted-price task that found no room: open for bids, and wait in the waiting room for
+/// the first provider with room ([`crate::waiting`]).
+fn wait_for_room(ctx: &mut Ctx<'_>, t: &mut Task) -> Exec<()> {
+    open_auction(ctx, t, ctx.params.rematch_blocks)?;
+    crate::waiting::push(ctx, t.id, t.attempt)
+}
+
+/// Match an open task of a posted-price job to the best provider with room now; its sealed
+/// bids, if any, are dropped. False when no one has room.
+pub(crate) fn match_posted(ctx: &mut Ctx<'_>, t: &mut Task) -> Exec<bool> {
+    let j = job(ctx, &t.job)?.ok_or_else(|| invariant("task without job"))?;
+    if j.cancelled {
+        return Ok(false);
+    }
+    let spec = spec(ctx, &t.job)?;
+    let mut cands = posted_candidates(ctx, &spec, &j.client, &t.id.0, &t.excluded)?;
+    if !take_first_with_room(ctx, t, &spec, &mut cands)? {
+        return Ok(false);
+    }
+    ctx.delete(keys::sealed(&t.id));
+    Ok(true)
 }
 
 pub(crate) fn submit_job(ctx: &mut Ctx<'_>, client: &Address, nonce: u64, spec: &JobSpec) -> Exec<()> {
@@ -198,7 +221,7 @@ pub(crate) fn submit_job(ctx: &mut Ctx<'_>, client: &Address, nonce: u64, spec: 
             t.state = TaskState::Waiting {};
         } else if spec.bid_window == 0 {
             if !take_first_with_room(ctx, &mut t, spec, &mut cands)? {
-                open_auction(ctx, &mut t, ctx.params.rematch_blocks)?;
+                wait_for_room(ctx, &mut t)?;
             }
         } else {
             open_auction(ctx, &mut t, spec.bid_window)?;

@@ -16,7 +16,7 @@
 
 pub mod assemble;
 pub mod frames;
-mod script;
+pub mod script;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -145,7 +145,7 @@ impl Executor for RenderExecutor {
         ]
         .map(String::from)
         .to_vec();
-        run.args.push(script::script(spec, task.task_index, threads));
+        run.args.push(script::script(spec, task.task_index, threads, "/in/scene.blend", "/out/frame.png"));
         run.memory_mb = task.memory_mb;
         run.cpu_millis = task.cpu_millis;
         run.task_index = task.task_index;

@@ -18,8 +18,10 @@ pub(crate) const ERROR_MARK: &str = "CAIRN-ERROR: ";
 /// Exit status of a failure the script detected.
 pub(crate) const EXIT_REFUSED: i32 = 3;
 
-/// The script for task `index` of `spec`, rendering with `threads` threads.
-pub(crate) fn script(spec: &RenderSpec, index: u32, threads: u32) -> String {
+/// The script for task `index` of `spec`, rendering with `threads` threads to `out` (the
+/// sandbox's `/out/frame.png`; elsewhere when a benchmark runs Blender directly), expecting
+/// the scene at `scene`.
+pub fn script(spec: &RenderSpec, index: u32, threads: u32, scene: &str, out: &str) -> String {
     let (frame, tile) = spec.part(index);
     let (top, bottom) = spec.tile_rows(tile);
     let cropped = spec.tiles > 1;
@@ -29,7 +31,7 @@ def fail(msg):
     print("{ERROR_MARK}" + msg)
     sys.stdout.flush()
     os._exit({EXIT_REFUSED})
-if os.path.abspath(bpy.data.filepath or "") != "/in/scene.blend":
+if os.path.abspath(bpy.data.filepath or "") != {scene:?}:
     fail("the workload could not be read as a .blend file by Blender " + bpy.app.version_string)
 missing = sorted(set(p for p in bpy.utils.blend_paths(absolute=True, packed=False) if not os.path.exists(p)))
 if missing:
@@ -66,7 +68,7 @@ else:
 f = r.image_settings
 f.file_format, f.color_mode, f.color_depth = "PNG", "RGBA", "8"
 s.frame_set({frame})
-r.filepath = "/out/frame.png"
+r.filepath = {out:?}
 bpy.ops.render.render(write_still=True)
 "#,
         samples = spec.samples,

@@ -296,3 +296,30 @@ fn the_stake_exposure_rule_keeps_an_understaked_provider_from_big_tasks() {
     assert_ne!(assigned[1], Some(p0), "a second would need 1,600 CRN of stake");
     checks(&chain);
 }
+
+#[test]
+fn a_task_waiting_for_room_takes_it_in_the_block_a_provider_frees_it() {
+    // One provider with 4 cores; 6 one-core tasks: 4 run, 2 wait.
+    let mut chain = market(&["0.2"]);
+    let job = submit(&mut chain, spec(6, "1", 0));
+    let assigned = |chain: &TestChain| {
+        (0..6).filter(|i| matches!(chain.task_state(&job, *i), TaskState::Assigned { .. })).count()
+    };
+    assert_eq!(assigned(&chain), 4);
+    let waiting: Vec<u32> =
+        (0..6).filter(|i| matches!(chain.task_state(&job, *i), TaskState::Open { .. })).collect();
+    assert_eq!(waiting.len(), 2);
+    // A commit frees a core: the first waiting task is assigned at the end of that very block,
+    // not after an auction's sealing and reveal windows.
+    let first = (0..6).find(|i| matches!(chain.task_state(&job, *i), TaskState::Assigned { .. })).unwrap();
+    let h = chain.height();
+    assert_eq!(commit(&mut chain, 0, TaskId::derive(&job, first)), TxStatus::Ok);
+    assert_eq!(chain.height(), h + 1);
+    assert!(
+        matches!(chain.task_state(&job, waiting[0]), TaskState::Assigned { .. }),
+        "matched in the commit's block"
+    );
+    assert!(matches!(chain.task_state(&job, waiting[1]), TaskState::Open { .. }), "one freed core, one task");
+    assert_eq!(assigned(&chain), 4);
+    checks(&chain);
+}
