@@ -354,6 +354,34 @@ pub(crate) async fn bench_network(
     Ok((net, client, faucet, dir))
 }
 
+/// Resolve and submit the manifest `yaml` (files relative to `dir`), then wait until every task
+/// has a committed result: the seconds from submission, and the job. Fails if the job ends
+/// with a task unfinished, or after `limit`.
+pub(crate) async fn until_committed(
+    client: &Client,
+    key: &SecretKey,
+    dir: &std::path::Path,
+    yaml: &str,
+    limit: Duration,
+) -> Result<(f64, cairn_types::JobId)> {
+    let resolved = crate::manifest::resolve(yaml, dir, client.base()).await?;
+    let t0 = std::time::Instant::now();
+    let job = crate::job::submit(client, key, resolved.spec).await?;
+    loop {
+        let v = crate::job::job_view(client, &job).await?;
+        if v.tasks.iter().all(|t| crate::job::output_of(t).is_some()) {
+            return Ok((t0.elapsed().as_secs_f64(), job));
+        }
+        if crate::job::finished(&v) {
+            anyhow::bail!("benchmark job {job} ended with tasks unfinished");
+        }
+        if t0.elapsed() > limit {
+            anyhow::bail!("benchmark job {job} did not finish in {} s", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)

@@ -81,22 +81,7 @@ async fn market_job(
         model.id,
         lines.len()
     );
-    let resolved = crate::manifest::resolve(&manifest, dir, client.base()).await?;
-    let t0 = Instant::now();
-    let job = crate::job::submit(client, key, resolved.spec).await?;
-    loop {
-        let v = crate::job::job_view(client, &job).await?;
-        if v.tasks.iter().all(|t| crate::job::output_of(t).is_some()) {
-            return Ok((t0.elapsed().as_secs_f64(), job));
-        }
-        if crate::job::finished(&v) {
-            bail!("the benchmark job ended without output");
-        }
-        if t0.elapsed() > Duration::from_secs(900) {
-            bail!("the benchmark job did not finish");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::bench::until_committed(client, key, dir, &manifest, Duration::from_secs(900)).await
 }
 
 pub(crate) async fn run(a: InferenceArgs) -> Result<()> {

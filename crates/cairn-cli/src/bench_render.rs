@@ -77,24 +77,8 @@ fn direct(scene: &Path, spec: &RenderSpec, dir: &Path) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// Submit `yaml` and wait until every task has a committed result; seconds from submission.
 async fn until_committed(client: &Client, key: &SecretKey, dir: &Path, yaml: &str) -> Result<(f64, JobId)> {
-    let resolved = crate::manifest::resolve(yaml, dir, client.base()).await?;
-    let t0 = Instant::now();
-    let job = crate::job::submit(client, key, resolved.spec).await?;
-    loop {
-        let v = crate::job::job_view(client, &job).await?;
-        if v.tasks.iter().all(|t| crate::job::output_of(t).is_some()) {
-            return Ok((t0.elapsed().as_secs_f64(), job));
-        }
-        if crate::job::finished(&v) {
-            bail!("benchmark job {job} ended with tasks unrendered");
-        }
-        if t0.elapsed() > Duration::from_secs(3_600) {
-            bail!("benchmark job {job} did not finish");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::bench::until_committed(client, key, dir, yaml, Duration::from_secs(3_600)).await
 }
 
 async fn until_settled(client: &Client, job: &JobId) -> Result<()> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use cairn_runtime::render::{self, frames};
+use cairn_runtime::render::{self, assemble, frames};
 use cairn_runtime::{Executor as _, RenderExecutor, RunError, TaskRun};
 use cairn_types::{ContentId, Frames, Limits, OutputBundle, RenderEngine, RenderSpec, Resolution};
 
@@ -210,4 +210,54 @@ bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
     let names: Vec<_> = b.files.keys().cloned().collect();
     assert_eq!(names, vec![".cairn/exit".to_string(), "frame-000001.png".to_string()]);
     assert!(!Path::new("/tmp/pwned").exists() && !Path::new("/out").exists(), "nothing reached the host");
+}
+
+#[test]
+fn committed_tiles_assemble_into_frames_an_animation_and_a_video() {
+    let (bytes, id) = demo_scene();
+    let (exec, dir) = executor("render-assemble");
+    exec.prepare(&id, &bytes).unwrap();
+    // Frames 1 and 2 of a two-frame job in two bands each: four tasks.
+    let mut banded = spec(2);
+    banded.frames = Frames { start: 1, end: 2 };
+    let mut outputs = std::collections::BTreeMap::new();
+    for i in 0..4 {
+        let b = exec.run(&task(id, &banded, i, 2000)).unwrap().bundle;
+        assert_eq!(b.exit(), Some("ok"), "{}", exit(&b));
+        outputs.insert(i, (b.id(), b));
+    }
+    // Frame 2's bottom band missing: frame 1 is made, frame 2 is named missing, no video yet.
+    let mut partial = outputs.clone();
+    partial.remove(&3);
+    let out = dir.join("partial");
+    let a = assemble::assemble(&banded, &partial, &out).unwrap();
+    assert_eq!(a.frames.len(), 1);
+    assert_eq!(a.missing.len(), 1);
+    assert!(a.missing[0].1.contains("task 3"), "{:?}", a.missing);
+    assert!(a.animation.is_none() && a.video.is_none());
+    // All there: both frames, equal to rendering each frame whole.
+    let out = dir.join("all");
+    let a = assemble::assemble(&banded, &outputs, &out).unwrap();
+    assert!(a.missing.is_empty(), "{:?}", a.missing);
+    let whole = spec(1);
+    for (k, path) in a.frames.iter().enumerate() {
+        let b = exec.run(&task(id, &whole, u32::try_from(k).unwrap(), 2000)).unwrap().bundle;
+        let want = frames::decode(&b.files[&whole.file_name(u32::try_from(k).unwrap())]).unwrap();
+        assert_eq!(frames::decode(&std::fs::read(path).unwrap()).unwrap(), want, "frame {}", k + 1);
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("frames.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["frames"][1]["tiles"][1],
+        outputs[&3].0.to_string(),
+        "each frame names the outputs it was made from"
+    );
+    let apng = std::fs::read(a.animation.as_ref().unwrap()).unwrap();
+    assert!(apng.windows(4).any(|w| w == b"acTL"), "an animated PNG");
+    // The video where ffmpeg is installed, a note saying why not otherwise.
+    match (&a.video, &a.video_note) {
+        (Some(v), _) => assert!(std::fs::metadata(v).unwrap().len() > 500),
+        (None, Some(note)) => assert!(note.contains("ffmpeg"), "{note}"),
+        (None, None) => panic!("neither a video nor a reason"),
+    }
 }
