@@ -46,8 +46,10 @@ pub(super) fn provider_home(root: &Path, i: usize) -> PathBuf {
 pub(crate) fn devnet_params() -> Params {
     Params {
         challenge_window: 5,
-        // About a minute at devnet block rates: time for a re-run of the demo's inference.
-        audit_window: 240,
+        // A few minutes at devnet block rates: on 2 cores an audit of a demo frame can queue
+        // behind several renders. (A verdict settles the task when it lands, so a long window
+        // costs nothing when auditors are prompt.)
+        audit_window: 900,
         unbonding_blocks: 60,
         reward_epoch_blocks: 60,
         heartbeat_timeout: 600,
