@@ -368,6 +368,11 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             {
                 anyhow::bail!("the workload is not a .blend file (a render job's workload is the scene)");
             }
+            if let Some(bytes) = &resolved.workload
+                && resolved.spec.kind == cairn_types::WorkloadKind::Render
+            {
+                crate::render::check_scene(bytes, &resolved.spec)?;
+            }
             // An image a provider would refuse is refused here, before anything is paid.
             if let Some(bytes) = &resolved.workload
                 && resolved.spec.kind == cairn_types::WorkloadKind::Container

@@ -116,3 +116,43 @@ pub(crate) fn json(a: &Assembled) -> serde_json::Value {
         "video_note": a.video_note,
     })
 }
+
+/// Check a scene before paying for it, where Blender is installed here: Blender must read it,
+/// and every file it refers to must be one of the job's inputs, beside the `.blend` (absolute
+/// paths and folders are invisible to providers). Without a local Blender, providers find such
+/// problems instead and commit them as the frames' results.
+pub(crate) fn check_scene(scene: &[u8], spec: &cairn_types::JobSpec) -> Result<()> {
+    if cairn_runtime::render::blender_version(Path::new("blender")).is_none() {
+        return Ok(());
+    }
+    let tmp = std::env::temp_dir().join(format!("cairn-scene-check-{}.blend", std::process::id()));
+    std::fs::write(&tmp, scene)?;
+    let paths = cairn_runtime::render::scene_paths(Path::new("blender"), &tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let paths = paths.map_err(|e| anyhow::anyhow!("the scene cannot be rendered: {e}"))?;
+    let names: BTreeSet<&str> = spec.inputs.iter().map(|i| i.name.as_str()).collect();
+    let mut problems = Vec::new();
+    for p in &paths {
+        // Frame-numbered sequences and UDIM sets name many files; providers check those.
+        if p.contains('#') || p.contains("<UDIM>") {
+            continue;
+        }
+        match p.strip_prefix("//") {
+            Some(name) if names.contains(name) => {}
+            Some(name) if name.starts_with("..") => problems.push(format!(
+                "{p} (outside the scene's folder: put it beside the .blend and give it as an input)"
+            )),
+            Some(name) if name.contains(['/', '\\']) => {
+                problems.push(format!("{p} (in a folder: put it beside the .blend and give it as an input)"))
+            }
+            Some(name) => problems.push(format!("{p} (add an input named {name:?})")),
+            None => problems.push(format!(
+                "{p} (an absolute path: providers cannot see it; make paths relative or pack it)"
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("the scene refers to files the job does not provide: {}", problems.join("; "));
+    }
+    Ok(())
+}

@@ -324,6 +324,31 @@ fn bad_jobs_and_bad_data_get_clear_errors_and_lose_nothing() {
         "{ blender: '3.4.1', frames: { start: 1, end: 2 }, resolution: { width: 100000, height: 100000 } }",
     ));
     assert!(!ok && err.contains("render.resolution"), "{err}");
+    // With Blender on the client's machine, a scene Blender cannot read, or one that refers to
+    // a texture the job does not carry, is refused before it is paid for.
+    render_tools();
+    let small = "{ blender: '3.4.1', frames: { start: 1, end: 2 }, resolution: { width: 64, height: 64 } }";
+    let (ok, _, err) = submit(&render(small));
+    assert!(
+        !ok && err.contains("the scene cannot be rendered") && err.contains("Failed to read blend file"),
+        "{err}"
+    );
+    let script = dir.0.join("textured.py");
+    std::fs::write(
+        &script,
+        "import sys, bpy\nm = bpy.data.materials.new('m'); m.use_nodes = True\nt = m.node_tree.nodes.new('ShaderNodeTexImage')\nt.image = bpy.data.images.new('wood', 4, 4); t.image.source = 'FILE'; t.image.filepath = '//wood.png'\nbpy.ops.mesh.primitive_plane_add(); bpy.context.object.data.materials.append(m)\nbpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])\n",
+    )
+    .unwrap();
+    let made = std::process::Command::new("blender")
+        .args(["-b", "--factory-startup", "-noaudio", "--python"])
+        .arg(&script)
+        .arg("--")
+        .arg(dir.0.join("scene.blend"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stdout));
+    let (ok, _, err) = submit(&render(small));
+    assert!(!ok && err.contains("//wood.png (add an input named \"wood.png\")"), "{err}");
     // Nothing was spent on refused jobs.
     let after = rt().block_on(node.client().account(&cairn_node_key(&key).address())).unwrap();
     assert_eq!(before.balance, after.balance);

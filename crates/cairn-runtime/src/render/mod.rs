@@ -44,6 +44,31 @@ pub fn looks_like_blend(bytes: &[u8]) -> bool {
         || bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
 }
 
+/// The external files a scene refers to, as Blender writes them (`//wood.png` relative to the
+/// `.blend`, or absolute), read by running `blender` on `scene` with the scene's own scripts off.
+/// For a client checking its scene before paying; providers find the same in their sandbox.
+///
+/// # Errors
+/// Blender's own message when it cannot read the file, or a note when it does not run.
+pub fn scene_paths(blender: &Path, scene: &Path) -> std::result::Result<Vec<String>, String> {
+    const MARK: &str = "CAIRN-PATH: ";
+    let expr = format!(
+        "import bpy\nfor p in sorted(set(bpy.utils.blend_paths(absolute=False, packed=False))): print({MARK:?} + p)"
+    );
+    let out = Command::new(blender)
+        .args(["-b", "--factory-startup", "-Y", "-noaudio"])
+        .arg(scene)
+        .args(["--python-exit-code", "3", "--python-expr", &expr])
+        .output()
+        .map_err(|e| format!("blender: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = text.lines().find(|l| l.starts_with("Error: ")).unwrap_or("Blender could not read it");
+        return Err(why.trim().to_string());
+    }
+    Ok(text.lines().filter_map(|l| l.strip_prefix(MARK)).map(str::to_string).collect())
+}
+
 /// Runs `render` tasks with this machine's Blender.
 #[derive(Debug)]
 pub struct RenderExecutor {

@@ -172,6 +172,15 @@ bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
     assert_eq!(once.exit(), Some("exit 3"), "{}", exit(&once));
     assert!(exit(&once).contains("/in/wood.png") && exit(&once).contains("/etc/hostname"), "{}", exit(&once));
     assert_eq!(exec.run(&task(mid, &spec(1), 0, 2000)).unwrap().bundle.id(), once.id());
+    // A client with Blender can see the same before it pays.
+    let blender = Path::new("blender");
+    // (Blender saved the host path relative to where the scene was written.)
+    let paths = render::scene_paths(blender, &scene).unwrap();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(paths[0].ends_with("/etc/hostname") && paths[1] == "//wood.png", "{paths:?}");
+    let corrupt_file = dir.join("corrupt.blend");
+    std::fs::write(&corrupt_file, &corrupt).unwrap();
+    assert!(render::scene_paths(blender, &corrupt_file).unwrap_err().contains("Failed to read blend file"));
     // Given as an input beside the .blend, the texture is found (the host file still is not).
     let wood = dir.join("wood.png");
     std::fs::write(
