@@ -23,6 +23,35 @@ fn get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
+/// Whether `addr` still answers `path` with `needle`. (A bare connect proves nothing here: the
+/// machine's own network may accept any outbound connection once the service's link is gone.)
+fn serves(addr: SocketAddr, path: &str, needle: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: svc\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).contains(needle)
+}
+
+/// Whether the host still has a link leading to `addr` (the service's veth pair), waiting up to
+/// two seconds for the kernel to finish removing a deleted namespace's link.
+fn linked(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let out = std::process::Command::new("ip").args(["-o", "addr"]).output().unwrap().stdout;
+        let SocketAddr::V4(v4) = addr else { return false };
+        let o = v4.ip().octets();
+        let host_side = format!("inet {}.{}.{}.{}/30", o[0], o[1], o[2], o[3] - 1);
+        if !String::from_utf8_lossy(&out).contains(&host_side) || Instant::now() > deadline {
+            return String::from_utf8_lossy(&out).contains(&host_side);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn netns_list() -> String {
     String::from_utf8_lossy(
         &std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
@@ -82,9 +111,13 @@ fn a_service_serves_http_over_its_own_link_and_nothing_else_reaches_out() {
 
     // Stopping removes the container, the namespace and the link.
     let names_before = netns_list().lines().count();
+    assert!(linked(web) && linked(snoop));
     host.stop("web");
-    assert!(TcpStream::connect_timeout(&web, Duration::from_millis(500)).is_err());
+    assert!(!serves(web, "/index.html", "hello from a lease"));
+    assert!(!linked(web), "the stopped service's link is gone");
     assert_eq!(netns_list().lines().count(), names_before - 1);
+    assert!(serves(snoop, "/net.txt", "blocked"), "the other service still serves");
     drop(host);
-    assert!(TcpStream::connect_timeout(&snoop, Duration::from_millis(500)).is_err());
+    assert!(!serves(snoop, "/net.txt", "blocked"));
+    assert!(!linked(snoop));
 }
