@@ -54,6 +54,12 @@ pub(crate) struct InitArgs {
     /// Run inference on the GPU (a build with the `cuda` feature).
     #[arg(long)]
     gpu: bool,
+    /// Offer this many GiB for storage deals (with --storage-price).
+    #[arg(long, requires = "storage_price")]
+    storage_gib: Option<u64>,
+    /// Price per GiB stored for one epoch, e.g. 0.001CRN.
+    #[arg(long, requires = "storage_gib")]
+    storage_price: Option<Amount>,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +117,9 @@ pub(crate) fn run(cmd: ProviderCommand) -> Result<()> {
                 heartbeat_secs: 30,
                 models,
                 gpu: a.gpu,
+                storage: a.storage_gib.zip(a.storage_price).map(|(capacity_gib, price_per_gib_epoch)| {
+                    cairn_types::StorageOffer { capacity_gib, price_per_gib_epoch }
+                }),
                 behaviour: Default::default(),
             };
             let key = SecretKey::generate()?;

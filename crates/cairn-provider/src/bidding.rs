@@ -110,6 +110,7 @@ mod tests {
             attributes: Default::default(),
             capacity: Capacity { cpu_millis: 8_000, memory_mb: 64_000, gpus: vec![h100.clone(), h100] },
             prices: PriceSheet::default(),
+            storage: None,
         };
         assert!(gpus_fit(&spec("inference", 0, 0), &info, false), "no GPU asked");
         assert!(gpus_fit(&spec("inference", 2, 40_000), &info, true));

@@ -67,6 +67,10 @@ pub struct ProviderConfig {
     /// `model:<id>` = `<task>:<name>`.
     #[serde(default)]
     pub models: Vec<cairn_types::ContentId>,
+    /// Room and price for storage deals (`[storage] capacity_gib = 100`,
+    /// `price_per_gib_epoch = "0.001 CRN"`); no storage deals without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<cairn_types::StorageOffer>,
     /// Run inference on GPU 0 (a `cuda` build); otherwise, or when no GPU opens, on the CPU.
     #[serde(default)]
     pub gpu: bool,

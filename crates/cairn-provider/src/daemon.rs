@@ -335,6 +335,7 @@ pub(crate) fn info_from(ctx: &Ctx) -> ProviderInfo {
         attributes,
         capacity: cfg.capacity.clone().unwrap_or_else(inventory::detect),
         prices: cfg.price_sheet(),
+        storage: cfg.storage.clone(),
     }
 }
 

@@ -81,6 +81,7 @@ fn provider_info(cfg: &SimConfig) -> ProviderInfo {
         attributes: BTreeMap::new(),
         capacity: Capacity { cpu_millis: 1_000, memory_mb: 1_024, gpus: vec![] },
         prices: PriceSheet(prices),
+        storage: None,
     }
 }
 

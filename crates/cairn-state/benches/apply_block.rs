@@ -75,6 +75,7 @@ fn provider_info(price: &str) -> ProviderInfo {
         attributes: BTreeMap::new(),
         capacity: Capacity { cpu_millis: u64::MAX / 4, memory_mb: u64::MAX / 4, gpus: vec![] },
         prices: PriceSheet(prices),
+        storage: None,
     }
 }
 

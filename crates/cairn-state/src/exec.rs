@@ -180,7 +180,7 @@ fn end_block(ctx: &mut Ctx<'_>) -> Exec<()> {
             Due::Settle { task } => verify::on_settle(ctx, &task)?,
             Due::Unbond { who } => staking::release(ctx, &who)?,
             Due::LeaseRound { lease, round } => lease::on_round_end(ctx, &lease, round)?,
-            Due::DealEnd { deal } => storage::on_end(ctx, &deal)?,
+            Due::DealEpoch { deal, epoch } => storage::on_epoch_end(ctx, &deal, epoch)?,
         }
     }
     crate::waiting::end_block(ctx)?;

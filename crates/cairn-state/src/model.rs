@@ -93,6 +93,9 @@ pub struct Reserved {
     pub memory_mb: u64,
     /// GPUs.
     pub gpus: u32,
+    /// Bytes held by storage replicas.
+    #[serde(default)]
+    pub storage_bytes: u64,
 }
 
 /// A registered provider.
@@ -390,14 +393,15 @@ pub struct Lease {
     pub left: Vec<Address>,
 }
 
-/// A storage deal.
+/// A storage deal: a blob kept on `replicas` providers for `epochs` epochs, each replica
+/// paid for the epochs it proves.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Deal {
     /// Its id.
     pub id: DealId,
     /// Who pays.
     pub client: Address,
-    /// The blob.
+    /// The blob (its BLAKE3 hash is the root proofs are checked against).
     pub blob: ContentId,
     /// Its size.
     pub size: u64,
@@ -405,18 +409,49 @@ pub struct Deal {
     pub replicas: u32,
     /// Duration in epochs.
     pub epochs: u32,
-    /// Price per replica per epoch.
-    pub price_per_epoch: Amount,
-    /// Escrow still held.
+    /// Most paid per GiB per replica per epoch.
+    pub max_price_per_gib_epoch: Amount,
+    /// What each replica slot reserves per epoch (`max_price_per_gib_epoch` for `size`).
+    pub reserve_per_epoch: Amount,
+    /// Regions replicas may be in (empty: anywhere).
+    pub regions: Vec<cairn_types::Region>,
+    /// No two replicas with one operator.
+    pub distinct_operators: bool,
+    /// Escrow still held: the reserve of every slot for every epoch not yet settled.
     pub escrow: Amount,
+    /// Paid to providers (before the protocol fee).
+    pub paid: Amount,
+    /// Refunded to the client.
+    pub refunded: Amount,
     /// Height created.
     pub created_at: u64,
-    /// Height it ends.
-    pub ends_at: u64,
-    /// Providers holding a replica.
-    pub providers: Vec<Address>,
+    /// The current epoch (0-based).
+    pub epoch: u32,
+    /// Last height a proof for the current epoch is taken at.
+    pub epoch_end: u64,
+    /// The beacon the current epoch's challenges are drawn from.
+    pub seed: cairn_types::Hash32,
+    /// The replicas held now.
+    pub holders: Vec<Replica>,
+    /// Providers that held a replica and failed or left (never placed again).
+    pub failed: Vec<Address>,
     /// Ended and settled.
     pub ended: bool,
+}
+
+/// One provider's replica of a deal.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Replica {
+    /// The provider.
+    pub provider: Address,
+    /// What it is paid per proven epoch.
+    pub price_per_epoch: Amount,
+    /// The epoch it was placed in (its first, in which a miss is not slashed).
+    pub since: u32,
+    /// Epochs it proved.
+    pub proven_epochs: u32,
+    /// It proved the current epoch.
+    pub proven: bool,
 }
 
 /// Work scheduled for the end of a block.
@@ -468,9 +503,11 @@ pub enum Due {
         /// The round.
         round: u32,
     },
-    /// End a storage deal.
-    DealEnd {
+    /// Settle a storage deal's epoch.
+    DealEpoch {
         /// The deal.
         deal: DealId,
+        /// The epoch.
+        epoch: u32,
     },
 }

@@ -43,6 +43,8 @@ pub struct Params {
     pub max_providers: u32,
     /// Blocks per storage epoch.
     pub storage_epoch_blocks: u64,
+    /// Chunks each storage replica must prove per epoch.
+    pub storage_challenges: u32,
     /// Least audit probability, `p_min`.
     pub audit_p_min_bps: u32,
     /// Extra auditors in a dispute, `k`.
@@ -98,6 +100,7 @@ impl Default for Params {
             max_unbondings: 16,
             max_providers: 100_000,
             storage_epoch_blocks: 3_600,
+            storage_challenges: 2,
             audit_p_min_bps: 500,
             dispute_auditors: 3,
             canary_rate_bps: 100,
@@ -148,6 +151,7 @@ impl Params {
             ("unbonding_blocks", self.unbonding_blocks),
             ("heartbeat_timeout", self.heartbeat_timeout),
             ("storage_epoch_blocks", self.storage_epoch_blocks),
+            ("storage_challenges", u64::from(self.storage_challenges)),
             ("max_bids_per_task", u64::from(self.max_bids_per_task)),
             ("rematch_blocks", u64::from(self.rematch_blocks)),
             ("reveal_blocks", u64::from(self.reveal_blocks)),
@@ -183,6 +187,12 @@ impl Params {
         }
         if self.lease_probers > 15 || self.probe_interval > 1_000_000 {
             return Err("lease_probers must be at most 15 and probe_interval at most 1000000".into());
+        }
+        if self.storage_challenges > cairn_types::storage_limits::MAX_CHALLENGES {
+            return Err(format!(
+                "storage_challenges must be at most {}",
+                cairn_types::storage_limits::MAX_CHALLENGES
+            ));
         }
         if self.min_provider_stake.is_zero() {
             return Err("min_provider_stake must be above zero".into());

@@ -60,6 +60,7 @@ mod provider;
 mod receipt;
 mod render;
 mod service;
+pub mod storage;
 pub mod stream;
 mod train;
 mod tx;
@@ -89,6 +90,9 @@ pub use render::{
     BLENDER_ATTRIBUTE, Frames, RenderEngine, RenderSpec, Resolution, SCENE_FILE, render_limits,
 };
 pub use service::{ServiceRuntime, ServiceSpec, Sla, service_limits};
+pub use storage::{
+    ChunkProof, OPERATOR_ATTRIBUTE, PossessionProof, ProofError, StorageOffer, storage_limits,
+};
 pub use train::{Decimal, ModelArch, Optimizer, TrainRole, TrainSpec, train_limits};
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,

@@ -108,6 +108,9 @@ pub struct ProviderInfo {
     pub capacity: Capacity,
     /// What it charges.
     pub prices: PriceSheet,
+    /// Room and price for storage deals, where it stores blobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::StorageOffer>,
 }
 
 /// Limits on registration data.
@@ -118,6 +121,8 @@ pub mod provider_limits {
     pub const MAX_GPUS: usize = 64;
     /// GPU model name length.
     pub const MAX_GPU_MODEL: usize = 64;
+    /// Storage a provider may offer, in GiB (1 PiB).
+    pub const MAX_STORAGE_GIB: u64 = 1 << 20;
 }
 
 impl ProviderInfo {
@@ -141,8 +146,20 @@ impl ProviderInfo {
         for g in &self.capacity.gpus {
             check_text("gpu model", &g.model, MAX_GPU_MODEL).map_err(Error::InvalidProviderInfo)?;
         }
-        if self.prices.0.is_empty() {
-            return bad("the price sheet must name at least one workload kind".into());
+        if self.prices.0.is_empty() && self.storage.is_none() {
+            return bad("the price sheet must name at least one workload kind, or storage be offered".into());
+        }
+        if let Some(s) = &self.storage {
+            if s.capacity_gib == 0 || s.capacity_gib > MAX_STORAGE_GIB {
+                return bad(format!("storage capacity_gib must be 1..={MAX_STORAGE_GIB}"));
+            }
+            if s.price_per_gib_epoch.is_zero()
+                || s.price_per_gib_epoch.base_units() > crate::limits::MAX_PRICE
+            {
+                return bad(
+                    "the storage price must be above zero and at most the protocol's maximum price".into()
+                );
+            }
         }
         if self.prices.0.values().any(|p| p.is_zero() || p.base_units() > crate::limits::MAX_PRICE) {
             return bad("prices must be above zero and at most the protocol's maximum price".into());

@@ -178,6 +178,22 @@ error_codes! {
     ProbeDuplicate = 86, "probe_duplicate", "this prober already reported this round";
     /// The deposit does not pay for one probe round at the provider's price.
     LeaseDepositTooSmall = 87, "lease_deposit_too_small", "the deposit does not cover one probe round";
+    /// Fewer live providers than the deal's replicas store the blob at its price and fit it.
+    NoStorageProvider = 88, "no_storage_provider", "not enough live providers store this blob within the deal's price and constraints";
+    /// The proof names another epoch than the deal's current one.
+    WrongEpoch = 89, "wrong_epoch", "the proof is not for the deal's current epoch";
+    /// The sender holds no replica of the deal.
+    NotReplica = 90, "not_replica", "only a provider holding a replica of the deal may prove it";
+    /// This replica's proof for the epoch is already taken.
+    AlreadyProven = 91, "already_proven", "this replica already proved this epoch";
+    /// The proof answers other chunks than the ones challenged.
+    ChunksNotChallenged = 92, "chunks_not_challenged", "the proof answers chunks that were not challenged";
+    /// A chunk and its path do not hash up to the deal's blob id.
+    ProofInvalid = 93, "proof_invalid", "the possession proof does not hash up to the deal's blob";
+    /// The blob is larger than a deal may store.
+    BlobTooLarge = 94, "blob_too_large", "the blob is larger than a storage deal may hold";
+    /// The deal has ended.
+    DealClosed = 95, "deal_closed", "the storage deal has ended";
 }
 
 impl fmt::Display for ErrorCode {
@@ -394,10 +410,37 @@ pub enum Event {
     /// A lease closed and settled: `paid` to providers (less fees) and `refunded` to the client
     /// over its whole life.
     LeaseClosed { lease: LeaseId, paid: Amount, refunded: Amount, reason: crate::LeaseEnd },
-    /// A storage deal was created.
+    /// A storage deal was created; its replicas follow as [`Event::ReplicaAssigned`].
     DealCreated { deal: DealId, client: Address },
-    /// A storage deal ended; its unspent escrow went back.
-    DealEnded { deal: DealId, refunded: Amount },
+    /// A storage deal ended (its last epoch passed, or no replica was left to keep it); its
+    /// unspent escrow went back.
+    DealEnded { deal: DealId, refunded: Amount, lost: bool },
+    /// `provider` is to hold a replica of `deal` from `epoch`, copying it from `sources` (the
+    /// client uploads it when there are none).
+    ReplicaAssigned {
+        deal: DealId,
+        provider: Address,
+        epoch: u32,
+        price_per_epoch: Amount,
+        sources: Vec<Address>,
+    },
+    /// A storage epoch began: each replica must prove the chunks its seed picks by height `ends`.
+    DealEpoch { deal: DealId, epoch: u32, ends: u64 },
+    /// A replica's possession proof for `epoch` was taken.
+    StorageProven { deal: DealId, provider: Address, epoch: u32 },
+    /// An epoch ended: proven replicas were `paid` (less the protocol fee) and the rest of the
+    /// epoch's reserve `refunded` to the client.
+    DealEpochSettled { deal: DealId, epoch: u32, proven: u32, paid: Amount, refunded: Amount },
+    /// A replica gave no valid proof for `epoch`: it was dropped (and, past its first epoch,
+    /// its collateral slashed: a share to the client, the rest burned).
+    ReplicaFailed {
+        deal: DealId,
+        provider: Address,
+        epoch: u32,
+        slashed: Amount,
+        to_client: Amount,
+        burned: Amount,
+    },
     /// An auditor must re-run `task` and submit its own output root by height `due`.
     /// `claimed` is the output it is checked against; canaries look the same.
     AuditAssigned { task: TaskId, auditor: Address, claimed: ContentId, due: u64 },

@@ -156,7 +156,10 @@ pub struct OpenDispute {
     pub bond: Amount,
 }
 
-/// Pin a blob on `replicas` providers for `epochs` epochs.
+/// Pin a blob on `replicas` providers for `epochs` epochs. The chain places each replica at
+/// once on the cheapest live provider with room whose posted storage price is within
+/// `max_price_per_gib_epoch` (and whose region and operator fit); the client escrows the most the
+/// deal can cost and gets back what is not paid out.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct CreateStorageDeal {
     /// The blob.
@@ -167,19 +170,23 @@ pub struct CreateStorageDeal {
     pub replicas: u32,
     /// Duration in epochs.
     pub epochs: u32,
-    /// Price per replica per epoch.
-    pub price_per_epoch: Amount,
+    /// Most paid per GiB per replica per epoch.
+    pub max_price_per_gib_epoch: Amount,
+    /// Regions replicas may be in (empty: anywhere).
+    pub regions: Vec<crate::Region>,
+    /// No two replicas with one operator.
+    pub distinct_operators: bool,
 }
 
-/// A storage provider's answer to a possession challenge.
+/// A storage provider's answer to its replica's possession challenge for `epoch`.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ProveStorage {
     /// The deal.
     pub deal: DealId,
     /// The epoch challenged.
     pub epoch: u32,
-    /// Challenged chunks with their inclusion proofs.
-    pub proof: Vec<u8>,
+    /// The challenged chunks with their inclusion proofs.
+    pub proof: crate::PossessionProof,
 }
 
 /// Open a lease for a long-running service (a `kind: service` spec). The chain picks the

@@ -126,6 +126,8 @@ pub(super) fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Re
     let render = [ucrn(60_000), ucrn(90_000), ucrn(150_000)];
     let inference = [ucrn(20_000), ucrn(30_000), ucrn(45_000)];
     let train = [ucrn(20_000), ucrn(25_000), ucrn(35_000)];
+    // Per GiB-epoch of storage.
+    let storage = [ucrn(1_000), ucrn(1_200), ucrn(1_500)];
     // Per block.
     let service = [ucrn(100), ucrn(150), ucrn(200)];
     // Native containers where this machine can run them (runc, as root).
@@ -171,6 +173,7 @@ pub(super) fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Re
             heartbeat_secs: 20,
             models: a.models.iter().map(|m| m.0).collect(),
             gpu: false,
+            storage: Some(cairn_types::StorageOffer { capacity_gib: 8, price_per_gib_epoch: storage[i % 3] }),
             behaviour: Default::default(),
         };
         ProviderHome(provider_home(root, i)).init(&cfg, k)?;

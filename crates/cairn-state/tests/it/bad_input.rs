@@ -103,8 +103,13 @@ fn overflowing_amounts_fail_with_a_code_and_only_cost_the_fee() {
 #[test]
 fn an_oversized_transaction_is_rejected() {
     let mut chain = chain();
-    let body =
-        TxBody::ProveStorage(ProveStorage { deal: Default::default(), epoch: 0, proof: vec![0; 200_000] });
+    let body = TxBody::ProveStorage(ProveStorage {
+        deal: Default::default(),
+        epoch: 0,
+        proof: cairn_types::PossessionProof {
+            chunks: vec![cairn_types::ChunkProof { index: 0, data: vec![0; 200_000], siblings: vec![] }],
+        },
+    });
     let r = chain.run(&client(), body);
     assert_eq!(status(&r), TxStatus::Rejected(ErrorCode::TooLarge));
 }

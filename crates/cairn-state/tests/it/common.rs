@@ -43,6 +43,7 @@ pub(crate) fn info(region: &str, wasm_price: &str) -> ProviderInfo {
         attributes: BTreeMap::new(),
         capacity: Capacity { cpu_millis: 4_000, memory_mb: 8_192, gpus: vec![] },
         prices: PriceSheet(prices),
+        storage: Some(cairn_types::StorageOffer { capacity_gib: 1, price_per_gib_epoch: crn("1000") }),
     }
 }
 

@@ -9,6 +9,7 @@ mod lifecycle;
 mod properties;
 mod render;
 mod staking_rewards;
+mod storage;
 mod streams;
 mod training;
 mod verification;

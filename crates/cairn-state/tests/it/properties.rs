@@ -13,8 +13,8 @@ use cairn_state::testkit::{CHAIN_ID, TestChain, key};
 use cairn_state::{MemStore, Params, State, keys};
 use cairn_types::{
     Amount, Bid, Bond, CancelJob, CloseLease, CommitResult, ContentId, CreateStorageDeal, Event, Hash32,
-    Heartbeat, JobId, LeaseId, Metering, Offer, OpenDispute, OpenLease, Receipt, SecretKey, Signature,
-    SubmitAudit, SubmitJob, TaskId, Transfer, Tx, TxBody, TxStatus, Unbond, VerificationLevel,
+    Heartbeat, JobId, LeaseId, Metering, Offer, OpenDispute, OpenLease, ProveStorage, Receipt, SecretKey,
+    Signature, SubmitAudit, SubmitJob, TaskId, Transfer, Tx, TxBody, TxStatus, Unbond, VerificationLevel,
 };
 use proptest::prelude::*;
 
@@ -44,7 +44,8 @@ enum Action {
     OpenLease { client: u64, blocks: u64 },
     Probe { who: u64, lease: usize, ok: bool, slow: bool },
     CloseLease { who: u64, lease: usize },
-    Deal { client: u64, epochs: u32 },
+    Deal { client: u64, epochs: u32, replicas: u32 },
+    Prove { who: u64, deal: usize, honest: bool, epoch_off: u32 },
     Audit { pick: usize, honest: bool, stranger: Option<u64> },
     Dispute { pick: usize, bond: u64 },
 }
@@ -80,11 +81,18 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (c.clone(), 0u64..40).prop_map(|(client, blocks)| Action::OpenLease { client, blocks }),
         3 => (who.clone(), 0usize..4, any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(who, lease, ok, slow)| Action::Probe { who, lease, ok, slow }),
         1 => (who.clone(), 0usize..4).prop_map(|(who, lease)| Action::CloseLease { who, lease }),
-        1 => (c, 0u32..3).prop_map(|(client, epochs)| Action::Deal { client, epochs }),
+        2 => (c, 0u32..4, 0u32..3).prop_map(|(client, epochs, replicas)| Action::Deal { client, epochs, replicas }),
+        4 => (who.clone(), 0usize..4, prop::bool::weighted(0.8), prop::bool::weighted(0.1).prop_map(u32::from))
+            .prop_map(|(who, deal, honest, epoch_off)| Action::Prove { who, deal, honest, epoch_off }),
         6 => (0usize..8, prop::bool::weighted(0.7), prop::option::weighted(0.2, p.clone()))
             .prop_map(|(pick, honest, stranger)| Action::Audit { pick, honest, stranger }),
         1 => (0usize..16, 0u64..60).prop_map(|(pick, bond)| Action::Dispute { pick, bond }),
     ]
+}
+
+/// The blob the property tests' deals store (3 chunks and a tail).
+fn deal_blob() -> Vec<u8> {
+    (0..3_100u32).map(|i| (i % 251) as u8).collect()
 }
 
 fn prop_params() -> Params {
@@ -107,6 +115,7 @@ struct World {
     chain: TestChain,
     jobs: Vec<JobId>,
     leases: Vec<LeaseId>,
+    deals: Vec<cairn_types::DealId>,
 }
 
 impl World {
@@ -128,7 +137,7 @@ impl World {
             );
         }
         chain.next_block();
-        World { chain, jobs: Vec::new(), leases: Vec::new() }
+        World { chain, jobs: Vec::new(), leases: Vec::new(), deals: Vec::new() }
     }
 
     /// The `pick`-th task (cyclically) among those whose state passes `want`.
@@ -286,17 +295,44 @@ impl World {
                 let lease = self.leases[lease % self.leases.len()];
                 signed(&mut self.chain, &actor(who), TxBody::CloseLease(CloseLease { lease }))
             }
-            Action::Deal { client, epochs } => signed(
+            Action::Deal { client, epochs, replicas } => signed(
                 &mut self.chain,
                 &actor(client),
                 TxBody::CreateStorageDeal(CreateStorageDeal {
-                    blob: ContentId::of(b"blob"),
-                    size: 1_000,
-                    replicas: 2,
+                    blob: ContentId::of(&deal_blob()),
+                    size: deal_blob().len() as u64,
+                    replicas,
                     epochs,
-                    price_per_epoch: crn("0.1"),
+                    max_price_per_gib_epoch: crn("2000"),
+                    regions: Vec::new(),
+                    distinct_operators: false,
                 }),
             ),
+            Action::Prove { who, deal, honest, epoch_off } => {
+                if self.deals.is_empty() {
+                    return None;
+                }
+                let id = self.deals[deal % self.deals.len()];
+                let d = self.chain.state.deal(&id).unwrap()?;
+                let prover = actor(who).address();
+                let picks = cairn_types::storage::challenged_chunks(
+                    &d.seed,
+                    &d.id,
+                    &prover,
+                    d.epoch,
+                    d.size,
+                    prop_params().storage_challenges,
+                );
+                let mut proof = cairn_types::storage::prove_from_bytes(&deal_blob(), &picks);
+                if !honest {
+                    proof.chunks[0].data[0] ^= 1;
+                }
+                signed(
+                    &mut self.chain,
+                    &actor(who),
+                    TxBody::ProveStorage(ProveStorage { deal: id, epoch: d.epoch + epoch_off, proof }),
+                )
+            }
             Action::Audit { pick, honest, stranger } => {
                 let audits = self.chain.audits();
                 if audits.is_empty() {
@@ -341,6 +377,7 @@ impl World {
             match e {
                 Event::JobSubmitted { job, .. } => self.jobs.push(*job),
                 Event::LeaseOpened { lease, .. } => self.leases.push(*lease),
+                Event::DealCreated { deal, .. } => self.deals.push(*deal),
                 _ => {}
             }
         }

@@ -2,8 +2,8 @@
 
 use cairn_state::testkit::{TestChain, key};
 use cairn_types::{
-    Bond, CommitResult, ContentId, CreateStorageDeal, ErrorCode, Event, Metering, OpenDispute, ProveStorage,
-    RegisterProvider, SubmitAudit, TaskId, TxBody, TxStatus, Unbond,
+    Bond, CommitResult, ContentId, ErrorCode, Event, Metering, OpenDispute, RegisterProvider, SubmitAudit,
+    TaskId, TxBody, TxStatus, Unbond,
 };
 
 use crate::common::*;
@@ -91,43 +91,6 @@ fn validators_earn_fees_and_block_rewards_and_providers_earn_by_verified_work() 
     });
     assert!(paid.is_some(), "the epoch after settlement pays providers");
     assert!(chain.state.totals().unwrap().epoch_work.is_zero());
-    checks(&chain);
-}
-
-#[test]
-fn a_storage_deal_escrows_its_price_and_refunds_it_while_proofs_are_inactive() {
-    let mut chain = market(&["1"]);
-    let before = chain.state.account(&client().address()).unwrap().balance;
-    let deal = CreateStorageDeal {
-        blob: ContentId::of(b"b"),
-        size: 10,
-        replicas: 2,
-        epochs: 1,
-        price_per_epoch: crn("1"),
-    };
-    let bad = CreateStorageDeal { replicas: 0, ..deal.clone() };
-    assert_eq!(
-        status(&chain.run(&client(), TxBody::CreateStorageDeal(bad))),
-        TxStatus::Failed(ErrorCode::InvalidDeal)
-    );
-    let r = chain.ok(&client(), TxBody::CreateStorageDeal(deal));
-    let id = r
-        .events()
-        .iter()
-        .find_map(|e| match e {
-            Event::DealCreated { deal, .. } => Some(*deal),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(chain.state.deal(&id).unwrap().unwrap().escrow, crn("2"));
-    let prove = TxBody::ProveStorage(ProveStorage { deal: id, epoch: 0, proof: vec![] });
-    assert_eq!(
-        status(&chain.run(&provider_key(0), prove)),
-        TxStatus::Failed(ErrorCode::VerificationNotActive)
-    );
-    chain.advance(params().storage_epoch_blocks);
-    let after = chain.state.account(&client().address()).unwrap().balance;
-    assert_eq!(before.checked_sub(after).unwrap(), chain.fee.checked_mul(2).unwrap(), "only fees spent");
     checks(&chain);
 }
 

@@ -100,6 +100,7 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
             gpus: vec![Gpu { model: "H100".into(), vram_mb: 81_920 }],
         },
         prices: PriceSheet([(WorkloadKind::Wasm, "0.05 CRN".parse().unwrap())].into()),
+        storage: None,
     };
     let task = TaskId([6; 32]);
     let metering = Metering { units: 123_456, output_bytes: 789 };
@@ -144,12 +145,24 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
                 size: 1 << 20,
                 replicas: 3,
                 epochs: 12,
-                price_per_epoch: "0.001 CRN".parse().unwrap(),
+                max_price_per_gib_epoch: "0.001 CRN".parse().unwrap(),
+                regions: vec!["DE".parse().unwrap()],
+                distinct_operators: true,
             }),
         ),
         (
             "prove_storage_tx.hex",
-            TxBody::ProveStorage(ProveStorage { deal: DealId([8; 32]), epoch: 2, proof: vec![1, 2, 3] }),
+            TxBody::ProveStorage(ProveStorage {
+                deal: DealId([8; 32]),
+                epoch: 2,
+                proof: cairn_types::PossessionProof {
+                    chunks: vec![cairn_types::ChunkProof {
+                        index: 7,
+                        data: vec![1, 2, 3],
+                        siblings: vec![[4; 32]],
+                    }],
+                },
+            }),
         ),
         (
             "open_lease_tx.hex",
@@ -326,11 +339,18 @@ fn body() -> impl Strategy<Value = TxBody> {
         (any::<[u8; 32]>(), any::<(u32, bool, u32)>()).prop_map(|(l, (round, ok, latency_ms))| {
             TxBody::ReportProbe(ReportProbe { lease: LeaseId(l), round, ok, latency_ms })
         }),
-        prop::collection::vec(any::<u8>(), 0..64).prop_map(|proof| TxBody::ProveStorage(ProveStorage {
-            deal: DealId([1; 32]),
-            epoch: 2,
-            proof
-        })),
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::collection::vec(any::<[u8; 32]>(), 0..4)
+        )
+            .prop_map(|(index, data, siblings)| TxBody::ProveStorage(ProveStorage {
+                deal: DealId([1; 32]),
+                epoch: 2,
+                proof: cairn_types::PossessionProof {
+                    chunks: vec![cairn_types::ChunkProof { index, data, siblings }]
+                },
+            })),
     ]
 }
 
