@@ -15,7 +15,7 @@ use crate::{BlobStore, Error, Result, SLICE};
 /// fetches of the same blob wait for each other instead of racing on its partial file.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     in_flight: Arc<Mutex<BTreeMap<ContentId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -23,6 +23,14 @@ impl Default for Fetcher {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Open (creating) a partial download, dropping it when it is longer than the blob.
+pub(crate) fn open_partial_file(part: &std::path::Path, total: u64) -> Result<std::fs::File> {
+    if std::fs::metadata(part).map(|m| m.len()).unwrap_or(0) > total {
+        std::fs::remove_file(part)?;
+    }
+    Ok(std::fs::OpenOptions::new().create(true).append(true).open(part)?)
 }
 
 /// How much a failure says about the blob's sources (higher: more telling).
@@ -34,6 +42,10 @@ fn severity(e: &Error) -> u8 {
         Error::TooLarge { .. } => 3,
         Error::Corrupt { .. } => 4,
     }
+}
+
+pub(crate) fn source_error(url: &str, reason: impl std::fmt::Display) -> Error {
+    source_err(url, reason)
 }
 
 fn source_err(url: &str, reason: impl std::fmt::Display) -> Error {
@@ -147,17 +159,30 @@ impl Fetcher {
             return Err(Error::TooLarge { id: *id, size: total, max });
         }
         let part = store.partial_path(id);
-        // Resume: bytes already in the partial file were verified before they were written.
-        let mut have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        if have > total {
-            std::fs::remove_file(&part)?;
-            have = 0;
-        }
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&part)?;
+        let mut file = open_partial_file(&part, total)?;
+        self.copy_verified(id, total, &mut file, base, SLICE, &|_| {}).await?;
+        file.sync_all()?;
+        drop(file);
+        store.adopt(id, &part)?;
+        Ok(store.path(id))
+    }
+
+    /// Append verified slices of blob `id` (`total` bytes) from `base` to `file`, from where it
+    /// ends, `slice` bytes a request; `progress` hears the bytes held after each slice.
+    pub(crate) async fn copy_verified(
+        &self,
+        id: &ContentId,
+        total: u64,
+        file: &mut std::fs::File,
+        base: &str,
+        slice_len: u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
+        let mut have = file.metadata()?.len();
         let hash = bao::Hash::from(id.0);
         let root = base.trim_end_matches('/');
         while have < total || total == 0 {
-            let len = SLICE.min(total - have);
+            let len = slice_len.min(total - have);
             let url = format!("{root}/blobs/{id}?start={have}&len={len}");
             let resp = self.http.get(&url).send().await.map_err(|e| source_err(&url, e))?;
             if !resp.status().is_success() {
@@ -166,7 +191,7 @@ impl Fetcher {
             // Read at most what the range can encode to: a source cannot make us buffer more.
             let max_slice = bao::encode::encoded_size(len).saturating_add(64 * 1024);
             let mut resp = resp;
-            let mut slice = Vec::new();
+            let mut slice = Vec::with_capacity(usize::try_from(max_slice).unwrap_or(0).min(64 << 20));
             while let Some(chunk) = resp.chunk().await.map_err(|e| source_err(&url, e))? {
                 if (slice.len() as u128).saturating_add(chunk.len() as u128) > max_slice {
                     return Err(source_err(&url, "slice is larger than its range can be"));
@@ -180,15 +205,14 @@ impl Fetcher {
             }
             file.write_all(&verified)?;
             have += len;
+            progress(have);
             debug!(%id, have, total, "verified slice");
             if total == 0 {
                 break;
             }
         }
         file.sync_all()?;
-        drop(file);
-        store.adopt(id, &part)?;
-        Ok(store.path(id))
+        Ok(())
     }
 
     /// Upload bytes to an endpoint and check it computed the same id.

@@ -22,10 +22,12 @@
 mod fetch;
 mod serve;
 mod store;
+mod transfer;
 
 pub use fetch::Fetcher;
 pub use serve::router;
 pub use store::BlobStore;
+pub use transfer::{FILE_SLICE, partial_of};
 
 use cairn_types::ContentId;
 

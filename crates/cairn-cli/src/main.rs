@@ -28,6 +28,7 @@ mod provider;
 mod render;
 mod service;
 mod sim;
+mod store;
 mod train;
 mod wallet;
 
@@ -61,6 +62,9 @@ enum Command {
     /// Long-running services: leases with an on-chain SLA.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Keep files on the network under storage deals with possession proofs, and fetch them back.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Container images for `kind: container` jobs.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -158,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Model(m) => model::run(m),
         Command::Image(i) => image::run(i),
         Command::Service(c) => service::run(c),
+        Command::Store(c) => store::run(c),
         Command::Gateway(g) => gateway::run(g),
         Command::Sim(s) => sim::run(s),
     }

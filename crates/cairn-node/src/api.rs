@@ -19,6 +19,7 @@ use commonware_consensus::types::Height;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod deals;
 mod leases;
 mod work;
 
@@ -158,6 +159,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .merge(leases::routes())
+        .merge(deals::routes())
         .merge(work::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_route", "no such route; see /api/openapi.json")

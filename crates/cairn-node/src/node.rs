@@ -365,6 +365,15 @@ impl NodeShared {
             .collect()
     }
 
+    /// Every committed storage deal passing `keep`, in key order.
+    pub fn deals_where(
+        &self,
+        keep: impl Fn(&cairn_state::model::Deal) -> bool,
+        limit: usize,
+    ) -> Vec<cairn_state::model::Deal> {
+        self.records_where(cairn_state::keys::DEAL, keep, limit)
+    }
+
     /// Every committed lease passing `keep`, in key order.
     pub fn leases_where(
         &self,

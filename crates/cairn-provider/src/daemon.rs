@@ -63,6 +63,9 @@ pub(crate) struct Ctx {
     pub(crate) infer_slots: Semaphore,
     pub(crate) streams: Arc<crate::streams::Streams>,
     pub(crate) wake: Notify,
+    /// Storage replicas: proofs sent, fetches running.
+    pub(crate) storage: crate::storage::StorageState,
+    pub(crate) storage_wake: Notify,
 }
 
 impl Ctx {
@@ -201,6 +204,8 @@ pub async fn run(home: &Path) -> Result<()> {
         infer_slots: Semaphore::new(cfg.max_parallel.max(cairn_runtime::inference::batch::MAX_BATCH)),
         streams,
         wake: Notify::new(),
+        storage: Default::default(),
+        storage_wake: Notify::new(),
         cfg,
     });
     serve(&ctx).await?;
@@ -224,6 +229,9 @@ pub async fn run(home: &Path) -> Result<()> {
     tokio::spawn(crate::services::run(ctx.clone()));
     tokio::spawn(crate::services::stop_on_signal(ctx.clone()));
     tokio::spawn(crate::probes::run(ctx.clone()));
+    if ctx.cfg.storage.is_some() {
+        tokio::spawn(crate::storage::run(ctx.clone()));
+    }
     loop {
         reconcile(&ctx).await;
         let _ = tokio::time::timeout(Duration::from_millis(500), ctx.wake.notified()).await;
@@ -256,6 +264,9 @@ async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
         );
     if let Some(svc) = &ctx.services {
         app = app.merge(crate::services::router(svc.clone()));
+    }
+    if ctx.cfg.storage.is_some() {
+        app = app.merge(crate::storage::router(ctx.clone()));
     }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -396,6 +407,9 @@ async fn watch_events(ctx: Arc<Ctx>) {
                         || ev["type"] == "block"
                     {
                         ctx.wake.notify_one();
+                    }
+                    if matches!(kind, "replica_assigned" | "deal_epoch") {
+                        ctx.storage_wake.notify_one();
                     }
                 }
             }

@@ -27,6 +27,7 @@ mod probes;
 mod render;
 pub mod sender;
 mod services;
+mod storage;
 mod streams;
 mod train;
 

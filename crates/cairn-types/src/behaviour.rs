@@ -37,13 +37,19 @@ pub enum Behaviour {
     /// Commits honest results, but the live token streams it signs show another second token
     /// than the reply it commits.
     StreamLies,
+    /// Does its compute work honestly, but keeps no stored replica: it deletes each deal's blob
+    /// after its first possession proof and proves nothing after (hoping to be paid for storage
+    /// it does not keep).
+    DropsReplicas,
 }
 
 impl Behaviour {
     /// Whether it commits a wrong output for `task`.
     pub fn cheats_on(&self, task: &TaskId) -> bool {
         match self {
-            Behaviour::Honest | Behaviour::LazyAuditor | Behaviour::StreamLies => false,
+            Behaviour::Honest | Behaviour::LazyAuditor | Behaviour::StreamLies | Behaviour::DropsReplicas => {
+                false
+            }
             Behaviour::WrongAlways
             | Behaviour::SkipWork
             | Behaviour::Colluder { .. }
@@ -80,6 +86,7 @@ impl Behaviour {
             Behaviour::Colluder { .. } => "colluder",
             Behaviour::CommitThenVanish => "commit_then_vanish",
             Behaviour::StreamLies => "stream_lies",
+            Behaviour::DropsReplicas => "drops_replicas",
         }
     }
 }

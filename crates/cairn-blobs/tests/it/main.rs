@@ -219,3 +219,39 @@ async fn concurrent_fetches_of_one_blob_all_succeed() {
     }
     b.verify(&id).unwrap();
 }
+
+#[tokio::test]
+async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_nothing_unverified() {
+    let a = Arc::new(BlobStore::open(dir("f-src")).unwrap());
+    let bytes = data(20 * 1024 * 1024 + 99);
+    let id = a.put_bytes(&bytes).unwrap();
+    let out = dir("f-dst");
+    std::fs::create_dir_all(&out).unwrap();
+    let dest = out.join("file.bin");
+    let size = bytes.len() as u64;
+    let liar = serve(lying(a.clone())).await;
+    let err = Fetcher::new()
+        .fetch_to_file(&id, size, std::slice::from_ref(&liar), &dest, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(!dest.exists());
+    assert_eq!(std::fs::metadata(cairn_blobs::partial_of(&dest)).map(|m| m.len()).unwrap_or(0), 0);
+    // A source that serves one slice, then fails: the verified slice stays, and the next try
+    // asks only for the rest.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let cut = serve(flaky(a.clone(), hits.clone())).await;
+    assert!(Fetcher::new().fetch_to_file(&id, size, &[cut], &dest, &|_| {}).await.is_err());
+    let kept = std::fs::metadata(cairn_blobs::partial_of(&dest)).unwrap().len();
+    assert_eq!(kept, cairn_blobs::FILE_SLICE);
+    let good = serve(router(a, 1 << 20)).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let progress = move |n: u64| {
+        s.store(n as usize, Ordering::SeqCst);
+    };
+    Fetcher::new().fetch_to_file(&id, size, &[liar, good], &dest, &progress).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    assert_eq!(seen.load(Ordering::SeqCst) as u64, size);
+    assert!(!cairn_blobs::partial_of(&dest).exists());
+}

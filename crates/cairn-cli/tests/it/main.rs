@@ -8,5 +8,6 @@ mod harness;
 mod inference;
 mod node;
 mod services;
+mod storage;
 mod training;
 mod verification;
