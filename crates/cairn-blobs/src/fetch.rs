@@ -30,7 +30,7 @@ pub(crate) fn open_partial_file(part: &std::path::Path, total: u64) -> Result<st
     if std::fs::metadata(part).map(|m| m.len()).unwrap_or(0) > total {
         std::fs::remove_file(part)?;
     }
-    Ok(std::fs::OpenOptions::new().create(true).append(true).open(part)?)
+    Ok(std::fs::OpenOptions::new().create(true).read(true).append(true).open(part)?)
 }
 
 /// How much a failure says about the blob's sources (higher: more telling).

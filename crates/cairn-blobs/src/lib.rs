@@ -27,7 +27,7 @@ mod transfer;
 pub use fetch::Fetcher;
 pub use serve::router;
 pub use store::BlobStore;
-pub use transfer::{FILE_SLICE, partial_of};
+pub use transfer::{FILE_SLICE, GROUP_LOG, UploadError, partial_of, put_stream_as};
 
 use cairn_types::ContentId;
 

@@ -25,6 +25,9 @@ struct Ctx {
 struct Range {
     start: Option<u64>,
     len: Option<u64>,
+    /// Raw bytes from this offset (to the end), streamed: checked by the client against the
+    /// chunk groups' chaining values of `GET /blobs/{id}/groups`.
+    offset: Option<u64>,
 }
 
 fn err(status: StatusCode, code: &str, message: &str) -> Response {
@@ -36,6 +39,7 @@ fn err(status: StatusCode, code: &str, message: &str) -> Response {
 pub fn router(store: Arc<BlobStore>, max_upload: usize) -> Router {
     Router::new()
         .route("/blobs/{id}", get(get_blob).head(head_blob))
+        .route("/blobs/{id}/groups", get(get_groups))
         .route("/blobs", post(put_blob))
         .layer(DefaultBodyLimit::max(max_upload))
         .with_state(Ctx { store })
@@ -72,21 +76,22 @@ async fn get_blob(State(c): State<Ctx>, Path(id): Path<String>, Query(range): Qu
     };
     let store = c.store.clone();
     match range {
-        Range { start: Some(start), len: Some(len) } => {
+        Range { start: None, len: None, offset: Some(offset) } => raw_from(&c.store, &id, size, offset).await,
+        Range { start: Some(start), len: Some(len), offset: None } => {
             let r = tokio::task::spawn_blocking(move || store.slice(&id, start, len)).await;
             match r {
                 Ok(Ok(bytes)) => (StatusCode::OK, size_header(size), bytes).into_response(),
                 _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob"),
             }
         }
-        Range { start: None, len: None } => {
+        Range { start: None, len: None, offset: None } => {
             let r = tokio::task::spawn_blocking(move || store.read(&id)).await;
             match r {
                 Ok(Ok(bytes)) => (StatusCode::OK, size_header(size), bytes).into_response(),
                 _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob"),
             }
         }
-        _ => err(StatusCode::BAD_REQUEST, "bad_range", "give both start and len, or neither"),
+        _ => err(StatusCode::BAD_REQUEST, "bad_range", "give both start and len, or offset alone, or none"),
     }
 }
 
@@ -98,5 +103,55 @@ async fn put_blob(State(c): State<Ctx>, body: Bytes) -> Response {
                 .into_response()
         }
         _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot store the blob"),
+    }
+}
+
+/// The blob's bytes from `offset` to its end, streamed from the file.
+async fn raw_from(store: &BlobStore, id: &ContentId, size: u64, offset: u64) -> Response {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    if offset > size {
+        return err(StatusCode::BAD_REQUEST, "bad_range", "offset is past the end of the blob");
+    }
+    let Ok(mut f) = tokio::fs::File::open(store.path(id)).await else {
+        return err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob");
+    };
+    if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob");
+    }
+    let stream = futures::stream::unfold(f, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    (StatusCode::OK, size_header(size), axum::body::Body::from_stream(stream)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Groups {
+    /// Chunks per group, as a power of two (0..=20).
+    log: u32,
+}
+
+/// The chaining values of the blob's chunk groups (32 bytes each, in order), read from its
+/// outboard: what a client checks raw bytes against, group by group.
+async fn get_groups(State(c): State<Ctx>, Path(id): Path<String>, Query(g): Query<Groups>) -> Response {
+    let Some(id) = parse(&id) else { return bad_id() };
+    if g.log > 20 {
+        return err(StatusCode::BAD_REQUEST, "bad_range", "log must be at most 20");
+    }
+    let Some(size) = c.store.size(&id) else {
+        return err(StatusCode::NOT_FOUND, "not_found", "no such blob");
+    };
+    let store = c.store.clone();
+    match tokio::task::spawn_blocking(move || store.group_cvs(&id, g.log)).await {
+        Ok(Ok(cvs)) => (StatusCode::OK, size_header(size), cvs.concat()).into_response(),
+        _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob's outboard"),
     }
 }

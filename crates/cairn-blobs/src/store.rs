@@ -70,7 +70,7 @@ impl BlobStore {
     /// # Errors
     /// [`Error::Io`].
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<ContentId> {
-        self.put_reader(bytes)
+        self.put_reader_checked(bytes, None, Some(bytes.len() as u64))
     }
 
     /// Store a file's contents; returns their id.
@@ -78,7 +78,8 @@ impl BlobStore {
     /// # Errors
     /// [`Error::Io`].
     pub fn put_file(&self, path: &Path) -> Result<ContentId> {
-        self.put_reader(BufReader::new(File::open(path)?))
+        let size = std::fs::metadata(path)?.len();
+        self.put_reader_checked(BufReader::with_capacity(1 << 20, File::open(path)?), None, Some(size))
     }
 
     /// Store what a reader yields, hashing as it streams.
@@ -86,36 +87,38 @@ impl BlobStore {
     /// # Errors
     /// [`Error::Io`].
     pub fn put_reader(&self, reader: impl Read) -> Result<ContentId> {
-        self.put_reader_checked(reader, None)
+        self.put_reader_checked(reader, None, None)
     }
 
-    /// Store what a reader yields only if it hashes to `expected` (nothing is kept otherwise).
+    /// Store what a reader yields (about `size` bytes) only if it hashes to `expected`
+    /// (nothing is kept otherwise).
     ///
     /// # Errors
     /// [`Error::Corrupt`] when the bytes are another blob; [`Error::Io`].
-    pub fn put_reader_as(&self, reader: impl Read, expected: &ContentId) -> Result<()> {
-        self.put_reader_checked(reader, Some(expected)).map(|_| ())
+    pub fn put_reader_as(&self, reader: impl Read, expected: &ContentId, size: u64) -> Result<()> {
+        self.put_reader_checked(reader, Some(expected), Some(size)).map(|_| ())
     }
 
-    fn put_reader_checked(&self, mut reader: impl Read, expected: Option<&ContentId>) -> Result<ContentId> {
+    fn put_reader_checked(
+        &self,
+        reader: impl Read,
+        expected: Option<&ContentId>,
+        size_hint: Option<u64>,
+    ) -> Result<ContentId> {
         let dir = self.root.join("blobs");
         let data_tmp = tmp_name(&dir);
         let mut data = File::create(&data_tmp)?;
         let obao_tmp = tmp_name(&dir);
-        let mut encoder = bao::encode::Encoder::new_outboard(
-            File::options().read(true).write(true).create(true).truncate(true).open(&obao_tmp)?,
-        );
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            let chunk = buf.get(..n).unwrap_or_default();
-            data.write_all(chunk)?;
-            encoder.write_all(chunk)?;
-        }
-        let hash = encoder.finalize()?;
+        let hash = if size_hint.is_some_and(|s| s <= MEMORY_OUTBOARD_MAX) {
+            // The outboard is built in memory (1/16 of the blob) and written once: the encoder's
+            // many 64-byte writes would otherwise each be a system call.
+            let (hash, out) = encode(reader, Some(&mut data), std::io::Cursor::new(Vec::new()))?;
+            std::fs::write(&obao_tmp, out.into_inner())?;
+            hash
+        } else {
+            let out = File::options().read(true).write(true).create(true).truncate(true).open(&obao_tmp)?;
+            encode(reader, Some(&mut data), out)?.0
+        };
         let id = ContentId(*hash.as_bytes());
         if let Some(want) = expected.filter(|want| **want != id) {
             let _ = std::fs::remove_file(&data_tmp);
@@ -133,11 +136,16 @@ impl BlobStore {
     pub(crate) fn adopt(&self, id: &ContentId, file: &Path) -> Result<()> {
         let dir = self.root.join("blobs");
         let obao_tmp = tmp_name(&dir);
-        let mut encoder = bao::encode::Encoder::new_outboard(
-            File::options().read(true).write(true).create(true).truncate(true).open(&obao_tmp)?,
-        );
-        std::io::copy(&mut BufReader::with_capacity(1 << 20, File::open(file)?), &mut encoder)?;
-        let hash = encoder.finalize()?;
+        let reader = BufReader::with_capacity(1 << 20, File::open(file)?);
+        let size = std::fs::metadata(file)?.len();
+        let hash = if size <= MEMORY_OUTBOARD_MAX {
+            let (hash, out) = encode(reader, None, std::io::Cursor::new(Vec::new()))?;
+            std::fs::write(&obao_tmp, out.into_inner())?;
+            hash
+        } else {
+            let out = File::options().read(true).write(true).create(true).truncate(true).open(&obao_tmp)?;
+            encode(reader, None, out)?.0
+        };
         if hash.as_bytes() != &id.0 {
             let _ = std::fs::remove_file(&obao_tmp);
             let _ = std::fs::remove_file(file);
@@ -210,6 +218,49 @@ impl BlobStore {
         Ok(PossessionProof { chunks })
     }
 
+    /// The chaining values of the blob's groups of `2^log` chunks, in order, read from its
+    /// outboard (empty when the whole blob is one group: its id is then the check).
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::Corrupt`] when the outboard does not have the blob's shape.
+    pub fn group_cvs(&self, id: &ContentId, log: u32) -> Result<Vec<[u8; 32]>> {
+        let size = self.size(id).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        let group = CHUNK_LEN << log;
+        if size <= group {
+            return Ok(Vec::new());
+        }
+        let corrupt = || Error::Corrupt { id: *id, from: "outboard".into() };
+        let mut out = Vec::new();
+        let mut g = 0u64;
+        while g < size {
+            // The path to the group's first chunk passes through the parent whose child is the
+            // group: that child's chaining value is the group's.
+            let slice = self.slice(id, g, 1)?;
+            let (mut start, mut len, mut level) = (0u64, size, 0usize);
+            let cv = loop {
+                if len <= CHUNK_LEN {
+                    return Err(corrupt());
+                }
+                let left = blake3::hazmat::left_subtree_len(len);
+                let go_left = g < start + left;
+                let (child_start, child_len) =
+                    if go_left { (start, left) } else { (start + left, len - left) };
+                let at = 8 + level * 64 + if go_left { 0 } else { 32 };
+                if child_start == g && child_len <= group {
+                    let mut cv = [0u8; 32];
+                    cv.copy_from_slice(slice.get(at..at + 32).ok_or_else(corrupt)?);
+                    break cv;
+                }
+                start = child_start;
+                len = child_len;
+                level += 1;
+            };
+            out.push(cv);
+            g += group;
+        }
+        Ok(out)
+    }
+
     /// Delete a blob and its outboard (a no-op when absent).
     ///
     /// # Errors
@@ -239,6 +290,32 @@ impl BlobStore {
             Err(Error::Corrupt { id: *id, from: "disk".into() })
         }
     }
+}
+
+/// Blobs up to this size get their outboard built in memory (at most 1 GiB of it).
+const MEMORY_OUTBOARD_MAX: u64 = 16 << 30;
+
+/// Hash what `reader` yields into the bao outboard `out`, copying it to `data` when given.
+fn encode<O: Read + std::io::Write + std::io::Seek>(
+    mut reader: impl Read,
+    mut data: Option<&mut File>,
+    out: O,
+) -> Result<(bao::Hash, O)> {
+    let mut encoder = bao::encode::Encoder::new_outboard(out);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        if let Some(d) = data.as_mut() {
+            d.write_all(chunk)?;
+        }
+        encoder.write_all(chunk)?;
+    }
+    let hash = encoder.finalize()?;
+    Ok((hash, encoder.into_inner()))
 }
 
 /// For each level from the root down, whether chunk `index` of a `size`-byte blob lies in the

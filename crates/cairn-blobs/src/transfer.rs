@@ -3,14 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
+use std::io::Write as _;
+
+use blake3::hazmat::{HasherExt as _, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
 use cairn_types::ContentId;
+use cairn_types::storage::CHUNK_LEN;
 use tokio::io::AsyncReadExt as _;
 
 use crate::fetch::{open_partial_file, source_error};
 use crate::{Error, Fetcher, Result};
 
-/// Bytes per request when a whole blob is brought into a file.
-pub const FILE_SLICE: u64 = 8 << 20;
+/// Chunks per verified group when a whole blob is brought into a file, as a power of two
+/// (2^13 KiB = 8 MiB): each group's raw bytes are hashed at full speed and checked against its
+/// chaining value, and the groups' values against the blob id.
+pub const GROUP_LOG: u32 = 13;
+/// Bytes in such a group.
+pub const FILE_SLICE: u64 = CHUNK_LEN << GROUP_LOG;
 
 /// Where a download to `dest` keeps what it has verified so far.
 pub fn partial_of(dest: &Path) -> PathBuf {
@@ -90,7 +98,7 @@ impl Fetcher {
         let mut worst = Error::NotFound(*id);
         for base in sources {
             let mut file = open_partial_file(&part, size)?;
-            match self.copy_verified(id, size, &mut file, base, FILE_SLICE, progress).await {
+            match self.copy_groups(id, size, &mut file, base, progress).await {
                 Ok(()) => {
                     drop(file);
                     std::fs::rename(&part, dest)?;
@@ -105,5 +113,281 @@ impl Fetcher {
             }
         }
         Err(worst)
+    }
+
+    /// Append blob `id`'s bytes from `base` to `file` group by group (see [`GROUP_LOG`]),
+    /// from the last whole group it holds; only verified groups are written.
+    async fn copy_groups(
+        &self,
+        id: &ContentId,
+        size: u64,
+        file: &mut std::fs::File,
+        base: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
+        let root = base.trim_end_matches('/');
+        let corrupt = || Error::Corrupt { id: *id, from: base.to_owned() };
+        let mut have = file.metadata()?.len().min(size);
+        have -= have % FILE_SLICE;
+        // The groups' chaining values, checked against the id (one group: the id checks it).
+        let cvs = if size > FILE_SLICE {
+            let url = format!("{root}/blobs/{id}/groups?log={GROUP_LOG}");
+            let resp = self.http.get(&url).send().await.map_err(|e| source_err(&url, e))?;
+            if !resp.status().is_success() {
+                return Err(if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    Error::NotFound(*id)
+                } else {
+                    source_err(&url, resp.status())
+                });
+            }
+            let bytes = resp.bytes().await.map_err(|e| source_err(&url, e))?;
+            let groups = size.div_ceil(FILE_SLICE);
+            if bytes.len() as u64 != groups * 32 {
+                return Err(corrupt());
+            }
+            let cvs: Vec<[u8; 32]> = bytes
+                .chunks_exact(32)
+                .map(|c| {
+                    let mut a = [0u8; 32];
+                    a.copy_from_slice(c);
+                    a
+                })
+                .collect();
+            if root_of(&cvs, 0, size, true) != id.0 {
+                return Err(corrupt());
+            }
+            Some(cvs)
+        } else {
+            None
+        };
+        // What an earlier try kept is checked again (it was never forced to disk): kept up to
+        // the first group that does not match.
+        have = verified_prefix(file, have, &cvs)?;
+        file.set_len(have)?;
+        if have >= size && size > 0 {
+            return Ok(());
+        }
+        let url = format!("{root}/blobs/{id}?offset={have}");
+        let mut resp = self.http.get(&url).send().await.map_err(|e| source_err(&url, e))?;
+        if !resp.status().is_success() {
+            return Err(source_err(&url, resp.status()));
+        }
+        // While one group is checked and written on a blocking thread, the next is received.
+        let cvs = std::sync::Arc::new(cvs);
+        let root_id = *id;
+        // A group is kept as the pieces it arrived in (no copy into one buffer).
+        let mut writing: Option<tokio::task::JoinHandle<std::io::Result<(bool, u64)>>> = None;
+        let mut pending = bytes::Bytes::new();
+        let mut received = have;
+        loop {
+            let mut buf: Vec<bytes::Bytes> = Vec::new();
+            let mut got = 0usize;
+            let want = FILE_SLICE.min(size - received) as usize;
+            while got < want {
+                if pending.is_empty() {
+                    match resp.chunk().await.map_err(|e| source_err(&url, e))? {
+                        Some(c) => pending = c,
+                        None => {
+                            if let Some(w) = writing.take() {
+                                let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                                if ok {
+                                    progress(n);
+                                }
+                            }
+                            return Err(source_err(&url, "the stream ended before the blob did"));
+                        }
+                    }
+                }
+                let take = (want - got).min(pending.len());
+                got += take;
+                buf.push(pending.split_to(take));
+            }
+            if let Some(w) = writing.take() {
+                let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                if !ok {
+                    return Err(corrupt());
+                }
+                have = n;
+                progress(have);
+            }
+            let start = received;
+            received += got as u64;
+            let mut out = file.try_clone()?;
+            let cvs = cvs.clone();
+            writing = Some(tokio::task::spawn_blocking(move || {
+                let ok = match cvs.as_ref() {
+                    None => *group_hasher(0, &buf).finalize().as_bytes() == root_id.0,
+                    Some(cvs) => {
+                        cvs.get((start / FILE_SLICE) as usize)
+                            == Some(&group_hasher(start, &buf).finalize_non_root())
+                    }
+                };
+                if ok {
+                    for piece in &buf {
+                        out.write_all(piece)?;
+                    }
+                }
+                Ok((ok, start + got as u64))
+            }));
+            if received >= size {
+                break;
+            }
+        }
+        if let Some(w) = writing.take() {
+            let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            if !ok {
+                return Err(corrupt());
+            }
+            have = n;
+            progress(have);
+        }
+        debug_assert_eq!(have, size);
+        if !pending.is_empty() || resp.chunk().await.ok().flatten().is_some_and(|c| !c.is_empty()) {
+            return Err(source_err(&url, "the stream is longer than the blob"));
+        }
+        Ok(())
+    }
+}
+
+/// A hasher that has taken the group starting at byte `start` (given in pieces).
+fn group_hasher(start: u64, pieces: &[bytes::Bytes]) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    if start > 0 {
+        h.set_input_offset(start);
+    }
+    for p in pieces {
+        h.update(p);
+    }
+    h
+}
+
+/// Whether `bytes`, the group starting at byte `start`, has its chaining value in `cvs`.
+fn group_ok(cvs: &[[u8; 32]], start: u64, bytes: &[u8]) -> bool {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(start);
+    h.update(bytes);
+    cvs.get((start / FILE_SLICE) as usize) == Some(&h.finalize_non_root())
+}
+
+/// How much of the first `have` bytes of `file` (whole groups) still verifies.
+fn verified_prefix(file: &mut std::fs::File, have: u64, cvs: &Option<Vec<[u8; 32]>>) -> Result<u64> {
+    use std::io::{Read as _, Seek as _};
+    let Some(cvs) = cvs else { return Ok(0) };
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; FILE_SLICE as usize];
+    let mut ok = 0u64;
+    while ok < have {
+        file.read_exact(&mut buf)?;
+        if !group_ok(cvs, ok, &buf) {
+            break;
+        }
+        ok += FILE_SLICE;
+    }
+    Ok(ok)
+}
+
+fn source_err(url: &str, reason: impl std::fmt::Display) -> Error {
+    source_error(url, reason)
+}
+
+/// The chaining value (or, at the top, the root hash) of the subtree of bytes
+/// `[start, start + len)` built from group chaining values.
+fn root_of(cvs: &[[u8; 32]], start: u64, len: u64, top: bool) -> [u8; 32] {
+    if len <= FILE_SLICE {
+        return cvs.get((start / FILE_SLICE) as usize).copied().unwrap_or_default();
+    }
+    let left = left_subtree_len(len);
+    let l = root_of(cvs, start, left, false);
+    let r = root_of(cvs, start + left, len - left, false);
+    if top {
+        *merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()
+    } else {
+        merge_subtrees_non_root(&l, &r, Mode::Hash)
+    }
+}
+
+/// Why a streamed upload was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The body ran past the size it was taken for.
+    #[error("the upload is longer than {0} bytes")]
+    TooLong(u64),
+    /// The bytes are not the expected blob.
+    #[error("the upload is not blob {0}")]
+    WrongBlob(ContentId),
+    /// The body broke off, or the store failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Store a streamed body as blob `expected` of `size` bytes: hashed and written (with its
+/// outboard) on a blocking thread as it arrives, kept only if it is exactly that blob.
+///
+/// # Errors
+/// [`UploadError`]; nothing is kept on any of them.
+pub async fn put_stream_as<S, E>(
+    store: &crate::BlobStore,
+    mut body: S,
+    expected: ContentId,
+    size: u64,
+) -> std::result::Result<(), UploadError>
+where
+    S: futures::Stream<Item = std::result::Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let s = store.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        s.put_reader_as(ChannelReader { rx, buf: Default::default() }, &expected, size)
+    });
+    let mut got: u64 = 0;
+    let mut broke = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                broke = Some(e.to_string());
+                break;
+            }
+        };
+        got = got.saturating_add(chunk.len() as u64);
+        if got > size {
+            broke = Some(String::new());
+            break;
+        }
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let stored = writer.await.map_err(|e| UploadError::Failed(e.to_string()))?;
+    match (broke, stored) {
+        (Some(why), _) if why.is_empty() => Err(UploadError::TooLong(size)),
+        (Some(why), _) => Err(UploadError::Failed(format!("the upload broke off: {why}"))),
+        (None, Ok(())) => Ok(()),
+        (None, Err(Error::Corrupt { .. })) => Err(UploadError::WrongBlob(expected)),
+        (None, Err(e)) => Err(UploadError::Failed(e.to_string())),
+    }
+}
+
+/// Reads what a channel delivers (the store hashes on a blocking thread).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    buf: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.buf = b,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out.get_mut(..n).unwrap_or_default().copy_from_slice(self.buf.get(..n).unwrap_or_default());
+        let _ = self.buf.split_to(n);
+        Ok(n)
     }
 }

@@ -28,6 +28,9 @@ pub(crate) enum BenchCommand {
     /// Rendering: frames/min on a devnet with 1/2/3 providers vs `blender -b` directly, and
     /// the share of render compute audits re-run.
     Render(crate::bench_render::RenderArgs),
+    /// Storage: possession proof cost and size, put/get throughput against a plain HTTP copy,
+    /// and how often a provider keeping part of a blob is caught.
+    Storage(crate::bench_storage::StorageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +74,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Container(c) => return crate::bench_container::run(c),
         BenchCommand::Service(s) => return crate::runtime()?.block_on(crate::bench_service::run(s)),
         BenchCommand::Render(r) => return crate::runtime()?.block_on(crate::bench_render::run(r)),
+        BenchCommand::Storage(s) => return crate::runtime()?.block_on(crate::bench_storage::run(s)),
     };
     let rt = crate::runtime()?;
     let mut rows = Vec::new();

@@ -13,6 +13,7 @@ mod bench_embeddings;
 mod bench_inference;
 mod bench_render;
 mod bench_service;
+mod bench_storage;
 mod bench_train;
 mod catalog;
 mod demo;

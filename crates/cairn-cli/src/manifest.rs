@@ -117,6 +117,14 @@ async fn node_has(node: &str, id: &str) -> bool {
     reqwest::Client::new().head(url).send().await.is_ok_and(|r| r.status().is_success())
 }
 
+/// The size of blob `id` when a running storage deal keeps it on replicas that proved it.
+async fn stored_size(node: &str, id: &str) -> Option<u64> {
+    let v: serde_json::Value =
+        cairn_client::Client::new(node).get(&format!("/api/blobs/{id}/replicas")).await.ok()?;
+    let has_replicas = v["endpoints"].as_array().is_some_and(|e| !e.is_empty());
+    v["size"].as_u64().filter(|_| has_replicas)
+}
+
 async fn resolve_inputs(
     fetcher: &Fetcher,
     node: &str,
@@ -127,11 +135,40 @@ async fn resolve_inputs(
     let Some(seq) = list.as_sequence_mut() else { bail!("{field} must be a list") };
     for item in seq {
         let Some(m) = item.as_mapping_mut() else { bail!("each entry of {field} must be a mapping") };
-        if let Some(id) = m.get("id").and_then(Value::as_str)
+        // `stored: <deal id>`: a file kept under a storage deal; providers fetch it from its
+        // replicas.
+        if let Some(stored) = m.remove("stored") {
+            let deal: cairn_types::DealId = stored
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("{field}: `stored` must be a storage deal id"))?;
+            let client = cairn_client::Client::new(node);
+            let v = crate::store::deal_view(&client, &deal).await?;
+            if v.deal.ended {
+                bail!("{field}: storage deal {deal} has ended; its file is no longer kept");
+            }
+            m.insert("id".into(), v.deal.blob.to_hex().into());
+            m.insert("size".into(), v.deal.size.into());
+            if !m.contains_key("name") {
+                m.insert("name".into(), v.deal.blob.to_hex().into());
+            }
+            continue;
+        }
+        if let Some(id) = m.get("id").and_then(Value::as_str).map(str::to_string)
             && !m.contains_key("path")
-            && !node_has(node, id).await
+            && !node_has(node, &id).await
         {
-            bail!("{field}: blob {id} is not at {node}; upload it first or give its local `path` instead");
+            // A blob kept under a running storage deal is fetched from its replicas.
+            match stored_size(node, &id).await {
+                Some(size) => {
+                    if !m.contains_key("size") {
+                        m.insert("size".into(), size.into());
+                    }
+                }
+                None => bail!(
+                    "{field}: blob {id} is not at {node} nor under a running storage deal; upload it first or give its local `path` instead"
+                ),
+            }
         }
         if let Some(p) = m.remove("path") {
             let p = p.as_str().with_context(|| format!("{field}: path must be a string"))?.to_string();

@@ -13,7 +13,8 @@ use crate::daemon::{Ctx, MAX_BLOB};
 use crate::ledger::now_ms;
 use crate::{Error, Result};
 
-/// Fetch a blob from the job's hints and the node, verified.
+/// Fetch a blob from the job's hints, the node, and the replicas of any storage deal keeping
+/// it (a dataset, checkpoint or asset stored with `cairn store put`), verified.
 pub(crate) async fn fetch(
     ctx: &Ctx,
     spec: &JobSpec,
@@ -22,7 +23,22 @@ pub(crate) async fn fetch(
 ) -> Result<std::path::PathBuf> {
     let mut sources = spec.hints.clone();
     sources.push(ctx.cfg.node.clone());
+    if !ctx.blobs.has(id) {
+        sources.extend(stored_replicas(ctx, id).await);
+    }
     Ok(ctx.fetcher.fetch(&ctx.blobs, id, size, MAX_BLOB, &sources).await?)
+}
+
+/// Endpoints of storage replicas that proved they hold `id` (none when no deal keeps it).
+pub(crate) async fn stored_replicas(ctx: &Ctx, id: &ContentId) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Replicas {
+        endpoints: Vec<String>,
+    }
+    match ctx.client.get::<Replicas>(&format!("/api/blobs/{id}/replicas")).await {
+        Ok(r) => r.endpoints.into_iter().filter(|e| *e != ctx.cfg.endpoint).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The stream ends committed with an inference result: recomputed from the stored output

@@ -9,7 +9,6 @@
 //! their paths, read from the blob's bao outboard.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use cairn_state::model::Deal;
 use cairn_types::storage::{challenged_chunks, storage_limits};
 use cairn_types::{Behaviour, ContentId, DealId, ProveStorage, TxBody};
-use futures::StreamExt as _;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -173,27 +171,6 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response()
 }
 
-/// Reads what the request body sends through a channel (the store hashes on a blocking thread).
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<axum::body::Bytes>,
-    buf: axum::body::Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.buf.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.buf = b,
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len());
-        out.get_mut(..n).unwrap_or_default().copy_from_slice(self.buf.get(..n).unwrap_or_default());
-        let _ = self.buf.split_to(n);
-        Ok(n)
-    }
-}
-
 async fn upload(
     State(ctx): State<Arc<Ctx>>,
     Path(deal): Path<String>,
@@ -229,38 +206,12 @@ async fn upload(
             &format!("the deal's blob is {} bytes", d.size),
         );
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(64);
-    let store = ctx.blobs.clone();
-    let expected = d.blob;
-    let writer = tokio::task::spawn_blocking(move || {
-        store.put_reader_as(ChannelReader { rx, buf: Default::default() }, &expected)
-    });
-    let mut stream = body.into_data_stream();
-    let mut got: u64 = 0;
-    let mut too_long = false;
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { break };
-        got = got.saturating_add(chunk.len() as u64);
-        if got > d.size {
-            too_long = true;
-            break;
+    match cairn_blobs::put_stream_as(&ctx.blobs, body.into_data_stream(), d.blob, d.size).await {
+        Ok(()) => {}
+        Err(e @ (cairn_blobs::UploadError::TooLong(_) | cairn_blobs::UploadError::WrongBlob(_))) => {
+            return refuse(StatusCode::BAD_REQUEST, "wrong_blob", &e.to_string());
         }
-        if tx.send(chunk).await.is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    if too_long {
-        // The writer sees the stream end short of nothing it can keep: it hashes to another id.
-        let _ = writer.await;
-        return refuse(StatusCode::BAD_REQUEST, "wrong_blob", "the upload is longer than the deal's blob");
-    }
-    match writer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(cairn_blobs::Error::Corrupt { .. })) => {
-            return refuse(StatusCode::BAD_REQUEST, "wrong_blob", "the upload is not the deal's blob");
-        }
-        _ => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot store the upload"),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", &e.to_string()),
     }
     let id = d.blob;
     info!(deal = %deal.short(), size = d.size, "storage: replica uploaded by the client");

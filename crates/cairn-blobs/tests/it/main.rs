@@ -220,6 +220,41 @@ async fn concurrent_fetches_of_one_blob_all_succeed() {
     b.verify(&id).unwrap();
 }
 
+/// A source that serves the real group values but, for raw bytes, flips one byte past the first
+/// group (`flip`) or ends the stream there (a cut).
+fn raw_source(store: Arc<BlobStore>, flip: bool) -> Router {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        offset: u64,
+    }
+    async fn get(
+        State((s, flip)): State<(Arc<BlobStore>, bool)>,
+        Path(id): Path<String>,
+        Query(r): Query<Raw>,
+    ) -> impl IntoResponse {
+        let id: ContentId = id.parse().unwrap();
+        let mut bytes = s.read(&id).unwrap().split_off(r.offset as usize);
+        let first = (cairn_blobs::FILE_SLICE - r.offset % cairn_blobs::FILE_SLICE) as usize;
+        if flip {
+            bytes[first + 5] ^= 0x20;
+        } else {
+            bytes.truncate(first + 1000);
+        }
+        bytes
+    }
+    async fn groups(
+        State((s, _)): State<(Arc<BlobStore>, bool)>,
+        Path(id): Path<String>,
+    ) -> impl IntoResponse {
+        let id: ContentId = id.parse().unwrap();
+        s.group_cvs(&id, cairn_blobs::GROUP_LOG).unwrap().concat()
+    }
+    Router::new()
+        .route("/blobs/{id}", axum::routing::get(get))
+        .route("/blobs/{id}/groups", axum::routing::get(groups))
+        .with_state((store, flip))
+}
+
 #[tokio::test]
 async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_nothing_unverified() {
     let a = Arc::new(BlobStore::open(dir("f-src")).unwrap());
@@ -229,29 +264,51 @@ async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_no
     std::fs::create_dir_all(&out).unwrap();
     let dest = out.join("file.bin");
     let size = bytes.len() as u64;
-    let liar = serve(lying(a.clone())).await;
+    let partial = || std::fs::metadata(cairn_blobs::partial_of(&dest)).map(|m| m.len()).unwrap_or(0);
+    // A source whose second group is corrupt: the first group is kept, nothing after it.
+    let liar = serve(raw_source(a.clone(), true)).await;
     let err = Fetcher::new()
         .fetch_to_file(&id, size, std::slice::from_ref(&liar), &dest, &|_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert!(!dest.exists());
-    assert_eq!(std::fs::metadata(cairn_blobs::partial_of(&dest)).map(|m| m.len()).unwrap_or(0), 0);
-    // A source that serves one slice, then fails: the verified slice stays, and the next try
-    // asks only for the rest.
-    let hits = Arc::new(AtomicUsize::new(0));
-    let cut = serve(flaky(a.clone(), hits.clone())).await;
+    assert_eq!(partial(), cairn_blobs::FILE_SLICE);
+    // A source that cuts the stream inside the next group: that group is not kept.
+    let cut = serve(raw_source(a.clone(), false)).await;
     assert!(Fetcher::new().fetch_to_file(&id, size, &[cut], &dest, &|_| {}).await.is_err());
-    let kept = std::fs::metadata(cairn_blobs::partial_of(&dest)).unwrap().len();
-    assert_eq!(kept, cairn_blobs::FILE_SLICE);
-    let good = serve(router(a, 1 << 20)).await;
+    assert_eq!(partial(), 2 * cairn_blobs::FILE_SLICE);
+    // Group values that do not add up to the id are refused before any byte is taken.
+    let wrong = a.put_bytes(&data(9 * 1024 * 1024)).unwrap();
+    let good = serve(router(a.clone(), 1 << 20)).await;
+    let elsewhere = out.join("other.bin");
+    let err = Fetcher::new()
+        .fetch_to_file(&wrong, 20 * 1024 * 1024 + 99, std::slice::from_ref(&good), &elsewhere, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(!elsewhere.exists(), "{err}");
+    // A byte of the kept part goes bad on disk (it was never forced there): the resumed fetch
+    // checks the kept groups again and takes that group anew.
+    {
+        use std::io::{Seek as _, Write as _};
+        let mut f = std::fs::OpenOptions::new().write(true).open(cairn_blobs::partial_of(&dest)).unwrap();
+        f.seek(std::io::SeekFrom::Start(cairn_blobs::FILE_SLICE + 100)).unwrap();
+        f.write_all(&[bytes[(cairn_blobs::FILE_SLICE + 100) as usize] ^ 1]).unwrap();
+    }
+    // The rest comes from a good source, resuming after the verified group.
     let seen = Arc::new(AtomicUsize::new(0));
     let s = seen.clone();
     let progress = move |n: u64| {
         s.store(n as usize, Ordering::SeqCst);
     };
-    Fetcher::new().fetch_to_file(&id, size, &[liar, good], &dest, &progress).await.unwrap();
+    Fetcher::new().fetch_to_file(&id, size, &[liar, good.clone()], &dest, &progress).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
     assert_eq!(seen.load(Ordering::SeqCst) as u64, size);
     assert!(!cairn_blobs::partial_of(&dest).exists());
+    // A blob of one group (its id checks it directly).
+    let small = data(5_000);
+    let sid = a.put_bytes(&small).unwrap();
+    let sdest = out.join("small.bin");
+    Fetcher::new().fetch_to_file(&sid, 5_000, &[good], &sdest, &|_| {}).await.unwrap();
+    assert_eq!(std::fs::read(&sdest).unwrap(), small);
 }

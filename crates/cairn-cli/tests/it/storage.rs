@@ -158,6 +158,71 @@ fn a_stored_file_comes_back_verified_and_a_dropped_replica_is_caught_and_restore
         .collect();
     assert!((0..=restored_epoch).all(|e| p1_epochs.contains(&e)), "{p1_epochs:?}");
 
+    // A job names a stored file as its input; its provider fetches it from the replicas (the
+    // node never had it).
+    let csv: String = (0..32)
+        .map(|r| {
+            (0..16)
+                .map(|c| format!("{:.3}", ((r * 16 + c) % 17) as f64 / 10.0 - 0.8))
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n"
+        })
+        .collect();
+    let features = dir.0.join("features.csv");
+    std::fs::write(&features, &csv).unwrap();
+    let (ok, out, err) = paid(&[
+        "put",
+        features.to_str().unwrap(),
+        "--replicas",
+        "2",
+        "--epochs",
+        "12",
+        "--max-price",
+        "0.002CRN",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let stored: DealId =
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["deal"].as_str().unwrap().parse().unwrap();
+    std::fs::copy(testdata("wasm/nn.wasm"), dir.0.join("nn.wasm")).unwrap();
+    let spec = dir.0.join("classify.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "kind: wasm\nworkload: nn.wasm\nargs: [\"features.csv\", \"64\", \"4\", \"7\"]\ninputs:\n  - name: features.csv\n    stored: {stored}\nmax_price_per_task: 0.2 CRN\ndeadline_blocks: 300\n"
+        ),
+    )
+    .unwrap();
+    let job = submit_spec(&spec, &api, &faucet);
+    let blob = cairn_types::ContentId::of(csv.as_bytes());
+    rt().block_on(async {
+        let head = reqwest::Client::new().head(format!("{api}/blobs/{blob}")).send().await.unwrap();
+        assert_eq!(head.status(), 404, "the node does not hold the stored file");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            let v: serde_json::Value = c.get(&format!("/api/jobs/{job}")).await.unwrap();
+            let tasks: Vec<cairn_state::model::Task> = serde_json::from_value(v["tasks"].clone()).unwrap();
+            if tasks.iter().all(|t| {
+                matches!(
+                    t.state,
+                    cairn_state::model::TaskState::Committed { .. }
+                        | cairn_state::model::TaskState::Settled { .. }
+                )
+            }) {
+                break;
+            }
+            assert!(
+                tasks.iter().all(|t| !t.state.is_final()
+                    || matches!(t.state, cairn_state::model::TaskState::Settled { .. })),
+                "{v}\n{}",
+                logs()
+            );
+            assert!(tokio::time::Instant::now() < deadline, "the job did not run: {v}\n{}", logs());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+
     // The restored replica serves the file too.
     std::fs::remove_file(&back).unwrap();
     let (ok, _, err) = store(&["get", &deal.to_string(), "-o", back.to_str().unwrap()]);
