@@ -25,7 +25,7 @@ mod store;
 mod transfer;
 
 pub use fetch::Fetcher;
-pub use serve::router;
+pub use serve::{file_stream, router};
 pub use store::BlobStore;
 pub use transfer::{FILE_SLICE, GROUP_LOG, UploadError, partial_of, put_stream_as};
 

@@ -106,9 +106,27 @@ async fn put_blob(State(c): State<Ctx>, body: Bytes) -> Response {
     }
 }
 
+/// A file's bytes from where it stands to its end, 1 MiB at a time.
+pub fn file_stream(
+    f: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    use tokio::io::AsyncReadExt as _;
+    futures::stream::unfold(f, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
 /// The blob's bytes from `offset` to its end, streamed from the file.
 async fn raw_from(store: &BlobStore, id: &ContentId, size: u64, offset: u64) -> Response {
-    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    use tokio::io::AsyncSeekExt as _;
     if offset > size {
         return err(StatusCode::BAD_REQUEST, "bad_range", "offset is past the end of the blob");
     }
@@ -118,18 +136,7 @@ async fn raw_from(store: &BlobStore, id: &ContentId, size: u64, offset: u64) -> 
     if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
         return err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob");
     }
-    let stream = futures::stream::unfold(f, |mut f| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    (StatusCode::OK, size_header(size), axum::body::Body::from_stream(stream)).into_response()
+    (StatusCode::OK, size_header(size), axum::body::Body::from_stream(file_stream(f))).into_response()
 }
 
 #[derive(Debug, Deserialize)]

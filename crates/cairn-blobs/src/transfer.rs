@@ -203,11 +203,7 @@ impl Fetcher {
                 buf.push(pending.split_to(take));
             }
             if let Some(w) = writing.take() {
-                let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                if !ok {
-                    return Err(corrupt());
-                }
-                have = n;
+                have = written(w).await?.ok_or_else(corrupt)?;
                 progress(have);
             }
             let start = received;
@@ -234,11 +230,7 @@ impl Fetcher {
             }
         }
         if let Some(w) = writing.take() {
-            let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-            if !ok {
-                return Err(corrupt());
-            }
-            have = n;
+            have = written(w).await?.ok_or_else(corrupt)?;
             progress(have);
         }
         debug_assert_eq!(have, size);
@@ -247,6 +239,12 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// The bytes held once a group's check-and-write finished (`None`: the group did not match).
+async fn written(w: tokio::task::JoinHandle<std::io::Result<(bool, u64)>>) -> Result<Option<u64>> {
+    let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    Ok(ok.then_some(n))
 }
 
 /// A hasher that has taken the group starting at byte `start` (given in pieces).

@@ -16,7 +16,7 @@ use cairn_blobs::{BlobStore, Fetcher};
 use cairn_types::storage::{challenged_chunks, verify_possession};
 use cairn_types::{Address, ContentId, DealId, Hash32, PossessionProof, hash_domain};
 use clap::Args;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 #[derive(Debug, Args)]
 pub(crate) struct StorageArgs {
@@ -171,18 +171,7 @@ async fn plain_get(State(s): State<Srv>) -> axum::response::Response {
     let Ok(f) = tokio::fs::File::open(s.dir.join("blob.bin")).await else {
         return axum::response::IntoResponse::into_response(StatusCode::NOT_FOUND);
     };
-    let stream = futures::stream::unfold(f, |mut f| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    axum::response::Response::new(Body::from_stream(stream))
+    axum::response::Response::new(Body::from_stream(cairn_blobs::file_stream(f)))
 }
 
 /// Cairn's put, server side: the same streamed, hashed, checked upload a provider takes.

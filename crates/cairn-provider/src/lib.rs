@@ -22,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod inventory;
 pub mod ledger;
+mod models;
 mod pipeline;
 mod probes;
 mod render;

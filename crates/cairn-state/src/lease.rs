@@ -280,15 +280,7 @@ fn slash_breach(ctx: &mut Ctx<'_>, l: &Lease, uptime_bps: u32) -> Exec<()> {
         .checked_mul(u128::from(window_blocks))
         .and_then(|v| v.checked_mul(u128::from(ctx.params.exposure_multiplier)))
         .unwrap_or(Amount::MAX);
-    let slashed = staking::slash(ctx, &l.provider, want)?;
-    let to_client =
-        slashed.checked_bps(ctx.params.slash_client_bps).ok_or_else(|| invariant("slash share"))?;
-    bank::credit(ctx, &l.client, to_client)?;
-    let burned = slashed.checked_sub(to_client).ok_or_else(|| invariant("slash split"))?;
-    let mut totals = ctx.totals()?;
-    totals.burned = totals.burned.checked_add(burned).ok_or_else(|| invariant("burn overflow"))?;
-    ctx.set_totals(&totals)?;
-    crate::penalty::mark_failed(ctx, &l.provider)?;
+    let (slashed, to_client, burned) = crate::penalty::slash_to_client(ctx, &l.provider, &l.client, want)?;
     ctx.emit(Event::SlaBreached {
         lease: l.id,
         provider: l.provider,

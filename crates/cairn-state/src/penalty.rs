@@ -21,6 +21,27 @@ pub(crate) fn fail(p: &mut Provider) {
     p.reputation.total_failed = p.reputation.total_failed.saturating_add(1);
 }
 
+/// Slash up to `want` from `provider` for failing `client`: `slash_client_bps` of it to the
+/// client, the rest burned, and a failure on the provider's record. Returns (slashed, to the
+/// client, burned).
+pub(crate) fn slash_to_client(
+    ctx: &mut Ctx<'_>,
+    provider: &Address,
+    client: &Address,
+    want: Amount,
+) -> Exec<(Amount, Amount, Amount)> {
+    let slashed = crate::staking::slash(ctx, provider, want)?;
+    let to_client =
+        slashed.checked_bps(ctx.params.slash_client_bps).ok_or_else(|| invariant("slash share"))?;
+    crate::bank::credit(ctx, client, to_client)?;
+    let burned = slashed.checked_sub(to_client).ok_or_else(|| invariant("slash split"))?;
+    let mut totals = ctx.totals()?;
+    totals.burned = totals.burned.checked_add(burned).ok_or_else(|| invariant("burn overflow"))?;
+    ctx.set_totals(&totals)?;
+    mark_failed(ctx, provider)?;
+    Ok((slashed, to_client, burned))
+}
+
 pub(crate) fn add_to_pool(ctx: &mut Ctx<'_>, amount: Amount) -> Exec<()> {
     let mut totals = ctx.totals()?;
     totals.audit_pool = totals.audit_pool.checked_add(amount).ok_or_else(|| invariant("pool overflow"))?;

@@ -237,16 +237,8 @@ pub(crate) fn prove(ctx: &mut Ctx<'_>, who: &Address, p: &ProveStorage) -> Exec<
 
 /// Slash a replica that missed a proof past its first epoch.
 fn slash(ctx: &mut Ctx<'_>, d: &Deal, r: &Replica) -> Exec<(Amount, Amount, Amount)> {
-    let slashed = staking::slash(ctx, &r.provider, collateral(ctx, r.price_per_epoch))?;
-    let to_client =
-        slashed.checked_bps(ctx.params.slash_client_bps).ok_or_else(|| invariant("slash share"))?;
-    bank::credit(ctx, &d.client, to_client)?;
-    let burned = slashed.checked_sub(to_client).ok_or_else(|| invariant("slash split"))?;
-    let mut totals = ctx.totals()?;
-    totals.burned = totals.burned.checked_add(burned).ok_or_else(|| invariant("burn overflow"))?;
-    ctx.set_totals(&totals)?;
-    crate::penalty::mark_failed(ctx, &r.provider)?;
-    Ok((slashed, to_client, burned))
+    let want = collateral(ctx, r.price_per_epoch);
+    crate::penalty::slash_to_client(ctx, &r.provider, &d.client, want)
 }
 
 pub(crate) fn on_epoch_end(ctx: &mut Ctx<'_>, id: &DealId, epoch: u32) -> Exec<()> {
