@@ -191,29 +191,38 @@ pub(crate) async fn put(client: &Client, a: &PutArgs, quiet: bool) -> Result<Dea
     wait_for_proofs(client, &deal, &a.file, quiet).await
 }
 
-/// Upload the file to the deal's first replica (the others copy it from there).
+/// Upload the file to the deal's first replica that takes it (the others copy it from there).
+/// Replicas that cannot be reached yet (a provider starting or restarting) are tried again for
+/// about half a minute.
 async fn upload(client: &Client, view: &DealView, file: &Path, quiet: bool) -> Result<()> {
     let _ = client;
     let fetcher = cairn_blobs::Fetcher::new();
     let mut last = None;
-    for r in &view.replicas {
-        let Some(endpoint) = &r.endpoint else { continue };
-        let url = format!("{}/deals/{}/blob", endpoint.trim_end_matches('/'), view.deal.id);
-        let bar = progress_bar(quiet, "uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}");
-        bar.set_length(view.deal.size);
-        let b = bar.clone();
-        match fetcher.upload_file(&url, file, move |n| b.set_position(n)).await {
-            Ok(()) => {
-                bar.finish_and_clear();
-                return Ok(());
-            }
-            Err(e) => {
-                bar.abandon();
-                if !quiet {
-                    eprintln!("replica {} refused the upload: {e}; trying the next", r.provider);
+    let mut delay = Duration::from_millis(500);
+    for round in 0..6 {
+        for r in &view.replicas {
+            let Some(endpoint) = &r.endpoint else { continue };
+            let url = format!("{}/deals/{}/blob", endpoint.trim_end_matches('/'), view.deal.id);
+            let bar = progress_bar(quiet, "uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}");
+            bar.set_length(view.deal.size);
+            let b = bar.clone();
+            match fetcher.upload_file(&url, file, move |n| b.set_position(n)).await {
+                Ok(()) => {
+                    bar.finish_and_clear();
+                    return Ok(());
                 }
-                last = Some(e);
+                Err(e) => {
+                    bar.abandon();
+                    if !quiet {
+                        eprintln!("replica {} did not take the upload: {e}", r.provider);
+                    }
+                    last = Some(e);
+                }
             }
+        }
+        if round < 5 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(8));
         }
     }
     match last {
@@ -241,13 +250,22 @@ async fn wait_for_proofs(client: &Client, deal: &DealId, file: &Path, quiet: boo
             bar.finish_and_clear();
             return Ok(v);
         }
-        if !nudged && started.elapsed() > Duration::from_secs(20) {
+        // A replica that has neither proven nor copied the file a few seconds on is sent it
+        // directly (its source may be slow, or gone).
+        if !nudged && started.elapsed() > Duration::from_secs(5) {
             nudged = true;
             let fetcher = cairn_blobs::Fetcher::new();
+            let http = reqwest::Client::new();
             for r in v.replicas.iter().filter(|r| r.proven_epochs == 0) {
-                if let Some(e) = &r.endpoint {
-                    let url = format!("{}/deals/{}/blob", e.trim_end_matches('/'), deal);
-                    let _ = fetcher.upload_file(&url, file, |_| {}).await;
+                let Some(e) = &r.endpoint else { continue };
+                let base = e.trim_end_matches('/');
+                let has = http
+                    .head(format!("{base}/blobs/{}", v.deal.blob))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if !has {
+                    let _ = fetcher.upload_file(&format!("{base}/deals/{deal}/blob"), file, |_| {}).await;
                 }
             }
         }

@@ -58,6 +58,16 @@ fn a_stored_file_comes_back_verified_and_a_dropped_replica_is_caught_and_restore
     let providers: Vec<ProviderProc> =
         (0..3).map(|i| ProviderProc::start(&dir.0.join(format!("provider-{i}")))).collect();
     wait_for_providers(&node, &providers);
+    // The chain lists them from the network's first run: wait until each endpoint answers.
+    rt().block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        for p in &providers {
+            while p.status().await.is_null() {
+                assert!(tokio::time::Instant::now() < deadline, "a provider did not start:\n{}", p.log());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
     let api = format!("http://127.0.0.1:{}", base + 100);
     let faucet = dir.0.join("faucet.key");
     let logs = || providers.iter().map(ProviderProc::log).collect::<Vec<_>>().join("\n----\n");
