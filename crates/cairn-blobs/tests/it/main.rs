@@ -312,3 +312,37 @@ async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_no
     Fetcher::new().fetch_to_file(&sid, 5_000, &[good], &sdest, &|_| {}).await.unwrap();
     assert_eq!(std::fs::read(&sdest).unwrap(), small);
 }
+
+#[tokio::test]
+async fn a_streamed_upload_is_kept_only_when_it_is_exactly_the_expected_blob() {
+    let store = BlobStore::open(dir("up")).unwrap();
+    let bytes = data(300_000);
+    let id = ContentId::of(&bytes);
+    let size = bytes.len() as u64;
+    let stream = |b: Vec<u8>| {
+        futures::stream::iter(
+            b.chunks(7_000)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // Other bytes of the same size: refused, nothing kept under any id.
+    let other = data(300_001)[1..].to_vec();
+    let err = cairn_blobs::put_stream_as(&store, stream(other.clone()), id, size).await.unwrap_err();
+    assert!(matches!(err, cairn_blobs::UploadError::WrongBlob(_)), "{err}");
+    assert!(!store.has(&id) && !store.has(&ContentId::of(&other)));
+    // More bytes than the deal's size: cut off and refused.
+    let mut long = bytes.clone();
+    long.extend_from_slice(b"and more");
+    let err = cairn_blobs::put_stream_as(&store, stream(long), id, size).await.unwrap_err();
+    assert!(matches!(err, cairn_blobs::UploadError::TooLong(_)), "{err}");
+    assert!(!store.has(&id));
+    // Too few bytes: not the blob.
+    let err = cairn_blobs::put_stream_as(&store, stream(bytes[..1000].to_vec()), id, size).await.unwrap_err();
+    assert!(matches!(err, cairn_blobs::UploadError::WrongBlob(_)), "{err}");
+    // The blob itself: kept, with an outboard that proves its chunks.
+    cairn_blobs::put_stream_as(&store, stream(bytes.clone()), id, size).await.unwrap();
+    assert_eq!(store.read(&id).unwrap(), bytes);
+    store.possession_proof(&id, &[0, 100, 292]).unwrap();
+    assert!(std::fs::read_dir(store.root().join("blobs")).unwrap().count() == 2, "no temporary files left");
+}
