@@ -44,11 +44,7 @@ fn severity(e: &Error) -> u8 {
     }
 }
 
-pub(crate) fn source_error(url: &str, reason: impl std::fmt::Display) -> Error {
-    source_err(url, reason)
-}
-
-fn source_err(url: &str, reason: impl std::fmt::Display) -> Error {
+pub(crate) fn source_err(url: &str, reason: impl std::fmt::Display) -> Error {
     Error::Source { url: url.to_owned(), reason: reason.to_string() }
 }
 

@@ -10,7 +10,7 @@ use cairn_types::ContentId;
 use cairn_types::storage::CHUNK_LEN;
 use tokio::io::AsyncReadExt as _;
 
-use crate::fetch::{open_partial_file, source_error};
+use crate::fetch::{open_partial_file, source_err};
 use crate::{Error, Fetcher, Result};
 
 /// Chunks per verified group when a whole blob is brought into a file, as a power of two
@@ -70,11 +70,11 @@ impl Fetcher {
             .body(body)
             .send()
             .await
-            .map_err(|e| source_error(url, e))?;
+            .map_err(|e| source_err(url, e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            return Err(source_error(url, format!("{status}: {text}")));
+            return Err(source_err(url, format!("{status}: {text}")));
         }
         Ok(())
     }
@@ -261,10 +261,8 @@ fn group_hasher(start: u64, pieces: &[bytes::Bytes]) -> blake3::Hasher {
 
 /// Whether `bytes`, the group starting at byte `start`, has its chaining value in `cvs`.
 fn group_ok(cvs: &[[u8; 32]], start: u64, bytes: &[u8]) -> bool {
-    let mut h = blake3::Hasher::new();
-    h.set_input_offset(start);
-    h.update(bytes);
-    cvs.get((start / FILE_SLICE) as usize) == Some(&h.finalize_non_root())
+    cvs.get((start / FILE_SLICE) as usize)
+        == Some(&group_hasher(start, &[bytes::Bytes::copy_from_slice(bytes)]).finalize_non_root())
 }
 
 /// How much of the first `have` bytes of `file` (whole groups) still verifies.
@@ -282,10 +280,6 @@ fn verified_prefix(file: &mut std::fs::File, have: u64, cvs: &Option<Vec<[u8; 32
         ok += FILE_SLICE;
     }
     Ok(ok)
-}
-
-fn source_err(url: &str, reason: impl std::fmt::Display) -> Error {
-    source_error(url, reason)
 }
 
 /// The chaining value (or, at the top, the root hash) of the subtree of bytes

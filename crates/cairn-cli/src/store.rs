@@ -184,7 +184,7 @@ pub(crate) async fn put(client: &Client, a: &PutArgs, quiet: bool) -> Result<Dea
         })
         .context("the chain took the deal but reported no id")?;
     let view = deal_view(client, &deal).await?;
-    upload(client, &view, &a.file, quiet).await?;
+    upload(&view, &a.file, quiet).await?;
     if a.no_wait {
         return Ok(view);
     }
@@ -194,8 +194,7 @@ pub(crate) async fn put(client: &Client, a: &PutArgs, quiet: bool) -> Result<Dea
 /// Upload the file to the deal's first replica that takes it (the others copy it from there).
 /// Replicas that cannot be reached yet (a provider starting or restarting) are tried again for
 /// about half a minute.
-async fn upload(client: &Client, view: &DealView, file: &Path, quiet: bool) -> Result<()> {
-    let _ = client;
+async fn upload(view: &DealView, file: &Path, quiet: bool) -> Result<()> {
     let fetcher = cairn_blobs::Fetcher::new();
     let mut last = None;
     let mut delay = Duration::from_millis(500);

@@ -332,3 +332,11 @@ fn install_container_tools() {
     }
     assert!(cairn_runtime::container::available(runc), "runc does not run here (root needed)");
 }
+
+/// The address of provider `i` of the network in `root`.
+pub(crate) fn address_of(root: &Path, i: usize) -> cairn_types::Address {
+    let text = std::fs::read_to_string(root.join(format!("provider-{i}/provider.key"))).unwrap();
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).unwrap();
+    SecretKey::from_seed(seed).address()
+}

@@ -2,20 +2,12 @@
 //! `cairn store get` brings it back verified; a provider that deletes its replica is caught
 //! within one epoch, slashed, and the replica restored on another provider within two.
 
-use std::path::Path;
 use std::time::Duration;
 
 use cairn_client::Client;
-use cairn_types::{Address, DealId, Event, SecretKey};
+use cairn_types::{Address, DealId, Event};
 
 use crate::harness::*;
-
-fn address_of(root: &Path, i: usize) -> Address {
-    let text = std::fs::read_to_string(root.join(format!("provider-{i}/provider.key"))).unwrap();
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut seed).unwrap();
-    SecretKey::from_seed(seed).address()
-}
 
 /// Every storage event about `deal`, in order.
 async fn deal_events(c: &Client, deal: &DealId) -> Vec<Event> {

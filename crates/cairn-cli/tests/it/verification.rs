@@ -23,13 +23,6 @@ fn configure(root: &Path, i: usize, behaviour: Option<&str>, wasm_price: &str) {
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
 }
 
-fn address_of(root: &Path, i: usize) -> Address {
-    let text = std::fs::read_to_string(root.join(format!("provider-{i}/provider.key"))).unwrap();
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut seed).unwrap();
-    SecretKey::from_seed(seed).address()
-}
-
 /// Every event of every block this node run has indexed (blocks from before a restart have no
 /// receipts here).
 async fn all_events(c: &Client) -> Vec<Event> {
