@@ -1,15 +1,14 @@
 //! Fetching blobs from other endpoints, verifying as they arrive, resuming partial transfers.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_types::ContentId;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::{BlobStore, Error, Result, SLICE};
+use crate::{BlobStore, Error, Result};
 
 /// Fetches and uploads blobs over HTTP. Clones share one set of in-flight fetches: two
 /// fetches of the same blob wait for each other instead of racing on its partial file.
@@ -30,7 +29,7 @@ pub(crate) fn open_partial_file(part: &std::path::Path, total: u64) -> Result<st
     if std::fs::metadata(part).map(|m| m.len()).unwrap_or(0) > total {
         std::fs::remove_file(part)?;
     }
-    Ok(std::fs::OpenOptions::new().create(true).read(true).append(true).open(part)?)
+    Ok(std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(part)?)
 }
 
 /// How much a failure says about the blob's sources (higher: more telling).
@@ -156,59 +155,11 @@ impl Fetcher {
         }
         let part = store.partial_path(id);
         let mut file = open_partial_file(&part, total)?;
-        self.copy_verified(id, total, &mut file, base, SLICE, &|_| {}).await?;
+        self.copy_groups(id, total, &mut file, base, &|_| {}).await?;
         file.sync_all()?;
         drop(file);
         store.adopt(id, &part)?;
         Ok(store.path(id))
-    }
-
-    /// Append verified slices of blob `id` (`total` bytes) from `base` to `file`, from where it
-    /// ends, `slice` bytes a request; `progress` hears the bytes held after each slice.
-    pub(crate) async fn copy_verified(
-        &self,
-        id: &ContentId,
-        total: u64,
-        file: &mut std::fs::File,
-        base: &str,
-        slice_len: u64,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<()> {
-        let mut have = file.metadata()?.len();
-        let hash = bao::Hash::from(id.0);
-        let root = base.trim_end_matches('/');
-        while have < total || total == 0 {
-            let len = slice_len.min(total - have);
-            let url = format!("{root}/blobs/{id}?start={have}&len={len}");
-            let resp = self.http.get(&url).send().await.map_err(|e| source_err(&url, e))?;
-            if !resp.status().is_success() {
-                return Err(source_err(&url, resp.status()));
-            }
-            // Read at most what the range can encode to: a source cannot make us buffer more.
-            let max_slice = bao::encode::encoded_size(len).saturating_add(64 * 1024);
-            let mut resp = resp;
-            let mut slice = Vec::with_capacity(usize::try_from(max_slice).unwrap_or(0).min(64 << 20));
-            while let Some(chunk) = resp.chunk().await.map_err(|e| source_err(&url, e))? {
-                if (slice.len() as u128).saturating_add(chunk.len() as u128) > max_slice {
-                    return Err(source_err(&url, "slice is larger than its range can be"));
-                }
-                slice.extend_from_slice(&chunk);
-            }
-            let mut decoder = bao::decode::SliceDecoder::new(&slice[..], &hash, have, len);
-            let mut verified = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-            if decoder.read_to_end(&mut verified).is_err() || verified.len() as u64 != len {
-                return Err(Error::Corrupt { id: *id, from: base.to_owned() });
-            }
-            file.write_all(&verified)?;
-            have += len;
-            progress(have);
-            debug!(%id, have, total, "verified slice");
-            if total == 0 {
-                break;
-            }
-        }
-        file.sync_all()?;
-        Ok(())
     }
 
     /// Upload bytes to an endpoint and check it computed the same id.

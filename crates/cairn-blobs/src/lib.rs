@@ -1,13 +1,14 @@
 //! Content-addressed blobs: an on-disk store keyed by BLAKE3, an HTTP endpoint that serves
-//! verifiable slices, and a fetcher that checks every chunk against the blob's id before
-//! keeping it.
+//! them, and a fetcher that checks every byte against the blob's id before keeping it.
 //!
 //! A blob's id is the BLAKE3 hash of its bytes, so the id a job spec names, the commitment a
-//! provider makes and the transfer's verification root are one value. The store keeps a bao
-//! outboard (the BLAKE3 tree) beside each blob; the endpoint answers `GET /blobs/{id}?start=&len=`
-//! with a bao slice, which the fetcher decodes and verifies 1 KiB chunk by chunk. A transfer
-//! that fails midway resumes from what was already verified; data that does not verify is
-//! discarded and the next source is tried.
+//! provider makes and the transfer's verification root are one value. The store keeps the
+//! BLAKE3 tree above 16 KiB leaves beside each blob (see `tree.rs`); the endpoint serves the
+//! raw bytes from any offset (`GET /blobs/{id}?offset=`) and the chaining values of the
+//! blob's 8 MiB groups (`GET /blobs/{id}/groups?log=13`), which the fetcher checks against
+//! the id before it takes a byte and then checks each group against as it arrives. A
+//! transfer that fails midway resumes from its last verified group; data that does not
+//! verify is discarded and the next source is tried.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cairn_blobs::Error> {
@@ -23,6 +24,7 @@ mod fetch;
 mod serve;
 mod store;
 mod transfer;
+mod tree;
 
 pub use fetch::Fetcher;
 pub use serve::{file_stream, router};
@@ -30,9 +32,6 @@ pub use store::BlobStore;
 pub use transfer::{FILE_SLICE, GROUP_LOG, UploadError, partial_of, put_stream_as};
 
 use cairn_types::ContentId;
-
-/// Bytes per verified slice in a transfer.
-pub const SLICE: u64 = 1 << 20;
 
 /// What can go wrong with blobs.
 #[derive(Debug, thiserror::Error)]

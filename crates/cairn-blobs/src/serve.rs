@@ -1,6 +1,7 @@
-//! The blob endpoint: `GET /blobs/{id}` (whole blob, or `?start=&len=` as a verifiable bao
-//! slice), `HEAD /blobs/{id}` (size in `x-blob-size`) and `POST /blobs` (upload; the answer
-//! is the id the server computed).
+//! The blob endpoint: `GET /blobs/{id}` (the bytes, streamed; `?offset=` from there on),
+//! `GET /blobs/{id}/groups?log=` (the chaining values a client checks them against),
+//! `HEAD /blobs/{id}` (size in `x-blob-size`) and `POST /blobs` (upload; the answer is the id
+//! the server computed).
 
 use std::sync::Arc;
 
@@ -23,10 +24,8 @@ struct Ctx {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Range {
-    start: Option<u64>,
-    len: Option<u64>,
-    /// Raw bytes from this offset (to the end), streamed: checked by the client against the
-    /// chunk groups' chaining values of `GET /blobs/{id}/groups`.
+    /// Raw bytes from this offset (to the end): checked by the client against the chunk
+    /// groups' chaining values of `GET /blobs/{id}/groups`.
     offset: Option<u64>,
 }
 
@@ -74,25 +73,7 @@ async fn get_blob(State(c): State<Ctx>, Path(id): Path<String>, Query(range): Qu
     let Some(size) = c.store.size(&id) else {
         return err(StatusCode::NOT_FOUND, "not_found", "no such blob");
     };
-    let store = c.store.clone();
-    match range {
-        Range { start: None, len: None, offset: Some(offset) } => raw_from(&c.store, &id, size, offset).await,
-        Range { start: Some(start), len: Some(len), offset: None } => {
-            let r = tokio::task::spawn_blocking(move || store.slice(&id, start, len)).await;
-            match r {
-                Ok(Ok(bytes)) => (StatusCode::OK, size_header(size), bytes).into_response(),
-                _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob"),
-            }
-        }
-        Range { start: None, len: None, offset: None } => {
-            let r = tokio::task::spawn_blocking(move || store.read(&id)).await;
-            match r {
-                Ok(Ok(bytes)) => (StatusCode::OK, size_header(size), bytes).into_response(),
-                _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob"),
-            }
-        }
-        _ => err(StatusCode::BAD_REQUEST, "bad_range", "give both start and len, or offset alone, or none"),
-    }
+    raw_from(&c.store, &id, size, range.offset.unwrap_or(0)).await
 }
 
 async fn put_blob(State(c): State<Ctx>, body: Bytes) -> Response {
@@ -142,16 +123,16 @@ async fn raw_from(store: &BlobStore, id: &ContentId, size: u64, offset: u64) -> 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Groups {
-    /// Chunks per group, as a power of two (0..=20).
+    /// Chunks per group, as a power of two (4..=20).
     log: u32,
 }
 
 /// The chaining values of the blob's chunk groups (32 bytes each, in order), read from its
-/// outboard: what a client checks raw bytes against, group by group.
+/// tree: what a client checks raw bytes against, group by group.
 async fn get_groups(State(c): State<Ctx>, Path(id): Path<String>, Query(g): Query<Groups>) -> Response {
     let Some(id) = parse(&id) else { return bad_id() };
-    if g.log > 20 {
-        return err(StatusCode::BAD_REQUEST, "bad_range", "log must be at most 20");
+    if !(4..=20).contains(&g.log) {
+        return err(StatusCode::BAD_REQUEST, "bad_range", "log must be from 4 to 20");
     }
     let Some(size) = c.store.size(&id) else {
         return err(StatusCode::NOT_FOUND, "not_found", "no such blob");
@@ -159,6 +140,6 @@ async fn get_groups(State(c): State<Ctx>, Path(id): Path<String>, Query(g): Quer
     let store = c.store.clone();
     match tokio::task::spawn_blocking(move || store.group_cvs(&id, g.log)).await {
         Ok(Ok(cvs)) => (StatusCode::OK, size_header(size), cvs.concat()).into_response(),
-        _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob's outboard"),
+        _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot read the blob's tree"),
     }
 }

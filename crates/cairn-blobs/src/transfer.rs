@@ -3,12 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use std::io::Write as _;
-
 use blake3::hazmat::{HasherExt as _, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
 use cairn_types::ContentId;
 use cairn_types::storage::CHUNK_LEN;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::fetch::{open_partial_file, source_err};
 use crate::{Error, Fetcher, Result};
@@ -117,7 +115,7 @@ impl Fetcher {
 
     /// Append blob `id`'s bytes from `base` to `file` group by group (see [`GROUP_LOG`]),
     /// from the last whole group it holds; only verified groups are written.
-    async fn copy_groups(
+    pub(crate) async fn copy_groups(
         &self,
         id: &ContentId,
         size: u64,
@@ -163,7 +161,12 @@ impl Fetcher {
         // What an earlier try kept is checked again (it was never forced to disk): kept up to
         // the first group that does not match.
         have = verified_prefix(file, have, &cvs)?;
-        file.set_len(have)?;
+        // Cut only when there is something to cut: truncating a file (even an empty one to
+        // nothing) makes ext4 write all of its new data back when it is closed, which costs
+        // a large download half a second at its end.
+        if file.metadata()?.len() != have {
+            file.set_len(have)?;
+        }
         if have >= size && size > 0 {
             return Ok(());
         }
@@ -172,97 +175,78 @@ impl Fetcher {
         if !resp.status().is_success() {
             return Err(source_err(&url, resp.status()));
         }
-        // While one group is checked and written on a blocking thread, the next is received.
-        let cvs = std::sync::Arc::new(cvs);
-        let root_id = *id;
-        // A group is kept as the pieces it arrived in (no copy into one buffer).
-        let mut writing: Option<tokio::task::JoinHandle<std::io::Result<(bool, u64)>>> = None;
-        let mut pending = bytes::Bytes::new();
+        // Bytes are written as they arrive (as a plain copy would) and hashed on the way; at
+        // each group's end its value is checked, and on any failure the file is cut back to
+        // its last verified group. (A crash can leave unverified bytes after that group: the
+        // next try checks the kept groups again before it trusts them.)
+        std::io::Seek::seek(file, std::io::SeekFrom::Start(have))?;
+        let mut out = tokio::fs::File::from_std(file.try_clone()?);
         let mut received = have;
-        loop {
-            let mut buf: Vec<bytes::Bytes> = Vec::new();
-            let mut got = 0usize;
-            let want = FILE_SLICE.min(size - received) as usize;
-            while got < want {
-                if pending.is_empty() {
-                    match resp.chunk().await.map_err(|e| source_err(&url, e))? {
-                        Some(c) => pending = c,
-                        None => {
-                            if let Some(w) = writing.take() {
-                                let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                                if ok {
-                                    progress(n);
-                                }
+        let mut hasher = group_hasher(have, &[]);
+        let outcome: Result<()> = async {
+            while received < size {
+                let Some(mut piece) = resp.chunk().await.map_err(|e| source_err(&url, e))? else {
+                    return Err(source_err(&url, "the stream ended before the blob did"));
+                };
+                while !piece.is_empty() {
+                    let group_end = (have + FILE_SLICE).min(size);
+                    if received == group_end {
+                        return Err(source_err(&url, "the stream is longer than the blob"));
+                    }
+                    let take = piece.len().min((group_end - received) as usize);
+                    let part = piece.split_to(take);
+                    hasher.update(&part);
+                    out.write_all(&part).await?;
+                    received += take as u64;
+                    if received == group_end {
+                        let ok = match cvs.as_ref() {
+                            None => *hasher.finalize().as_bytes() == id.0,
+                            Some(cvs) => {
+                                cvs.get((have / FILE_SLICE) as usize) == Some(&hasher.finalize_non_root())
                             }
-                            return Err(source_err(&url, "the stream ended before the blob did"));
+                        };
+                        if !ok {
+                            return Err(corrupt());
+                        }
+                        have = received;
+                        progress(have);
+                        if have < size {
+                            hasher = group_hasher(have, &[]);
                         }
                     }
                 }
-                let take = (want - got).min(pending.len());
-                got += take;
-                buf.push(pending.split_to(take));
             }
-            if let Some(w) = writing.take() {
-                have = written(w).await?.ok_or_else(corrupt)?;
-                progress(have);
+            if size == 0 && *hasher.finalize().as_bytes() != id.0 {
+                return Err(corrupt());
             }
-            let start = received;
-            received += got as u64;
-            let mut out = file.try_clone()?;
-            let cvs = cvs.clone();
-            writing = Some(tokio::task::spawn_blocking(move || {
-                let ok = match cvs.as_ref() {
-                    None => *group_hasher(0, &buf).finalize().as_bytes() == root_id.0,
-                    Some(cvs) => {
-                        cvs.get((start / FILE_SLICE) as usize)
-                            == Some(&group_hasher(start, &buf).finalize_non_root())
-                    }
-                };
-                if ok {
-                    for piece in &buf {
-                        out.write_all(piece)?;
-                    }
-                }
-                Ok((ok, start + got as u64))
-            }));
-            if received >= size {
-                break;
+            if resp.chunk().await.ok().flatten().is_some_and(|c| !c.is_empty()) {
+                return Err(source_err(&url, "the stream is longer than the blob"));
             }
+            Ok(())
         }
-        if let Some(w) = writing.take() {
-            have = written(w).await?.ok_or_else(corrupt)?;
-            progress(have);
+        .await;
+        out.flush().await?;
+        drop(out);
+        if outcome.is_err() {
+            file.set_len(have)?;
         }
-        debug_assert_eq!(have, size);
-        if !pending.is_empty() || resp.chunk().await.ok().flatten().is_some_and(|c| !c.is_empty()) {
-            return Err(source_err(&url, "the stream is longer than the blob"));
-        }
-        Ok(())
+        outcome
     }
 }
 
-/// The bytes held once a group's check-and-write finished (`None`: the group did not match).
-async fn written(w: tokio::task::JoinHandle<std::io::Result<(bool, u64)>>) -> Result<Option<u64>> {
-    let (ok, n) = w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-    Ok(ok.then_some(n))
-}
-
-/// A hasher that has taken the group starting at byte `start` (given in pieces).
-fn group_hasher(start: u64, pieces: &[bytes::Bytes]) -> blake3::Hasher {
+/// A hasher that has taken the group starting at byte `start`.
+fn group_hasher(start: u64, bytes: &[u8]) -> blake3::Hasher {
     let mut h = blake3::Hasher::new();
     if start > 0 {
         h.set_input_offset(start);
     }
-    for p in pieces {
-        h.update(p);
-    }
+    h.update(bytes);
     h
 }
 
 /// Whether `bytes`, the group starting at byte `start`, has its chaining value in `cvs`.
 fn group_ok(cvs: &[[u8; 32]], start: u64, bytes: &[u8]) -> bool {
-    cvs.get((start / FILE_SLICE) as usize)
-        == Some(&group_hasher(start, &[bytes::Bytes::copy_from_slice(bytes)]).finalize_non_root())
+    cvs.get((start / FILE_SLICE) as usize) == Some(&group_hasher(start, bytes).finalize_non_root())
 }
 
 /// How much of the first `have` bytes of `file` (whole groups) still verifies.
@@ -312,8 +296,8 @@ pub enum UploadError {
     Failed(String),
 }
 
-/// Store a streamed body as blob `expected` of `size` bytes: hashed and written (with its
-/// outboard) on a blocking thread as it arrives, kept only if it is exactly that blob.
+/// Store a streamed body as blob `expected` of `size` bytes: hashed into its tree and written
+/// on a blocking thread as it arrives, kept only if it is exactly that blob.
 ///
 /// # Errors
 /// [`UploadError`]; nothing is kept on any of them.
@@ -328,10 +312,13 @@ where
     E: std::fmt::Display,
 {
     use futures::StreamExt as _;
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
-    let s = store.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let mut w = store.writer().map_err(|e| UploadError::Failed(e.to_string()))?;
     let writer = tokio::task::spawn_blocking(move || {
-        s.put_reader_as(ChannelReader { rx, buf: Default::default() }, &expected, size)
+        while let Some(piece) = rx.blocking_recv() {
+            w.write(&piece)?;
+        }
+        w.finish(Some(&expected)).map(|_| ())
     });
     let mut got: u64 = 0;
     let mut broke = None;
@@ -360,26 +347,5 @@ where
         (None, Ok(())) => Ok(()),
         (None, Err(Error::Corrupt { .. })) => Err(UploadError::WrongBlob(expected)),
         (None, Err(e)) => Err(UploadError::Failed(e.to_string())),
-    }
-}
-
-/// Reads what a channel delivers (the store hashes on a blocking thread).
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    buf: bytes::Bytes,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.buf.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.buf = b,
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len());
-        out.get_mut(..n).unwrap_or_default().copy_from_slice(self.buf.get(..n).unwrap_or_default());
-        let _ = self.buf.split_to(n);
-        Ok(n)
     }
 }

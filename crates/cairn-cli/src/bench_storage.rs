@@ -1,4 +1,4 @@
-//! `cairn bench storage`: what a possession proof costs (generation from the outboard, size,
+//! `cairn bench storage`: what a possession proof costs (generation from the stored tree, size,
 //! the chain's check) for a large blob; put/get throughput of the storage data path against a
 //! plain file copy through the same HTTP stack (axum server, reqwest client) on loopback; and
 //! how often a provider keeping only part of a blob is caught, simulated with the chain's own
@@ -105,7 +105,7 @@ pub(crate) async fn run(a: StorageArgs) -> Result<()> {
     println!("| measure | median | p99 | max | target |");
     println!("|---|---|---|---|---|");
     println!(
-        "| generation from the outboard (ms) | {:.3} | {:.3} | {:.3} | ≤ 10 |",
+        "| generation from the stored tree (ms) | {:.3} | {:.3} | {:.3} | ≤ 10 |",
         ms(pct(&made, 0.5)),
         ms(pct(&made, 0.99)),
         ms(*made.last().unwrap_or(&Duration::ZERO))
@@ -124,7 +124,7 @@ pub(crate) async fn run(a: StorageArgs) -> Result<()> {
     );
     println!();
     println!(
-        "Storing the blob (hash + outboard, once per replica): {:.0} MiB/s",
+        "Storing the blob (hash + tree, once per replica): {:.0} MiB/s",
         a.size_mib as f64 / ingest.as_secs_f64()
     );
     println!();
@@ -266,7 +266,7 @@ async fn throughput(a: &StorageArgs, src: &Path, size: u64, id: ContentId) -> Re
     println!("| path | plain copy (MiB/s) | Cairn (MiB/s) | Cairn / plain | target |");
     println!("|---|---|---|---|---|");
     println!(
-        "| put: id hashed, streamed, hashed and outboard written on arrival, kept only if it is the blob | {:.0} | {:.0} | {:.2} | ≥ 0.70 |",
+        "| put: id hashed, streamed, hashed into its tree on arrival, kept only if it is the blob | {:.0} | {:.0} | {:.2} | ≥ 0.70 |",
         rate(&plain_up),
         rate(&cairn_up),
         rate(&cairn_up) / rate(&plain_up)

@@ -1,7 +1,6 @@
 //! `cairn store …`: keep a file on the network under a storage deal, fetch it back verified, and
 //! follow a deal's replicas and proofs.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -116,18 +115,10 @@ pub(crate) async fn deal_view(client: &Client, id: &DealId) -> Result<DealView> 
 
 /// The BLAKE3 id and size of a file, read once.
 pub(crate) fn hash_file(path: &Path) -> Result<(ContentId, u64)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    // Memory-mapped and hashed on every core: a GiB takes a fraction of a second.
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
+    h.update_mmap_rayon(path).with_context(|| format!("reading {}", path.display()))?;
     Ok((ContentId(*h.finalize().as_bytes()), size))
 }
 

@@ -2,11 +2,11 @@
 //! epoch.
 //!
 //! Every second (and on deal events) it reads the running deals it holds a replica of. A blob it
-//! does not have is fetched (verified slice by slice, resumable) from the deal's other replicas;
+//! does not have is fetched (verified group by group, resumable) from the deal's other replicas;
 //! a first replica waits for the client's upload to `PUT /deals/<id>/blob`, which is taken only
 //! for a deal this provider holds, only up to the deal's size, and kept only when it hashes to
 //! the deal's blob. Each epoch it answers its challenge: the chunks the epoch's seed picks, with
-//! their paths, read from the blob's bao outboard.
+//! their paths, read from the blob's stored tree.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

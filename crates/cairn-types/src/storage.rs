@@ -214,7 +214,7 @@ fn subtree_cv(data: &[u8], start: u64) -> ChainingValue {
 }
 
 /// Build the proof for `challenged` chunks from the whole blob in memory, hashing every sibling
-/// subtree: a reference for tests and small blobs (providers answer from a bao outboard).
+/// subtree: a reference for tests and small blobs (providers answer from the stored tree).
 /// Indices past the end are skipped.
 pub fn prove_from_bytes(data: &[u8], challenged: &[u64]) -> PossessionProof {
     let size = data.len() as u64;

@@ -29,55 +29,72 @@ async fn serve(app: Router) -> String {
 }
 
 #[derive(serde::Deserialize)]
-struct R {
-    start: Option<u64>,
-    len: Option<u64>,
+struct Raw {
+    offset: Option<u64>,
 }
 
-/// A source that serves real slices but flips one byte of content in every slice.
-fn lying(store: Arc<BlobStore>) -> Router {
-    async fn head(State(s): State<Arc<BlobStore>>, Path(id): Path<String>) -> impl IntoResponse {
+/// How a test source misbehaves on raw bytes (its group values are the real ones).
+#[derive(Clone, Copy)]
+enum Fault {
+    /// One byte flipped: in the second group it sends (the first when it sends one).
+    Flip,
+    /// The stream ends one group and 1000 bytes in.
+    Cut,
+    /// The real bytes, then more without end.
+    Flood,
+}
+
+fn faulty(store: Arc<BlobStore>, fault: Fault) -> Router {
+    async fn head(
+        State((s, _)): State<(Arc<BlobStore>, Fault)>,
+        Path(id): Path<String>,
+    ) -> impl IntoResponse {
         let id: ContentId = id.parse().unwrap();
         [("x-blob-size", s.size(&id).unwrap().to_string())]
     }
     async fn get(
-        State(s): State<Arc<BlobStore>>,
+        State((s, fault)): State<(Arc<BlobStore>, Fault)>,
         Path(id): Path<String>,
-        Query(r): Query<R>,
+        Query(r): Query<Raw>,
+    ) -> axum::response::Response {
+        let id: ContentId = id.parse().unwrap();
+        let mut bytes = s.read(&id).unwrap().split_off(r.offset.unwrap_or(0) as usize);
+        match fault {
+            Fault::Flip => {
+                let first =
+                    (cairn_blobs::FILE_SLICE - r.offset.unwrap_or(0) % cairn_blobs::FILE_SLICE) as usize;
+                let at = (first + 5).min(bytes.len() - 10);
+                bytes[at] ^= 0x55;
+            }
+            Fault::Cut => bytes.truncate(cairn_blobs::FILE_SLICE as usize + 1000),
+            Fault::Flood => {
+                let first =
+                    futures::stream::once(
+                        async move { Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes)) },
+                    );
+                let chunk = axum::body::Bytes::from(vec![7u8; 64 * 1024]);
+                let endless = futures::stream::repeat_with(move || Ok(chunk.clone()));
+                return axum::body::Body::from_stream(futures::StreamExt::chain(first, endless))
+                    .into_response();
+            }
+        }
+        bytes.into_response()
+    }
+    async fn groups(
+        State((s, _)): State<(Arc<BlobStore>, Fault)>,
+        Path(id): Path<String>,
     ) -> impl IntoResponse {
         let id: ContentId = id.parse().unwrap();
-        let mut slice = s.slice(&id, r.start.unwrap(), r.len.unwrap()).unwrap();
-        let last = slice.len() - 10;
-        slice[last] ^= 0x55;
-        slice
+        s.group_cvs(&id, cairn_blobs::GROUP_LOG).unwrap().concat()
     }
-    Router::new().route("/blobs/{id}", axum::routing::get(get).head(head)).with_state(store)
-}
-
-/// A source that answers the first slice and then fails, counting slice requests.
-fn flaky(store: Arc<BlobStore>, hits: Arc<AtomicUsize>) -> Router {
-    let inner = router(store, 1 << 20);
-    Router::new().fallback_service(tower_layer(inner, hits))
-}
-
-fn tower_layer(inner: Router, hits: Arc<AtomicUsize>) -> Router {
-    inner.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let hits = hits.clone();
-            async move {
-                let is_slice = req.uri().query().is_some_and(|q| q.contains("start="));
-                let n = if is_slice { hits.fetch_add(1, Ordering::SeqCst) } else { 0 };
-                if is_slice && n >= 1 {
-                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
-                }
-                next.run(req).await
-            }
-        },
-    ))
+    Router::new()
+        .route("/blobs/{id}", axum::routing::get(get).head(head))
+        .route("/blobs/{id}/groups", axum::routing::get(groups))
+        .with_state((store, fault))
 }
 
 #[tokio::test]
-async fn a_blob_crosses_over_http_verified_slice_by_slice() {
+async fn a_blob_crosses_over_http_verified_group_by_group() {
     let a = Arc::new(BlobStore::open(dir("a")).unwrap());
     let bytes = data(3 * 1024 * 1024 + 12_345);
     let id = a.put_bytes(&bytes).unwrap();
@@ -99,7 +116,7 @@ async fn corrupted_data_is_discarded_and_the_next_source_is_used() {
     let a = Arc::new(BlobStore::open(dir("c-src")).unwrap());
     let bytes = data(2 * 1024 * 1024 + 7);
     let id = a.put_bytes(&bytes).unwrap();
-    let liar = serve(lying(a.clone())).await;
+    let liar = serve(faulty(a.clone(), Fault::Flip)).await;
     let good = serve(router(a, 1 << 20)).await;
     let b = BlobStore::open(dir("c-dst")).unwrap();
     let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, std::slice::from_ref(&liar)).await.unwrap_err();
@@ -109,55 +126,47 @@ async fn corrupted_data_is_discarded_and_the_next_source_is_used() {
     assert_eq!(b.read(&id).unwrap(), bytes);
 }
 
-/// A source that claims the blob's size and then answers each slice with an endless body.
-fn flooding(size: u64) -> Router {
-    async fn get() -> impl IntoResponse {
-        let chunk = axum::body::Bytes::from(vec![7u8; 64 * 1024]);
-        let endless = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
-        axum::body::Body::from_stream(endless)
-    }
-    let head = move || async move { [("x-blob-size", size.to_string())] };
-    Router::new().route("/blobs/{id}", axum::routing::get(get).head(head))
-}
-
 #[tokio::test]
 async fn the_most_telling_failure_is_reported_and_a_flooding_source_is_cut_off() {
     let a = Arc::new(BlobStore::open(dir("t-src")).unwrap());
     let bytes = data(300_000);
     let id = a.put_bytes(&bytes).unwrap();
-    let liar = serve(lying(a.clone())).await;
+    let liar = serve(faulty(a.clone(), Fault::Flip)).await;
     let empty = serve(router(Arc::new(BlobStore::open(dir("t-empty")).unwrap()), 1 << 20)).await;
     let b = BlobStore::open(dir("t-dst")).unwrap();
     // Corrupt data from one source is named even though the last source merely lacked the blob.
     let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, &[liar, empty]).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    // A source streaming without end is stopped at what the slice could encode to.
-    let flood = serve(flooding(bytes.len() as u64)).await;
+    // A source streaming on past the blob is cut off, and what it sent is not kept.
+    let flood = serve(faulty(a.clone(), Fault::Flood)).await;
     let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, &[flood]).await.unwrap_err();
-    assert!(err.to_string().contains("larger than its range"), "{err}");
+    assert!(err.to_string().contains("longer than the blob"), "{err}");
     assert!(!b.has(&id));
 }
 
 #[tokio::test]
 async fn an_interrupted_transfer_resumes_from_what_was_verified() {
     let a = Arc::new(BlobStore::open(dir("r-src")).unwrap());
-    let bytes = data(3 * 1024 * 1024);
+    let bytes = data(20 * 1024 * 1024 + 5);
     let id = a.put_bytes(&bytes).unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let flaky_url = serve(flaky(a.clone(), hits.clone())).await;
+    let cut = serve(faulty(a.clone(), Fault::Cut)).await;
     let b = BlobStore::open(dir("r-dst")).unwrap();
-    assert!(Fetcher::new().fetch(&b, &id, None, 1 << 30, &[flaky_url]).await.is_err());
+    assert!(Fetcher::new().fetch(&b, &id, None, 1 << 30, &[cut]).await.is_err());
+    assert!(!b.has(&id));
     let partial = b.root().join("partial").join(id.to_hex());
-    assert_eq!(std::fs::metadata(&partial).unwrap().len(), cairn_blobs::SLICE, "one verified slice kept");
-    let good_hits = Arc::new(AtomicUsize::new(0));
+    assert_eq!(
+        std::fs::metadata(&partial).unwrap().len(),
+        cairn_blobs::FILE_SLICE,
+        "one verified group kept"
+    );
+    let offsets = Arc::new(std::sync::Mutex::new(Vec::new()));
     let counting = router(a, 1 << 20).layer(axum::middleware::from_fn({
-        let good_hits = good_hits.clone();
+        let offsets = offsets.clone();
         move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let good_hits = good_hits.clone();
+            let offsets = offsets.clone();
             async move {
-                if let Some(q) = req.uri().query() {
-                    assert!(!q.contains("start=0&"), "the first slice is not fetched again");
-                    good_hits.fetch_add(1, Ordering::SeqCst);
+                if let Some(q) = req.uri().query().and_then(|q| q.strip_prefix("offset=")) {
+                    offsets.lock().unwrap().push(q.parse::<u64>().unwrap());
                 }
                 next.run(req).await
             }
@@ -165,8 +174,13 @@ async fn an_interrupted_transfer_resumes_from_what_was_verified() {
     }));
     let good = serve(counting).await;
     Fetcher::new().fetch(&b, &id, None, 1 << 30, &[good]).await.unwrap();
-    assert_eq!(good_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        *offsets.lock().unwrap(),
+        vec![cairn_blobs::FILE_SLICE],
+        "the kept group is not fetched again"
+    );
     assert_eq!(b.read(&id).unwrap(), bytes);
+    b.verify(&id).unwrap();
 }
 
 #[tokio::test]
@@ -220,41 +234,6 @@ async fn concurrent_fetches_of_one_blob_all_succeed() {
     b.verify(&id).unwrap();
 }
 
-/// A source that serves the real group values but, for raw bytes, flips one byte past the first
-/// group (`flip`) or ends the stream there (a cut).
-fn raw_source(store: Arc<BlobStore>, flip: bool) -> Router {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        offset: u64,
-    }
-    async fn get(
-        State((s, flip)): State<(Arc<BlobStore>, bool)>,
-        Path(id): Path<String>,
-        Query(r): Query<Raw>,
-    ) -> impl IntoResponse {
-        let id: ContentId = id.parse().unwrap();
-        let mut bytes = s.read(&id).unwrap().split_off(r.offset as usize);
-        let first = (cairn_blobs::FILE_SLICE - r.offset % cairn_blobs::FILE_SLICE) as usize;
-        if flip {
-            bytes[first + 5] ^= 0x20;
-        } else {
-            bytes.truncate(first + 1000);
-        }
-        bytes
-    }
-    async fn groups(
-        State((s, _)): State<(Arc<BlobStore>, bool)>,
-        Path(id): Path<String>,
-    ) -> impl IntoResponse {
-        let id: ContentId = id.parse().unwrap();
-        s.group_cvs(&id, cairn_blobs::GROUP_LOG).unwrap().concat()
-    }
-    Router::new()
-        .route("/blobs/{id}", axum::routing::get(get))
-        .route("/blobs/{id}/groups", axum::routing::get(groups))
-        .with_state((store, flip))
-}
-
 #[tokio::test]
 async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_nothing_unverified() {
     let a = Arc::new(BlobStore::open(dir("f-src")).unwrap());
@@ -266,7 +245,7 @@ async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_no
     let size = bytes.len() as u64;
     let partial = || std::fs::metadata(cairn_blobs::partial_of(&dest)).map(|m| m.len()).unwrap_or(0);
     // A source whose second group is corrupt: the first group is kept, nothing after it.
-    let liar = serve(raw_source(a.clone(), true)).await;
+    let liar = serve(faulty(a.clone(), Fault::Flip)).await;
     let err = Fetcher::new()
         .fetch_to_file(&id, size, std::slice::from_ref(&liar), &dest, &|_| {})
         .await
@@ -275,7 +254,7 @@ async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_no
     assert!(!dest.exists());
     assert_eq!(partial(), cairn_blobs::FILE_SLICE);
     // A source that cuts the stream inside the next group: that group is not kept.
-    let cut = serve(raw_source(a.clone(), false)).await;
+    let cut = serve(faulty(a.clone(), Fault::Cut)).await;
     assert!(Fetcher::new().fetch_to_file(&id, size, &[cut], &dest, &|_| {}).await.is_err());
     assert_eq!(partial(), 2 * cairn_blobs::FILE_SLICE);
     // Group values that do not add up to the id are refused before any byte is taken.
@@ -340,7 +319,7 @@ async fn a_streamed_upload_is_kept_only_when_it_is_exactly_the_expected_blob() {
     // Too few bytes: not the blob.
     let err = cairn_blobs::put_stream_as(&store, stream(bytes[..1000].to_vec()), id, size).await.unwrap_err();
     assert!(matches!(err, cairn_blobs::UploadError::WrongBlob(_)), "{err}");
-    // The blob itself: kept, with an outboard that proves its chunks.
+    // The blob itself: kept, with a tree that proves its chunks.
     cairn_blobs::put_stream_as(&store, stream(bytes.clone()), id, size).await.unwrap();
     assert_eq!(store.read(&id).unwrap(), bytes);
     store.possession_proof(&id, &[0, 100, 292]).unwrap();

@@ -180,10 +180,9 @@ pub fn write_package(
 /// # Errors
 /// [`RunError::Io`] when it cannot be read.
 pub fn hash_file(path: &Path) -> Result<ContentId> {
-    let f = std::fs::File::open(path).map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
+    // Memory-mapped and hashed on every core.
     let mut h = blake3::Hasher::new();
-    h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))
-        .map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
+    h.update_mmap_rayon(path).map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
     Ok(ContentId(*h.finalize().as_bytes()))
 }
 
