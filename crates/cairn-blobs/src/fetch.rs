@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_types::ContentId;
+use cairn_types::upload::{BLOB_HEADER, UploadAuth};
 use tracing::warn;
 
 use crate::{BlobStore, Error, Result};
@@ -16,6 +17,7 @@ use crate::{BlobStore, Error, Result};
 pub struct Fetcher {
     pub(crate) http: reqwest::Client,
     in_flight: Arc<Mutex<BTreeMap<ContentId, Arc<tokio::sync::Mutex<()>>>>>,
+    uploader: Option<Arc<UploadAuth>>,
 }
 
 impl Default for Fetcher {
@@ -52,10 +54,19 @@ impl Fetcher {
     pub fn new() -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
+            // Silence, not length, ends a transfer: a large blob may take as long as it moves.
+            .read_timeout(Duration::from_secs(60))
             .build()
             .unwrap_or_default();
-        Fetcher { http, in_flight: Arc::default() }
+        Fetcher { http, in_flight: Arc::default(), uploader: None }
+    }
+
+    /// This fetcher signing its uploads as `auth`'s account (validators keep only signed
+    /// uploads from funded accounts).
+    #[must_use]
+    pub fn with_uploader(mut self, auth: UploadAuth) -> Self {
+        self.uploader = Some(Arc::new(auth));
+        self
     }
 
     async fn remote_size(&self, base: &str, id: &ContentId) -> Result<u64> {
@@ -169,7 +180,13 @@ impl Fetcher {
     pub async fn upload(&self, base: &str, bytes: Vec<u8>) -> Result<ContentId> {
         let id = ContentId::of(&bytes);
         let url = format!("{}/blobs", base.trim_end_matches('/'));
-        let resp = self.http.post(&url).body(bytes).send().await.map_err(|e| source_err(&url, e))?;
+        let mut req = self.http.post(&url).header(BLOB_HEADER, id.to_hex());
+        if let Some(auth) = &self.uploader {
+            for (name, value) in auth.headers(&id, bytes.len() as u64) {
+                req = req.header(name, value);
+            }
+        }
+        let resp = req.body(bytes).send().await.map_err(|e| source_err(&url, e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();

@@ -27,7 +27,7 @@ mod transfer;
 mod tree;
 
 pub use fetch::Fetcher;
-pub use serve::{file_stream, router};
+pub use serve::{Refusal, UploadGate, file_stream, router, router_with_uploads};
 pub use store::BlobStore;
 pub use transfer::{FILE_SLICE, GROUP_LOG, UploadError, partial_of, put_stream_as};
 

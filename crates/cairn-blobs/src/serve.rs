@@ -1,24 +1,51 @@
 //! The blob endpoint: `GET /blobs/{id}` (the bytes, streamed; `?offset=` from there on),
 //! `GET /blobs/{id}/groups?log=` (the chaining values a client checks them against),
-//! `HEAD /blobs/{id}` (size in `x-blob-size`) and `POST /blobs` (upload; the answer is the id
-//! the server computed).
+//! `HEAD /blobs/{id}` (size in `x-blob-size`) and, where an [`UploadGate`] admits them,
+//! `POST /blobs` (an upload: the blob named in `x-cairn-blob`, `content-length` bytes, signed
+//! as the gate asks; streamed to disk and kept only if it is that blob).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cairn_types::ContentId;
+use cairn_types::upload::BLOB_HEADER;
 use serde::Deserialize;
 
-use crate::BlobStore;
+use crate::{BlobStore, UploadError};
+
+/// Why an upload is refused: an HTTP status, a stable code and a message for the uploader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status answered.
+    pub status: StatusCode,
+    /// A stable error code.
+    pub code: &'static str,
+    /// What the uploader should know.
+    pub message: String,
+}
+
+/// Who may upload, and how much. Asked before any byte of an upload's body is read.
+pub trait UploadGate: Send + Sync + 'static {
+    /// Admit an upload of blob `id` (`size` bytes) given the request's headers, reserving room
+    /// for it. `Ok` carries who it is charged to, handed back to [`UploadGate::done`].
+    ///
+    /// # Errors
+    /// The [`Refusal`] answered instead.
+    fn admit(&self, headers: &HeaderMap, id: &ContentId, size: u64) -> Result<String, Refusal>;
+    /// The admitted upload ended: `stored` when its bytes were kept (not when the blob was
+    /// already there, nor when the upload failed).
+    fn done(&self, charged: String, id: &ContentId, size: u64, stored: bool);
+}
 
 #[derive(Clone)]
 struct Ctx {
     store: Arc<BlobStore>,
+    uploads: Option<(u64, Arc<dyn UploadGate>)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,14 +61,22 @@ fn err(status: StatusCode, code: &str, message: &str) -> Response {
     (status, [("content-type", "application/json")], body).into_response()
 }
 
-/// The blob routes, to merge into a server; uploads are capped at `max_upload` bytes.
-pub fn router(store: Arc<BlobStore>, max_upload: usize) -> Router {
-    Router::new()
+/// The blob routes, read-only, to merge into a server.
+pub fn router(store: Arc<BlobStore>) -> Router {
+    routes(Ctx { store, uploads: None })
+}
+
+/// The blob routes with `POST /blobs`: uploads of at most `max_upload` bytes that `gate` admits.
+pub fn router_with_uploads(store: Arc<BlobStore>, max_upload: u64, gate: Arc<dyn UploadGate>) -> Router {
+    routes(Ctx { store, uploads: Some((max_upload, gate)) })
+}
+
+fn routes(ctx: Ctx) -> Router {
+    let read = Router::new()
         .route("/blobs/{id}", get(get_blob).head(head_blob))
-        .route("/blobs/{id}/groups", get(get_groups))
-        .route("/blobs", post(put_blob))
-        .layer(DefaultBodyLimit::max(max_upload))
-        .with_state(Ctx { store })
+        .route("/blobs/{id}/groups", get(get_groups));
+    let app = if ctx.uploads.is_some() { read.route("/blobs", post(put_blob)) } else { read };
+    app.with_state(ctx)
 }
 
 fn parse(id: &str) -> Option<ContentId> {
@@ -76,14 +111,46 @@ async fn get_blob(State(c): State<Ctx>, Path(id): Path<String>, Query(range): Qu
     raw_from(&c.store, &id, size, range.offset.unwrap_or(0)).await
 }
 
-async fn put_blob(State(c): State<Ctx>, body: Bytes) -> Response {
-    let store = c.store.clone();
-    match tokio::task::spawn_blocking(move || store.put_bytes(&body)).await {
-        Ok(Ok(id)) => {
-            (StatusCode::CREATED, [("content-type", "application/json")], format!("{{\"id\":\"{id}\"}}"))
-                .into_response()
-        }
-        _ => err(StatusCode::INTERNAL_SERVER_ERROR, "io", "cannot store the blob"),
+fn stored(status: StatusCode, id: &ContentId) -> Response {
+    (status, [("content-type", "application/json")], format!("{{\"id\":\"{id}\"}}")).into_response()
+}
+
+async fn put_blob(State(c): State<Ctx>, headers: HeaderMap, body: Body) -> Response {
+    let Some((max, gate)) = c.uploads.clone() else {
+        return err(StatusCode::METHOD_NOT_ALLOWED, "read_only", "this endpoint takes no uploads");
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(id) = header(BLOB_HEADER).and_then(parse) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            &format!("name the blob (64 hex characters) in {BLOB_HEADER}"),
+        );
+    };
+    let Some(size) = header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
+        return err(StatusCode::LENGTH_REQUIRED, "length_required", "give the upload's content-length");
+    };
+    if size > max {
+        return err(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("uploads are at most {max} bytes"));
+    }
+    let charged = match gate.admit(&headers, &id, size) {
+        Ok(c) => c,
+        Err(r) => return err(r.status, r.code, &r.message),
+    };
+    if c.store.has(&id) {
+        gate.done(charged, &id, size, false);
+        return stored(StatusCode::OK, &id);
+    }
+    let r = crate::put_stream_as(&c.store, body.into_data_stream(), id, size).await;
+    gate.done(charged, &id, size, r.is_ok());
+    match r {
+        Ok(()) => stored(StatusCode::CREATED, &id),
+        Err(e @ (UploadError::WrongBlob(_) | UploadError::TooLong(_))) => err(
+            StatusCode::BAD_REQUEST,
+            "wrong_blob",
+            &format!("{e}: the body must be the {size} bytes that hash to {BLOB_HEADER}"),
+        ),
+        Err(UploadError::Failed(e)) => err(StatusCode::BAD_REQUEST, "upload_failed", &e),
     }
 }
 

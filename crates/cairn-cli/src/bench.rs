@@ -242,7 +242,7 @@ async fn jobs(a: JobsArgs) -> Result<()> {
     let (net, client, faucet, dir) = bench_network(&a.home, 27_400).await?;
     std::fs::write(dir.join("sieve.wasm"), include_bytes!("../../../testdata/wasm/sieve.wasm"))?;
     let manifest = "kind: wasm\nworkload: sieve.wasm\nargs: [\"100000\"]\nmax_price_per_task: 0.2 CRN\nverification: none\n";
-    let resolved = crate::manifest::resolve(manifest, &dir, client.base()).await?;
+    let resolved = crate::manifest::resolve(manifest, &dir, &client, &faucet).await?;
     // A watcher records, as they happen, when providers start tasks and when jobs settle.
     let submitted: Arc<Mutex<Vec<(cairn_types::JobId, u64)>>> = Arc::default();
     let started: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
@@ -368,7 +368,7 @@ pub(crate) async fn until_committed(
     yaml: &str,
     limit: Duration,
 ) -> Result<(f64, cairn_types::JobId)> {
-    let resolved = crate::manifest::resolve(yaml, dir, client.base()).await?;
+    let resolved = crate::manifest::resolve(yaml, dir, client, key).await?;
     let t0 = std::time::Instant::now();
     let job = crate::job::submit(client, key, resolved.spec).await?;
     loop {

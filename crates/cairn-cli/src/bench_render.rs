@@ -252,7 +252,7 @@ async fn kill_mid_frame(
     // A deadline a few frame times long (devnet blocks come about 5 a second), so the chain
     // hands the dead provider's frames on within a minute.
     let yaml = spec_with_deadline(version, a.frames, a.width, a.samples, 300);
-    let resolved = crate::manifest::resolve(&yaml, dir, client.base()).await?;
+    let resolved = crate::manifest::resolve(&yaml, dir, client, key).await?;
     let t0 = Instant::now();
     let job = crate::job::submit(client, key, resolved.spec).await?;
     // Wait until some provider has been rendering for a second.

@@ -192,7 +192,7 @@ async fn throughput(a: &StorageArgs, src: &Path, size: u64, id: ContentId) -> Re
         .route("/deal/{id}", axum::routing::put(cairn_put))
         .with_state(srv)
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .merge(cairn_blobs::router(Arc::new(source), 1 << 20));
+        .merge(cairn_blobs::router(Arc::new(source)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {

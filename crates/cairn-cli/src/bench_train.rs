@@ -78,7 +78,7 @@ async fn run_job(
     dir: &std::path::Path,
     yaml: &str,
 ) -> Result<(f64, JobId)> {
-    let resolved = crate::manifest::resolve(yaml, dir, client.base()).await?;
+    let resolved = crate::manifest::resolve(yaml, dir, client, key).await?;
     let t0 = Instant::now();
     let job = crate::job::submit(client, key, resolved.spec).await?;
     loop {
@@ -151,7 +151,8 @@ pub(crate) async fn run(a: TrainArgs) -> Result<()> {
     let warm = crate::manifest::resolve(
         "kind: wasm\nworkload: sieve.wasm\nargs: [\"1000\"]\ntasks: 90\nmax_price_per_task: 0.01 CRN\ndeadline_blocks: 600\n",
         &dir,
-        client.base(),
+        &client,
+        &faucet,
     )
     .await?;
     let warm_job = crate::job::submit(&client, &faucet, warm.spec).await?;

@@ -279,7 +279,7 @@ pub(crate) async fn run(net: &Network, json: bool, gateway: Option<&str>) -> Res
     let website = crate::service::demo_open(&client, &key, &dir, json).await?;
     let mut submitted: Vec<(&str, JobId)> = Vec::new();
     for (name, manifest) in list {
-        let resolved = crate::manifest::resolve(&manifest, &dir, client.base())
+        let resolved = crate::manifest::resolve(&manifest, &dir, &client, &key)
             .await
             .with_context(|| format!("demo job {name}"))?;
         let kind = resolved.spec.kind;

@@ -353,7 +353,7 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             let text = std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec.display()))?;
             let dir = a.spec.parent().map(Path::to_path_buf).unwrap_or_default();
             let key = a.key.load()?;
-            let resolved = crate::manifest::resolve(&text, &dir, client.base()).await?;
+            let resolved = crate::manifest::resolve(&text, &dir, &client, &key).await?;
             if resolved.spec.kind == cairn_types::WorkloadKind::Service {
                 return crate::service::open_and_report(&client, &key, resolved, &a.lease, a.api.json).await;
             }

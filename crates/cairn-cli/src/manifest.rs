@@ -206,9 +206,18 @@ fn fill_train_tasks(m: &mut Mapping) -> Result<()> {
     Ok(())
 }
 
-/// Resolve a manifest's local files against `dir`, uploading them to `node`.
-pub(crate) async fn resolve(text: &str, dir: &Path, node: &str) -> Result<Resolved> {
-    let fetcher = Fetcher::new();
+/// Resolve a manifest's local files against `dir`, uploading them to `client`'s node signed
+/// by `key` (the node keeps uploads only from funded accounts).
+pub(crate) async fn resolve(
+    text: &str,
+    dir: &Path,
+    client: &cairn_client::Client,
+    key: &cairn_types::SecretKey,
+) -> Result<Resolved> {
+    let chain_id = client.status().await.context("reading the node's chain id")?.chain_id;
+    let fetcher =
+        Fetcher::new().with_uploader(cairn_types::upload::UploadAuth { key: key.clone(), chain_id });
+    let node = client.base();
     let mut v: Value = serde_yaml_ng::from_str(text).context("the job spec is not valid YAML")?;
     let Some(m) = v.as_mapping_mut() else { bail!("the job spec must be a YAML mapping") };
     let mut workload = None;

@@ -64,6 +64,7 @@ pub(crate) fn init(a: InitArgs) -> Result<()> {
         max_block_txs: 20_000,
         worker_threads: 2,
         blob_upload_limit: 1 << 30,
+        uploads: Default::default(),
     };
     write_home(&InitPlan { home: a.home.clone(), key: key.clone(), config }, &genesis)?;
     println!("Initialised {} for chain {}", a.home.display(), genesis.chain_id);

@@ -191,8 +191,9 @@ pub(crate) fn run(cmd: ServiceCommand) -> Result<()> {
             let text =
                 std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec.display()))?;
             let dir = a.spec.parent().map(Path::to_path_buf).unwrap_or_default();
-            let resolved = crate::manifest::resolve(&text, &dir, client.base()).await?;
-            open_and_report(&client, &a.key.load()?, resolved, &a.open, a.api.json).await
+            let key = a.key.load()?;
+            let resolved = crate::manifest::resolve(&text, &dir, &client, &key).await?;
+            open_and_report(&client, &key, resolved, &a.open, a.api.json).await
         }),
         ServiceCommand::Status(a) => rt.block_on(async {
             let v = lease_view(&Client::new(&a.api.api), &a.lease).await?;
@@ -351,7 +352,7 @@ pub(crate) async fn demo_open(
     }
     std::fs::write(dir.join("index.html"), WEBSITE_INDEX)?;
     std::fs::write(dir.join("health"), WEBSITE_HEALTH)?;
-    let resolved = crate::manifest::resolve(WEBSITE, dir, client.base()).await.context("demo service")?;
+    let resolved = crate::manifest::resolve(WEBSITE, dir, client, key).await.context("demo service")?;
     let opened =
         open(client, key, resolved.spec, &OpenOptions { deposit: None }, Some(Duration::from_secs(60)))
             .await

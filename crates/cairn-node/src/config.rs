@@ -134,6 +134,9 @@ pub struct NodeConfig {
     /// Largest blob a client may upload to this node's blob endpoint, in bytes.
     #[serde(default = "default_blob_limit")]
     pub blob_upload_limit: usize,
+    /// Who may upload to the blob endpoint, and how much (`[uploads]`).
+    #[serde(default)]
+    pub uploads: crate::uploads::UploadLimits,
 }
 
 fn default_blob_limit() -> usize {
@@ -183,6 +186,10 @@ impl Home {
     /// `blobs/`: the node's blob endpoint store.
     pub fn blobs(&self) -> PathBuf {
         self.0.join("blobs")
+    }
+    /// `uploads/`: uploads no transaction names yet (account, size, time each).
+    pub fn uploads(&self) -> PathBuf {
+        self.0.join("uploads")
     }
     /// `node.lock`.
     pub fn lock(&self) -> PathBuf {

@@ -15,3 +15,4 @@ pub mod node;
 pub mod receipt_log;
 pub mod run;
 pub mod state;
+pub mod uploads;

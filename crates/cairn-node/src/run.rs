@@ -203,6 +203,33 @@ pub fn run(home: &Path) -> Result<(), RunError> {
             std::mem::forget(ctx.register("consensus_faults", "consensus faults seen", m.faults.clone()));
         }
 
+        let uploads = match crate::uploads::Uploads::open(
+            &chain_id,
+            shared.clone(),
+            blobs.clone(),
+            home.uploads(),
+            cfg.uploads.clone(),
+        ) {
+            Ok(u) => Arc::new(u),
+            Err(e) => panic!("cannot open {}: {e}", home.uploads().display()),
+        };
+        {
+            let m = &uploads.metrics;
+            let ctx = context.child("cairn");
+            std::mem::forget(ctx.register("uploads_refused", "blob uploads refused", m.refused.clone()));
+            std::mem::forget(ctx.register("uploads_stored", "blob uploads stored", m.stored.clone()));
+            std::mem::forget(ctx.register("uploads_expired", "blob uploads deleted unnamed", m.expired.clone()));
+            let sweeper = uploads.clone();
+            let every = std::time::Duration::from_secs((cfg.uploads.ttl_secs / 4).clamp(1, 60));
+            context.child("uploads").spawn(move |_| async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let u = sweeper.clone();
+                    let _ = tokio::task::spawn_blocking(move || u.sweep()).await;
+                }
+            });
+        }
+
         let metrics_ctx = context.child("metrics_export");
         let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || metrics_ctx.encode());
         let api_shared = shared.clone();
@@ -224,7 +251,11 @@ pub fn run(home: &Path) -> Result<(), RunError> {
         )
         .await;
 
-        let app = router(ApiState { shared: api_shared, marshal, metrics }).merge(cairn_blobs::router(blobs, cfg.blob_upload_limit));
+        let app = router(ApiState { shared: api_shared, marshal, metrics }).merge(cairn_blobs::router_with_uploads(
+            blobs,
+            cfg.blob_upload_limit as u64,
+            uploads,
+        ));
         context.child("api").spawn(move |_| async move {
             let listener = match tokio::net::TcpListener::from_std(api_listener) {
                 Ok(l) => l,

@@ -145,7 +145,11 @@ pub async fn run(home: &Path) -> Result<()> {
         .ok_or_else(|| Error::Config("the node did not report min_tx_fee".into()))?;
     let pricing = policy(&cfg.pricing).map_err(Error::Config)?;
     let blobs = Arc::new(BlobStore::open(home.blobs())?);
-    let fetcher = Fetcher::new();
+    // Training outputs are copied to the node, which keeps uploads signed by funded accounts.
+    let fetcher = Fetcher::new().with_uploader(cairn_types::upload::UploadAuth {
+        key: key.clone(),
+        chain_id: status.chain_id.clone(),
+    });
     let infer = Arc::new(InferenceExecutor::new(inference_config(&cfg, &home)));
     let lie = cfg.behaviour == cairn_types::Behaviour::StreamLies;
     let streams = Arc::new(crate::streams::Streams::new(key.clone(), lie));
@@ -248,7 +252,7 @@ async fn serve(ctx: &Arc<Ctx>) -> Result<()> {
         assigned_ctx.active.lock().unwrap_or_else(|p| p.into_inner()).contains(t)
             || assigned_ctx.ledger.lock().unwrap_or_else(|p| p.into_inner()).tasks.contains_key(t)
     });
-    let mut app = cairn_blobs::router(ctx.blobs.clone(), 1 << 20)
+    let mut app = cairn_blobs::router(ctx.blobs.clone())
         .merge(crate::streams::router(ctx.streams.clone(), assigned))
         .route(
             "/provider/status",

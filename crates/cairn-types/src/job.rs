@@ -311,6 +311,13 @@ fn check_file_name(name: &str) -> std::result::Result<(), String> {
 }
 
 impl JobSpec {
+    /// Every blob the job names: its workload, then its inputs and per-task inputs.
+    pub fn blobs(&self) -> impl Iterator<Item = &ContentId> {
+        std::iter::once(&self.workload)
+            .chain(self.inputs.iter().map(|i| &i.id))
+            .chain(self.task_inputs.iter().map(|i| &i.id))
+    }
+
     /// Parse YAML, refusing unknown fields, then [`validate`](Self::validate).
     ///
     /// # Errors

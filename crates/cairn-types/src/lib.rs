@@ -64,6 +64,7 @@ pub mod storage;
 pub mod stream;
 mod train;
 mod tx;
+pub mod upload;
 
 pub use amount::{Amount, BASE_UNITS_PER_CRN, DECIMALS};
 pub use behaviour::Behaviour;

@@ -99,14 +99,14 @@ async fn a_blob_crosses_over_http_verified_group_by_group() {
     let bytes = data(3 * 1024 * 1024 + 12_345);
     let id = a.put_bytes(&bytes).unwrap();
     assert_eq!(id, ContentId::of(&bytes), "the id is the plain BLAKE3 of the bytes");
-    let url = serve(router(a.clone(), 1 << 20)).await;
+    let url = serve(router(a.clone())).await;
     let b = BlobStore::open(dir("b")).unwrap();
     let path = Fetcher::new().fetch(&b, &id, Some(bytes.len() as u64), 1 << 30, &[url]).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), bytes);
     b.verify(&id).unwrap();
     // Empty blobs work too.
     let empty = a.put_bytes(b"").unwrap();
-    let url = serve(router(a, 1 << 20)).await;
+    let url = serve(router(a)).await;
     Fetcher::new().fetch(&b, &empty, Some(0), 10, &[url]).await.unwrap();
     assert!(b.has(&empty));
 }
@@ -117,7 +117,7 @@ async fn corrupted_data_is_discarded_and_the_next_source_is_used() {
     let bytes = data(2 * 1024 * 1024 + 7);
     let id = a.put_bytes(&bytes).unwrap();
     let liar = serve(faulty(a.clone(), Fault::Flip)).await;
-    let good = serve(router(a, 1 << 20)).await;
+    let good = serve(router(a)).await;
     let b = BlobStore::open(dir("c-dst")).unwrap();
     let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, std::slice::from_ref(&liar)).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
@@ -132,7 +132,7 @@ async fn the_most_telling_failure_is_reported_and_a_flooding_source_is_cut_off()
     let bytes = data(300_000);
     let id = a.put_bytes(&bytes).unwrap();
     let liar = serve(faulty(a.clone(), Fault::Flip)).await;
-    let empty = serve(router(Arc::new(BlobStore::open(dir("t-empty")).unwrap()), 1 << 20)).await;
+    let empty = serve(router(Arc::new(BlobStore::open(dir("t-empty")).unwrap()))).await;
     let b = BlobStore::open(dir("t-dst")).unwrap();
     // Corrupt data from one source is named even though the last source merely lacked the blob.
     let err = Fetcher::new().fetch(&b, &id, None, 1 << 30, &[liar, empty]).await.unwrap_err();
@@ -160,7 +160,7 @@ async fn an_interrupted_transfer_resumes_from_what_was_verified() {
         "one verified group kept"
     );
     let offsets = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let counting = router(a, 1 << 20).layer(axum::middleware::from_fn({
+    let counting = router(a).layer(axum::middleware::from_fn({
         let offsets = offsets.clone();
         move |req: axum::extract::Request, next: axum::middleware::Next| {
             let offsets = offsets.clone();
@@ -188,7 +188,8 @@ async fn size_limits_missing_blobs_and_uploads_are_checked() {
     let a = Arc::new(BlobStore::open(dir("l-src")).unwrap());
     let bytes = data(100_000);
     let id = a.put_bytes(&bytes).unwrap();
-    let url = serve(router(a.clone(), 50_000)).await;
+    let gate = Arc::new(Gate::default());
+    let url = serve(cairn_blobs::router_with_uploads(a.clone(), 50_000, gate.clone())).await;
     let b = BlobStore::open(dir("l-dst")).unwrap();
     let f = Fetcher::new();
     assert!(matches!(
@@ -208,6 +209,63 @@ async fn size_limits_missing_blobs_and_uploads_are_checked() {
     let up = f.upload(&url, small.clone()).await.unwrap();
     assert_eq!(a.read(&up).unwrap(), small);
     assert!(f.upload(&url, data(60_000)).await.is_err(), "uploads over the server's limit are refused");
+    // The same blob again: admitted, answered, but nothing new stored.
+    f.upload(&url, small.clone()).await.unwrap();
+    assert_eq!(*gate.done.lock().unwrap(), vec![(up, true), (up, false)]);
+    // The gate's refusal is what the uploader hears, and nothing is read or kept.
+    gate.refuse.store(true, Ordering::SeqCst);
+    let err = f.upload(&url, data(2_000)).await.unwrap_err();
+    assert!(err.to_string().contains("403") && err.to_string().contains("not today"), "{err}");
+    assert!(!a.has(&ContentId::of(&data(2_000))));
+    gate.refuse.store(false, Ordering::SeqCst);
+    // A body that is not the blob it names, one without a name, and one that runs short.
+    let http = reqwest::Client::new();
+    let named = ContentId::of(b"what was promised");
+    let resp = http
+        .post(format!("{url}/blobs"))
+        .header(cairn_types::upload::BLOB_HEADER, named.to_hex())
+        .body(b"something else entirely".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("wrong_blob"));
+    assert!(!a.has(&named) && !a.has(&ContentId::of(b"something else entirely")));
+    let resp = http.post(format!("{url}/blobs")).body(b"anonymous".to_vec()).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(!a.has(&ContentId::of(b"anonymous")));
+    // A read-only endpoint (a provider's) takes no uploads at all.
+    let read_only = serve(router(a.clone())).await;
+    assert!(f.upload(&read_only, data(3_000)).await.is_err());
+    assert!(!a.has(&ContentId::of(&data(3_000))));
+}
+
+/// A gate that admits everyone (or, when told to, no one) and records what it heard.
+#[derive(Default)]
+struct Gate {
+    refuse: std::sync::atomic::AtomicBool,
+    done: std::sync::Mutex<Vec<(ContentId, bool)>>,
+}
+
+impl cairn_blobs::UploadGate for Gate {
+    fn admit(
+        &self,
+        _: &axum::http::HeaderMap,
+        _: &ContentId,
+        _: u64,
+    ) -> Result<String, cairn_blobs::Refusal> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(cairn_blobs::Refusal {
+                status: axum::http::StatusCode::FORBIDDEN,
+                code: "unfunded",
+                message: "not today".into(),
+            });
+        }
+        Ok("anyone".into())
+    }
+    fn done(&self, _: String, id: &ContentId, _: u64, stored: bool) {
+        self.done.lock().unwrap().push((*id, stored));
+    }
 }
 
 /// Regression: two tasks of one job on one provider fetched the same workload at once and
@@ -217,7 +275,7 @@ async fn concurrent_fetches_of_one_blob_all_succeed() {
     let a = Arc::new(BlobStore::open(dir("conc-src")).unwrap());
     let bytes = data(4 * 1024 * 1024 + 3);
     let id = a.put_bytes(&bytes).unwrap();
-    let url = serve(router(a, 1 << 20)).await;
+    let url = serve(router(a)).await;
     let b = Arc::new(BlobStore::open(dir("conc-dst")).unwrap());
     let fetcher = Fetcher::new();
     let len = bytes.len() as u64;
@@ -259,7 +317,7 @@ async fn a_file_download_skips_a_corrupt_source_resumes_after_a_cut_and_keeps_no
     assert_eq!(partial(), 2 * cairn_blobs::FILE_SLICE);
     // Group values that do not add up to the id are refused before any byte is taken.
     let wrong = a.put_bytes(&data(9 * 1024 * 1024)).unwrap();
-    let good = serve(router(a.clone(), 1 << 20)).await;
+    let good = serve(router(a.clone())).await;
     let elsewhere = out.join("other.bin");
     let err = Fetcher::new()
         .fetch_to_file(&wrong, 20 * 1024 * 1024 + 99, std::slice::from_ref(&good), &elsewhere, &|_| {})

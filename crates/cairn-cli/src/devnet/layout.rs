@@ -112,6 +112,7 @@ pub(super) fn create(root: &Path, a: &Layout, extra: &[(Address, Amount)]) -> Re
             max_block_txs: 20_000,
             worker_threads: 2,
             blob_upload_limit: 1 << 30,
+            uploads: Default::default(),
         };
         write_home(&InitPlan { home: validator_home(root, i), key: k.clone(), config }, &genesis)?;
     }

@@ -296,13 +296,14 @@ pub(crate) fn run(a: GatewayArgs) -> Result<()> {
                 waiting: std::sync::atomic::AtomicUsize::new(0),
                 max_queue: a.max_queue,
             },
+            fetcher: Fetcher::new()
+                .with_uploader(cairn_types::upload::UploadAuth { key: key.clone(), chain_id: chain.clone() }),
             sender: Sender::new(client.clone(), key.clone(), chain, fee),
             client,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .context("building the HTTP client")?,
-            fetcher: Fetcher::new(),
             cache: BlobStore::open(&cache_dir)?,
             local_models: crate::model::ModelStore::open_default().ok(),
             max_price: a.max_price,

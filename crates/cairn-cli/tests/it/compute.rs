@@ -277,12 +277,12 @@ fn bad_jobs_and_bad_data_get_clear_errors_and_lose_nothing() {
             &home,
         )
     };
-    // A client without funds is told so before anything is signed.
+    // A client without funds is told so: the node keeps no upload from an unfunded account.
     let (ok, _, err) = submit(&format!(
         "kind: wasm\nworkload: {}\nmax_price_per_task: 1 CRN\n",
         testdata("wasm/sieve.wasm").display()
     ));
-    assert!(!ok && err.contains("this job escrows"), "{err}");
+    assert!(!ok && err.contains("unfunded") && err.contains("uploading needs at least"), "{err}");
     fund(&node.api, &dir.0, &cairn_node_key(&key), "50 CRN");
     let before = rt().block_on(node.client().account(&cairn_node_key(&key).address())).unwrap();
     // Not WebAssembly.
@@ -379,8 +379,14 @@ fn bad_jobs_and_bad_data_get_clear_errors_and_lose_nothing() {
     // A workload named by id that is not WebAssembly (the CLI cannot check bytes it does not
     // have): the provider finds out, commits the failure as the task's result instead of
     // retrying it forever, and the client reads why.
+    let chain_id = rt().block_on(node.client().status()).unwrap().chain_id;
+    let uploader = cairn_types::upload::UploadAuth { key: cairn_node_key(&key), chain_id };
     let junk = rt()
-        .block_on(cairn_blobs::Fetcher::new().upload(&node.api, b"\0asm\x01\0\0\0junk".to_vec()))
+        .block_on(
+            cairn_blobs::Fetcher::new()
+                .with_uploader(uploader)
+                .upload(&node.api, b"\0asm\x01\0\0\0junk".to_vec()),
+        )
         .unwrap();
     let (ok, out, err) = submit(&format!("kind: wasm\nworkload: {junk}\nmax_price_per_task: 1 CRN\n"));
     assert!(ok, "{out}{err}");
