@@ -173,12 +173,17 @@ impl Fetcher {
         Ok(store.path(id))
     }
 
-    /// Upload bytes to an endpoint and check it computed the same id.
+    /// Upload bytes to an endpoint (unless it already holds them) and check it kept them under
+    /// the same id.
     ///
     /// # Errors
     /// [`Error::Source`] if it refused or answered with another id.
     pub async fn upload(&self, base: &str, bytes: Vec<u8>) -> Result<ContentId> {
         let id = ContentId::of(&bytes);
+        // Already there: nothing to send.
+        if self.remote_size(base, &id).await.ok() == Some(bytes.len() as u64) {
+            return Ok(id);
+        }
         let url = format!("{}/blobs", base.trim_end_matches('/'));
         let mut req = self.http.post(&url).header(BLOB_HEADER, id.to_hex());
         if let Some(auth) = &self.uploader {

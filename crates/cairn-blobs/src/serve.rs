@@ -115,12 +115,29 @@ fn stored(status: StatusCode, id: &ContentId) -> Response {
     (status, [("content-type", "application/json")], format!("{{\"id\":\"{id}\"}}")).into_response()
 }
 
+/// How much of a refused upload's body is read (and dropped) before the refusal is answered.
+const REFUSED_DRAIN: u64 = 16 << 20;
+
+/// Read and drop up to `limit` bytes of a body the answer does not need, so the client, still
+/// sending it, reads the answer rather than a reset connection.
+async fn drain(body: Body, limit: u64) {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while seen < limit
+        && let Some(Ok(piece)) = stream.next().await
+    {
+        seen = seen.saturating_add(piece.len() as u64);
+    }
+}
+
 async fn put_blob(State(c): State<Ctx>, headers: HeaderMap, body: Body) -> Response {
     let Some((max, gate)) = c.uploads.clone() else {
         return err(StatusCode::METHOD_NOT_ALLOWED, "read_only", "this endpoint takes no uploads");
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(id) = header(BLOB_HEADER).and_then(parse) else {
+        drain(body, REFUSED_DRAIN).await;
         return err(
             StatusCode::BAD_REQUEST,
             "bad_id",
@@ -128,17 +145,23 @@ async fn put_blob(State(c): State<Ctx>, headers: HeaderMap, body: Body) -> Respo
         );
     };
     let Some(size) = header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
+        drain(body, REFUSED_DRAIN).await;
         return err(StatusCode::LENGTH_REQUIRED, "length_required", "give the upload's content-length");
     };
     if size > max {
+        drain(body, size.min(REFUSED_DRAIN)).await;
         return err(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("uploads are at most {max} bytes"));
     }
     let charged = match gate.admit(&headers, &id, size) {
         Ok(c) => c,
-        Err(r) => return err(r.status, r.code, &r.message),
+        Err(r) => {
+            drain(body, size.min(REFUSED_DRAIN)).await;
+            return err(r.status, r.code, &r.message);
+        }
     };
     if c.store.has(&id) {
         gate.done(charged, &id, size, false);
+        drain(body, size).await;
         return stored(StatusCode::OK, &id);
     }
     let r = crate::put_stream_as(&c.store, body.into_data_stream(), id, size).await;

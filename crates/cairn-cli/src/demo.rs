@@ -134,6 +134,8 @@ fn jobs(dir: &std::path::Path, models: bool) -> Result<Vec<(&'static str, String
 
 /// Run the example's scene script in this machine's Blender, writing `dir/scene.blend`.
 fn make_scene(dir: &std::path::Path) -> Result<()> {
+    // Blender saves only to an absolute path (the devnet's data directory may be relative).
+    let dir = std::path::absolute(dir).context("resolving the demo directory")?;
     let script = dir.join("make_scene.py");
     std::fs::write(&script, MAKE_SCENE)?;
     let out = std::process::Command::new("blender")

@@ -209,8 +209,18 @@ async fn size_limits_missing_blobs_and_uploads_are_checked() {
     let up = f.upload(&url, small.clone()).await.unwrap();
     assert_eq!(a.read(&up).unwrap(), small);
     assert!(f.upload(&url, data(60_000)).await.is_err(), "uploads over the server's limit are refused");
-    // The same blob again: admitted, answered, but nothing new stored.
+    // The same blob again: the fetcher sees it is there and sends nothing; a client that
+    // sends it anyway is answered (its body read, nothing new stored).
     f.upload(&url, small.clone()).await.unwrap();
+    assert_eq!(*gate.done.lock().unwrap(), vec![(up, true)]);
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/blobs"))
+        .header(cairn_types::upload::BLOB_HEADER, up.to_hex())
+        .body(small.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     assert_eq!(*gate.done.lock().unwrap(), vec![(up, true), (up, false)]);
     // The gate's refusal is what the uploader hears, and nothing is read or kept.
     gate.refuse.store(true, Ordering::SeqCst);

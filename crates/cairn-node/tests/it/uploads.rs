@@ -107,10 +107,13 @@ async fn anonymous_forged_and_unfunded_uploads_store_nothing() {
     let (broke, _) = signed(2);
     let err = broke.upload(&url, blob(100, 2)).await.unwrap_err().to_string();
     assert!(err.contains("403") && err.contains("unfunded"), "{err}");
+    // A large body is refused just as clearly (read and dropped, not cut off mid-send).
+    let err = broke.upload(&url, blob(900_000, 3)).await.unwrap_err().to_string();
+    assert!(err.contains("unfunded"), "{err}");
     assert_eq!(gate.pending(), (0, 0));
     let stored = std::fs::read_dir(s.store.root().join("blobs")).unwrap().count();
     assert_eq!(stored, 0, "nothing was kept");
-    assert_eq!(gate.metrics.refused.get(), 52);
+    assert_eq!(gate.metrics.refused.get(), 53);
 }
 
 #[tokio::test]
