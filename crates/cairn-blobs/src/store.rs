@@ -18,6 +18,21 @@ pub struct BlobStore {
     root: PathBuf,
 }
 
+/// A file's BLAKE3 hash and tree, read once.
+fn tree_of_file(path: &Path) -> Result<(blake3::Hash, Vec<u8>)> {
+    let mut b = TreeBuilder::default();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        b.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(b.finish())
+}
+
 fn tmp_name(dir: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -109,17 +124,7 @@ impl BlobStore {
                 && !self.tree_path(&id).is_file()
             {
                 tracing::info!(%id, "building the blob's tree (stored by an earlier version)");
-                let mut b = TreeBuilder::default();
-                let mut f = File::open(self.path(&id))?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    b.update(buf.get(..n).unwrap_or_default());
-                }
-                let (hash, tree) = b.finish();
+                let (hash, tree) = tree_of_file(&self.path(&id))?;
                 if hash.as_bytes() == &id.0 {
                     self.write_tree(&id, &tree)?;
                 } else {
@@ -239,17 +244,7 @@ impl BlobStore {
     /// Adopt a file that was verified against `id`: moved into place (not copied) once its
     /// tree is computed from it and its hash checked once more.
     pub(crate) fn adopt(&self, id: &ContentId, file: &Path) -> Result<()> {
-        let mut b = TreeBuilder::default();
-        let mut f = File::open(file)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            b.update(buf.get(..n).unwrap_or_default());
-        }
-        let (hash, tree) = b.finish();
+        let (hash, tree) = tree_of_file(file)?;
         if hash.as_bytes() != &id.0 {
             let _ = std::fs::remove_file(file);
             return Err(Error::Corrupt { id: *id, from: "local verification".into() });
