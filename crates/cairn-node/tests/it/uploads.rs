@@ -168,3 +168,38 @@ fn the_documented_uploads_section_parses_and_defaults_hold_without_it() {
     assert_eq!(s.uploads, UploadLimits::default());
     assert_eq!(s.uploads.min_balance, Amount::from_crn(1).unwrap());
 }
+
+/// The chain side of the gate on a real node's committed state: which blobs a committed job
+/// names (so they are kept, not expired) and what an account holds.
+#[test]
+fn the_node_sees_the_blobs_a_committed_job_names_and_each_accounts_balance() {
+    use cairn_node::mempool::{Mempool, MempoolConfig};
+    use cairn_node::node::NodeShared;
+    use cairn_state::testkit::{TestChain, key};
+    let client = key(1);
+    let mut chain =
+        TestChain::new(cairn_state::Params::default(), &[(&client, Amount::from_crn(1_000).unwrap())]);
+    let [workload, input, per_task, other] =
+        [&b"module"[..], b"input", b"task input", b"nobody names this"].map(ContentId::of);
+    let yaml = format!(
+        "kind: wasm\nworkload: {workload}\ntasks: 1\nmax_price_per_task: 1 CRN\ninputs:\n  - name: a\n    id: {input}\n    size: 5\ntask_inputs:\n  - name: b\n    id: {per_task}\n    size: 10\n"
+    );
+    let spec = cairn_types::JobSpec::from_yaml(&yaml).unwrap();
+    chain.ok(&client, cairn_types::TxBody::SubmitJob(cairn_types::SubmitJob { spec }));
+    let genesis = chain.genesis().clone();
+    let shared = NodeShared::new(
+        genesis.clone(),
+        cairn_node::run::genesis_block(&genesis),
+        cairn_node::block::BlockCfg::default(),
+        Mempool::new(MempoolConfig::new(&genesis.chain_id, genesis.params.min_tx_fee)),
+    );
+    shared.mirror.write().unwrap().committed =
+        chain.state.store().scan_prefix(&[]).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    let asked: BTreeSet<ContentId> = [workload, input, per_task, other].into_iter().collect();
+    let named: BTreeSet<ContentId> = [workload, input, per_task].into_iter().collect();
+    assert_eq!(shared.named(&asked), named);
+    let held = chain.state.account(&client.address()).unwrap().balance;
+    assert!(held > Amount::ZERO);
+    assert_eq!(shared.balance(&client.address()), held);
+    assert_eq!(shared.balance(&key(9).address()), Amount::ZERO);
+}
