@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blake3::hazmat::{HasherExt as _, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::HasherExt as _;
 use cairn_types::ContentId;
 use cairn_types::storage::CHUNK_LEN;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -151,7 +151,7 @@ impl Fetcher {
                     a
                 })
                 .collect();
-            if root_of(&cvs, 0, size, true) != id.0 {
+            if crate::tree::levels(cvs.clone()).0.as_bytes() != &id.0 {
                 return Err(corrupt());
             }
             Some(cvs)
@@ -182,7 +182,7 @@ impl Fetcher {
         std::io::Seek::seek(file, std::io::SeekFrom::Start(have))?;
         let mut out = tokio::fs::File::from_std(file.try_clone()?);
         let mut received = have;
-        let mut hasher = group_hasher(have, &[]);
+        let mut hasher = group_hasher(have);
         let outcome: Result<()> = async {
             while received < size {
                 let Some(mut piece) = resp.chunk().await.map_err(|e| source_err(&url, e))? else {
@@ -211,7 +211,7 @@ impl Fetcher {
                         have = received;
                         progress(have);
                         if have < size {
-                            hasher = group_hasher(have, &[]);
+                            hasher = group_hasher(have);
                         }
                     }
                 }
@@ -234,19 +234,18 @@ impl Fetcher {
     }
 }
 
-/// A hasher that has taken the group starting at byte `start`.
-fn group_hasher(start: u64, bytes: &[u8]) -> blake3::Hasher {
+/// A hasher for the group starting at byte `start`.
+fn group_hasher(start: u64) -> blake3::Hasher {
     let mut h = blake3::Hasher::new();
     if start > 0 {
         h.set_input_offset(start);
     }
-    h.update(bytes);
     h
 }
 
 /// Whether `bytes`, the group starting at byte `start`, has its chaining value in `cvs`.
 fn group_ok(cvs: &[[u8; 32]], start: u64, bytes: &[u8]) -> bool {
-    cvs.get((start / FILE_SLICE) as usize) == Some(&group_hasher(start, bytes).finalize_non_root())
+    cvs.get((start / FILE_SLICE) as usize) == Some(&crate::tree::subtree_cv(bytes, start))
 }
 
 /// How much of the first `have` bytes of `file` (whole groups) still verifies.
@@ -264,22 +263,6 @@ fn verified_prefix(file: &mut std::fs::File, have: u64, cvs: &Option<Vec<[u8; 32
         ok += FILE_SLICE;
     }
     Ok(ok)
-}
-
-/// The chaining value (or, at the top, the root hash) of the subtree of bytes
-/// `[start, start + len)` built from group chaining values.
-fn root_of(cvs: &[[u8; 32]], start: u64, len: u64, top: bool) -> [u8; 32] {
-    if len <= FILE_SLICE {
-        return cvs.get((start / FILE_SLICE) as usize).copied().unwrap_or_default();
-    }
-    let left = left_subtree_len(len);
-    let l = root_of(cvs, start, left, false);
-    let r = root_of(cvs, start + left, len - left, false);
-    if top {
-        *merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()
-    } else {
-        merge_subtrees_non_root(&l, &r, Mode::Hash)
-    }
 }
 
 /// Why a streamed upload was not kept.

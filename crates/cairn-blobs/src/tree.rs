@@ -94,24 +94,32 @@ impl TreeBuilder {
         }
         let cv = subtree_cv(&self.pending, self.next_start());
         self.leaves.push(cv);
-        let mut out = Vec::with_capacity(self.leaves.len().saturating_mul(64));
-        let mut level = self.leaves;
-        loop {
-            for cv in &level {
-                out.extend_from_slice(cv);
-            }
-            if let [left, right] = level.as_slice() {
-                return (merge_subtrees_root(left, right, Mode::Hash), out);
-            }
-            level = level
-                .chunks(2)
-                .map(|pair| match pair {
-                    [l, r] => merge_subtrees_non_root(l, r, Mode::Hash),
-                    [only] => *only,
-                    _ => unreachable_pair(),
-                })
-                .collect();
+        levels(self.leaves)
+    }
+}
+
+/// From two or more leaves' chaining values (each leaf a power of two of chunks, the last
+/// maybe short): the root hash and every level from the leaves up, root left out.
+pub(crate) fn levels(leaves: Vec<ChainingValue>) -> (blake3::Hash, Vec<u8>) {
+    let mut out = Vec::with_capacity(leaves.len().saturating_mul(64));
+    let mut level = leaves;
+    loop {
+        for cv in &level {
+            out.extend_from_slice(cv);
         }
+        match level.as_slice() {
+            [left, right] => return (merge_subtrees_root(left, right, Mode::Hash), out),
+            [] | [_] => return (blake3::Hash::from_bytes(level.first().copied().unwrap_or_default()), out),
+            _ => {}
+        }
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [l, r] => merge_subtrees_non_root(l, r, Mode::Hash),
+                [only] => *only,
+                _ => unreachable_pair(),
+            })
+            .collect();
     }
 }
 
