@@ -30,6 +30,20 @@ pub(crate) enum ServiceCommand {
     Close(CloseArgs),
     /// Serve a local address that forwards to the lease wherever it runs (it follows moves).
     Proxy(ProxyArgs),
+    /// Download the lease's volume as its provider last saved it (a tar archive), checked
+    /// against the id the chain recorded; works after the lease closed too.
+    Volume(VolumeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VolumeArgs {
+    /// The lease id.
+    lease: LeaseId,
+    /// Where to write the archive.
+    #[arg(long, short)]
+    out: PathBuf,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +195,25 @@ fn print_status(v: &LeaseView) {
     if let Some(url) = &v.url {
         println!("  url {url}");
     }
+    if let Some(vol) = &l.volume {
+        println!("  volume saved at block {}: {} ({} bytes) by {}", vol.at, vol.blob, vol.size, vol.by);
+    }
+}
+
+/// Download the lease's last saved volume to `out`.
+async fn download_volume(api: &str, lease: &LeaseId, out: &Path) -> Result<cairn_state::model::SavedVolume> {
+    let v = lease_view(&Client::new(api), lease).await?;
+    let Some(saved) = v.lease.volume else {
+        if v.lease.spec.service.as_deref().is_some_and(|s| s.volume.is_some()) {
+            bail!("lease {lease} has no saved volume yet (its provider saves it within seconds of a change)");
+        }
+        bail!("lease {lease}'s service has no volume");
+    };
+    cairn_blobs::Fetcher::new()
+        .fetch_to_file(&saved.blob, saved.size, &[api.to_string()], out, &|_| {})
+        .await
+        .with_context(|| format!("downloading volume {} to {}", saved.blob, out.display()))?;
+    Ok(saved)
 }
 
 pub(crate) fn run(cmd: ServiceCommand) -> Result<()> {
@@ -214,6 +247,21 @@ pub(crate) fn run(cmd: ServiceCommand) -> Result<()> {
             Ok(())
         }),
         ServiceCommand::Proxy(a) => rt.block_on(proxy(Client::new(&a.api.api), a.lease, a.listen)),
+        ServiceCommand::Volume(a) => rt.block_on(async {
+            let saved = download_volume(&a.api.api, &a.lease, &a.out).await?;
+            if a.api.json {
+                println!("{}", serde_json::json!({ "lease": a.lease, "volume": saved, "out": a.out }));
+            } else {
+                println!(
+                    "volume of lease {} saved at block {} ({} bytes) written to {}",
+                    a.lease,
+                    saved.at,
+                    saved.size,
+                    a.out.display()
+                );
+            }
+            Ok(())
+        }),
     }
 }
 
@@ -395,13 +443,22 @@ pub(crate) async fn demo_finish(
             l.round, l.paid_blocks, l.refunded_blocks
         ),
     );
+    if let Some(vol) = &l.volume {
+        crate::devnet::say(
+            json,
+            &format!(
+                "[website] its volume as last saved (block {}, {} bytes): cairn service volume {} --out state.tar",
+                vol.at, vol.size, l.id
+            ),
+        );
+    }
     Ok((
         served,
         serde_json::json!({
             "lease": opened.lease, "url": v.url, "serving_ms": opened.serving_ms.map(|m| m as u64),
             "provider": l.provider, "price_per_block": l.price_per_block, "rounds": l.round,
             "paid_blocks": l.paid_blocks, "refunded_blocks": l.refunded_blocks, "paid": paid,
-            "refunded": refunded, "page_served": served,
+            "refunded": refunded, "page_served": served, "volume": l.volume,
         }),
     ))
 }

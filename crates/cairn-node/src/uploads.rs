@@ -347,6 +347,9 @@ impl ChainView for crate::node::NodeShared {
         for v in records(keys::LEASE) {
             if let Ok(lease) = borsh::from_slice::<cairn_state::model::Lease>(v) {
                 lease.spec.blobs().for_each(&mut note);
+                if let Some(v) = &lease.volume {
+                    note(&v.blob);
+                }
             }
         }
         out

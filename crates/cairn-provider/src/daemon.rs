@@ -231,6 +231,7 @@ pub async fn run(home: &Path) -> Result<()> {
     tokio::spawn(async move { watch_events(ev).await });
     tokio::spawn(crate::services::run(ctx.clone()));
     tokio::spawn(crate::services::stop_on_signal(ctx.clone()));
+    tokio::spawn(crate::volumes::run(ctx.clone()));
     tokio::spawn(crate::probes::run(ctx.clone()));
     if ctx.cfg.storage.is_some() {
         tokio::spawn(crate::storage::run(ctx.clone()));

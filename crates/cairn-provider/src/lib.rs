@@ -31,6 +31,7 @@ mod services;
 mod storage;
 mod streams;
 mod train;
+mod volumes;
 
 pub use bids::{Posted, PricingPolicy, Undercut};
 pub use config::{ProviderConfig, ProviderHome};

@@ -6,7 +6,8 @@
 //! started and waited on until it listens. A service that stops is started again (with a
 //! back-off); one whose lease closed or moved elsewhere is stopped. Requests to
 //! `/lease/<id>/<path>` are forwarded to the service as they came (method, path, query,
-//! headers, body); probes arrive the same way as any client's requests.
+//! headers, body); probes arrive the same way as any client's requests. A service's volume
+//! (see [`crate::volumes`]) starts from the chain's last saved copy.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use cairn_runtime::container::service::{ServiceHost, ServiceRun};
 use cairn_state::model::Lease;
-use cairn_types::LeaseId;
+use cairn_types::{ContentId, LeaseId};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -54,6 +55,8 @@ pub(crate) struct Services {
     retry: Mutex<BTreeMap<LeaseId, (u32, Instant)>>,
     /// Leases being started now.
     starting: Mutex<std::collections::BTreeSet<LeaseId>>,
+    /// Per lease with a volume: what was last saved of it.
+    saved: Mutex<BTreeMap<LeaseId, crate::volumes::Saved>>,
 }
 
 impl Services {
@@ -73,7 +76,25 @@ impl Services {
             http,
             retry: Mutex::default(),
             starting: Mutex::default(),
+            saved: Mutex::default(),
         })
+    }
+
+    pub(crate) fn host(&self) -> &ServiceHost {
+        &self.host
+    }
+
+    /// The leases with a volume here, and what was last saved of each.
+    pub(crate) fn volumes(&self) -> BTreeMap<LeaseId, crate::volumes::Saved> {
+        lock(&self.saved).clone()
+    }
+
+    /// Note a save of a lease's volume (or that it was found unchanged).
+    pub(crate) fn volume_saved(&self, lease: &LeaseId, fingerprint: [u8; 32], blob: ContentId) {
+        if let Some(s) = lock(&self.saved).get_mut(lease) {
+            s.fingerprint = Some(fingerprint);
+            s.blob = Some(blob);
+        }
     }
 
     fn addr(&self, lease: &LeaseId) -> Option<SocketAddr> {
@@ -86,6 +107,7 @@ impl Services {
 
     /// Stop a service, whichever runtime runs it.
     fn stop(&self, lease: &LeaseId) {
+        lock(&self.saved).remove(lease);
         if lock(&self.wasm).remove(lease).is_some() {
             let _ = std::fs::remove_dir_all(self.wasm_dir.join(lease.to_string()));
         }
@@ -131,7 +153,8 @@ pub(crate) async fn stop_on_signal(ctx: Arc<Ctx>) {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    info!("stopping: shutting this provider's services down");
+    info!("stopping: saving volumes and shutting this provider's services down");
+    let _ = tokio::time::timeout(Duration::from_secs(20), crate::volumes::save_changed(&ctx, &svc)).await;
     let _ = tokio::task::spawn_blocking(move || svc.host.stop_all()).await;
     std::process::exit(0);
 }
@@ -222,6 +245,25 @@ async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<String> {
     }
     let images =
         ctx.container.clone().ok_or_else(|| Error::Config("this provider runs no containers".into()))?;
+    // The volume starts from the chain's last saved copy (a lease that moved here) or empty.
+    let volume = match &section.volume {
+        Some(v) => {
+            let restore = match &l.volume {
+                Some(saved) => Some(crate::pipeline::fetch(ctx, spec, &saved.blob, Some(saved.size)).await?),
+                None => None,
+            };
+            lock(&svc.saved).entry(l.id).or_insert_with(|| crate::volumes::Saved {
+                fingerprint: None,
+                blob: l.volume.as_ref().map(|s| s.blob),
+            });
+            Some(cairn_runtime::container::volume::VolumeRun {
+                path: v.path.clone(),
+                max_bytes: v.max_bytes(),
+                restore,
+            })
+        }
+        None => None,
+    };
     let run = ServiceRun {
         name: l.id.to_string(),
         image: id,
@@ -232,6 +274,7 @@ async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<String> {
         memory_mb: spec.resources.memory_mb,
         cpu_millis: spec.resources.cpu_millis,
         network: spec.network,
+        volume,
     };
     let s = svc.clone();
     let addr = tokio::task::spawn_blocking(move || {

@@ -166,6 +166,7 @@ fn dispatch(ctx: &mut Ctx<'_>, tx: &Tx) -> Exec<()> {
         TxBody::OpenLease(o) => lease::open(ctx, who, tx.nonce, o),
         TxBody::CloseLease(c) => lease::close_by(ctx, who, c),
         TxBody::ReportProbe(r) => lease::report_probe(ctx, who, r),
+        TxBody::SaveVolume(v) => lease::save_volume(ctx, who, v),
         TxBody::ReportStream(r) => streams::report(ctx, who, r),
     }
 }

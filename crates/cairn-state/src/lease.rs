@@ -16,19 +16,22 @@
 //!   or the provider closing the lease, it moves to the next provider the open rule picks (never
 //!   one it left); its first round there is `fresh` (a failure is refunded, not counted). With
 //!   nowhere to go the lease closes and the escrow goes back.
+//! - **Volume.** A spec with a `volume` has its provider save it (`SaveVolume`: a tar archive
+//!   uploaded as a blob) whenever it changed; the lease keeps the last save, a provider it moves
+//!   to starts the service on it, and the client can download it, also after the close.
 //! - **Close.** The client may close at any block: the round so far is settled by its reports
 //!   and the rest of the escrow refunded. A lease whose escrow no longer covers a block closes
 //!   itself: it never runs unpaid.
 
 use cairn_types::{
     Address, Amount, CloseLease, ErrorCode, Event, LeaseEnd, LeaseId, OpenLease, ReportProbe, RoundVerdict,
-    WorkloadKind, hash_domain,
+    SaveVolume, WorkloadKind, hash_domain,
 };
 
 use crate::bank;
 use crate::ctx::{Ctx, Exec, invariant};
 use crate::keys;
-use crate::model::{Due, Lease, ProbeReport, Provider, SlaWindow};
+use crate::model::{Due, Lease, ProbeReport, Provider, SavedVolume, SlaWindow};
 use crate::registry;
 use crate::sortition::BPS;
 use crate::staking;
@@ -155,6 +158,7 @@ pub(crate) fn open(ctx: &mut Ctx<'_>, client: &Address, nonce: u64, o: &OpenLeas
         refunded_blocks: 0,
         migrations: 0,
         left: Vec::new(),
+        volume: None,
     };
     let (p, price) = choose(ctx, &l, &[*client])?.ok_or(ErrorCode::NoServiceProvider)?;
     let round = price
@@ -370,4 +374,22 @@ pub(crate) fn close_by(ctx: &mut Ctx<'_>, who: &Address, c: &CloseLease) -> Exec
     let at = ctx.height;
     settle_round(ctx, &mut l, at)?;
     if *who == l.client { close(ctx, l, LeaseEnd::Client) } else { migrate(ctx, l) }
+}
+
+/// The lease's current provider records a new save of its volume.
+pub(crate) fn save_volume(ctx: &mut Ctx<'_>, who: &Address, v: &SaveVolume) -> Exec<()> {
+    let mut l = get(ctx, &v.lease)?.ok_or(ErrorCode::LeaseNotFound)?;
+    if l.closed_at.is_some() {
+        return Err(ErrorCode::LeaseClosed.into());
+    }
+    if *who != l.provider {
+        return Err(ErrorCode::NotLeaseProvider.into());
+    }
+    let cap = l.spec.service.as_deref().and_then(|s| s.volume.as_ref()).ok_or(ErrorCode::NoVolume)?;
+    if v.size == 0 || v.size > cap.max_archive_bytes() {
+        return Err(ErrorCode::VolumeTooLarge.into());
+    }
+    l.volume = Some(SavedVolume { blob: v.blob, size: v.size, at: ctx.height, by: *who });
+    ctx.emit(Event::VolumeSaved { lease: l.id, provider: *who, blob: v.blob, size: v.size });
+    put(ctx, &l)
 }

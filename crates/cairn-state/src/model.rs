@@ -391,6 +391,22 @@ pub struct Lease {
     pub migrations: u32,
     /// Providers it left (never chosen for it again); the most recent few.
     pub left: Vec<Address>,
+    /// The volume as its provider last saved it (specs with a volume only).
+    #[serde(default)]
+    pub volume: Option<SavedVolume>,
+}
+
+/// A lease's volume as saved: the archive blob, its size and when.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SavedVolume {
+    /// The tar archive's content id.
+    pub blob: ContentId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The height of the save.
+    pub at: u64,
+    /// The provider that saved it.
+    pub by: Address,
 }
 
 /// A storage deal: a blob kept on `replicas` providers for `epochs` epochs, each replica

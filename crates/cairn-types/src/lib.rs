@@ -90,7 +90,7 @@ pub use receipt::{
 pub use render::{
     BLENDER_ATTRIBUTE, Frames, RenderEngine, RenderSpec, Resolution, SCENE_FILE, render_limits,
 };
-pub use service::{ServiceRuntime, ServiceSpec, Sla, service_limits};
+pub use service::{ServiceRuntime, ServiceSpec, Sla, VolumeSpec, service_limits};
 pub use storage::{
     ChunkProof, OPERATOR_ATTRIBUTE, PossessionProof, ProofError, StorageOffer, storage_limits,
 };
@@ -98,5 +98,5 @@ pub use train::{Decimal, ModelArch, Optimizer, TrainRole, TrainSpec, train_limit
 pub use tx::{
     Bid, Bond, CancelJob, CloseLease, CommitResult, CreateStorageDeal, Heartbeat, MAX_CHAIN_ID, MAX_TX_BYTES,
     Metering, Offer, OpenDispute, OpenLease, ProveStorage, RegisterProvider, ReportProbe, ReportStream,
-    SubmitAudit, SubmitJob, Transfer, Tx, TxBody, Unbond, UpdateProvider,
+    SaveVolume, SubmitAudit, SubmitJob, Transfer, Tx, TxBody, Unbond, UpdateProvider,
 };

@@ -194,6 +194,12 @@ error_codes! {
     BlobTooLarge = 94, "blob_too_large", "the blob is larger than a storage deal may hold";
     /// The deal has ended.
     DealClosed = 95, "deal_closed", "the storage deal has ended";
+    /// Only the lease's current provider may save its volume.
+    NotLeaseProvider = 96, "not_lease_provider", "only the lease's current provider may save its volume";
+    /// The lease's spec has no volume.
+    NoVolume = 97, "no_volume", "the lease's service has no volume";
+    /// The saved volume is empty or larger than the spec's volume allows.
+    VolumeTooLarge = 98, "volume_too_large", "the saved volume is empty or larger than its spec allows";
 }
 
 impl fmt::Display for ErrorCode {
@@ -473,6 +479,9 @@ pub enum Event {
     /// A provider's signed live stream differed from the reply it committed (`index` in the
     /// task), as `reporter` showed: it is slashed and the task re-runs or is refunded.
     StreamMismatch { task: TaskId, provider: Address, index: u64, reporter: Address },
+    /// The lease's provider saved its volume as `blob`: where the service starts from if the
+    /// lease moves, and what the client can download.
+    VolumeSaved { lease: LeaseId, provider: Address, blob: ContentId, size: u64 },
 }
 
 /// The result of a transaction, or of the block's end-of-block work.

@@ -38,6 +38,12 @@ pub mod service_limits {
     pub const MAX_WINDOW_ROUNDS: u32 = 1_000;
     /// Largest latency target, in milliseconds.
     pub const MAX_LATENCY_MS: u32 = 60_000;
+    /// Largest state volume, in MiB.
+    pub const MAX_VOLUME_MB: u64 = 256;
+    /// Longest volume mount path.
+    pub const MAX_VOLUME_PATH: usize = 128;
+    /// Files and directories a volume may hold.
+    pub const VOLUME_INODES: u64 = 4_096;
 }
 
 fn default_window() -> u32 {
@@ -89,6 +95,68 @@ pub struct ServiceSpec {
     pub max_price_per_block: Amount,
     /// The service level.
     pub sla: Sla,
+    /// A writable directory whose contents move with the lease (containers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeSpec>,
+}
+
+/// A service's state volume: a writable directory at `path` in the container, at most
+/// `max_mb` MiB. The provider saves it as a blob the chain records (`SaveVolume`) whenever it
+/// changed, and a provider the lease moves to starts the service on the last saved copy.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Where it is mounted in the container (an absolute path outside `/in`, `/tmp`, `/dev`,
+    /// `/proc`, `/sys` and `/out`).
+    pub path: String,
+    /// Its size cap in MiB (writes past it fail with "no space left").
+    pub max_mb: u64,
+}
+
+/// Top-level directories a volume may not be mounted on or under.
+const RESERVED: &[&str] = &["in", "out", "tmp", "dev", "proc", "sys"];
+
+impl VolumeSpec {
+    /// The cap in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_mb.saturating_mul(1 << 20)
+    }
+
+    /// The largest saved copy (a tar archive of the volume) the chain records: the cap plus
+    /// room for one header and padding per file and the archive's end.
+    pub fn max_archive_bytes(&self) -> u64 {
+        self.max_bytes()
+            .saturating_add(service_limits::VOLUME_INODES.saturating_mul(3 << 10))
+            .saturating_add(1 << 10)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        use service_limits::*;
+        if self.max_mb == 0 || self.max_mb > MAX_VOLUME_MB {
+            return Err(format!("service.volume.max_mb must be 1..={MAX_VOLUME_MB}"));
+        }
+        let p = &self.path;
+        let parts: Vec<&str> = p.split('/').skip(1).collect();
+        let well_formed = p.starts_with('/')
+            && p.len() <= MAX_VOLUME_PATH
+            && parts.iter().all(|c| {
+                !c.is_empty()
+                    && *c != "."
+                    && *c != ".."
+                    && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            });
+        if !well_formed {
+            return Err(format!(
+                "service.volume.path must be an absolute path of at most {MAX_VOLUME_PATH} bytes of letters, digits, `-`, `_` and `.`, without `.` or `..` parts"
+            ));
+        }
+        if parts.first().is_some_and(|top| RESERVED.contains(top)) {
+            return Err(
+                "service.volume.path may not be /in, /out, /tmp, /dev, /proc, /sys or under them".into()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl ServiceSpec {
@@ -119,6 +187,13 @@ impl ServiceSpec {
         if s.window_rounds == 0 || s.window_rounds > MAX_WINDOW_ROUNDS {
             return Err(format!("sla.window_rounds must be 1..={MAX_WINDOW_ROUNDS}"));
         }
+        match (&self.volume, self.runtime) {
+            (Some(_), ServiceRuntime::Wasm) => {
+                return Err("service.volume is for container services; a WASM service keeps no state".into());
+            }
+            (Some(v), _) => v.check()?,
+            (None, _) => {}
+        }
         let p = &s.probe_path;
         if !p.starts_with('/')
             || p.len() > MAX_PROBE_PATH
@@ -130,5 +205,51 @@ impl ServiceSpec {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, JobSpec, VolumeSpec};
+
+    #[test]
+    fn a_volume_sits_at_a_plain_path_outside_the_sandbox_mounts_within_its_cap_for_containers_only() {
+        let y = "kind: service\nworkload: af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\nargs: [/bin/httpd]\nservice:\n  port: 8080\n  max_price_per_block: 0.001 CRN\n  sla: { uptime_bps: 9000, latency_ms: 500, probe_path: / }\n  volume: { path: /var/lib/app-data, max_mb: 64 }\n";
+        let s = JobSpec::from_yaml(y).unwrap();
+        assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
+        let v = s.service.as_ref().unwrap().volume.clone().unwrap();
+        assert_eq!((v.max_bytes(), v.path.as_str()), (64 << 20, "/var/lib/app-data"));
+        assert!(v.max_archive_bytes() > v.max_bytes());
+        let refused = |f: &dyn Fn(&mut JobSpec), word: &str| {
+            let mut t = s.clone();
+            f(&mut t);
+            assert!(matches!(t.validate(), Err(Error::InvalidJobSpec(m)) if m.contains(word)), "{word}");
+        };
+        let vol = |path: &str, max_mb| Some(VolumeSpec { path: path.into(), max_mb });
+        for bad in [
+            "data",
+            "/",
+            "/data/",
+            "/a/../etc",
+            "/./a",
+            "/in",
+            "/tmp/x",
+            "/proc",
+            "/dev/shm",
+            "/a b",
+            "/a\\b",
+        ] {
+            refused(&|t| t.service.as_mut().unwrap().volume = vol(bad, 8), "volume.path");
+        }
+        refused(&|t| t.service.as_mut().unwrap().volume = vol("/data", 0), "max_mb");
+        refused(&|t| t.service.as_mut().unwrap().volume = vol("/data", 257), "max_mb");
+        refused(
+            &|t| {
+                let svc = t.service.as_mut().unwrap();
+                svc.runtime = crate::ServiceRuntime::Wasm;
+                svc.port = 0;
+            },
+            "keeps no state",
+        );
     }
 }

@@ -246,6 +246,19 @@ pub struct ReportProbe {
     pub latency_ms: u32,
 }
 
+/// The lease's provider saved the service's volume (a tar archive of it, uploaded as `blob`):
+/// the chain records it as the copy a provider the lease moves to starts from. Only the
+/// lease's current provider may save, while the lease is open, within the spec's volume cap.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SaveVolume {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The archive's content id.
+    pub blob: ContentId,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// Every transaction body. The order of variants is the wire tag: append, never reorder.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -286,6 +299,8 @@ pub enum TxBody {
     ReportStream(ReportStream),
     /// See [`ReportProbe`].
     ReportProbe(ReportProbe),
+    /// See [`SaveVolume`].
+    SaveVolume(SaveVolume),
 }
 
 impl TxBody {
@@ -310,6 +325,7 @@ impl TxBody {
             TxBody::CloseLease(_) => "close_lease",
             TxBody::ReportStream(_) => "report_stream",
             TxBody::ReportProbe(_) => "report_probe",
+            TxBody::SaveVolume(_) => "save_volume",
         }
     }
 }

@@ -2,7 +2,8 @@
 //! `cairn job submit`, served through its provider's endpoint and a client-side
 //! `cairn service proxy`, probed by drawn auditors and paid per round; its provider SIGKILLed,
 //! the lease moved to another provider and serving again through the same proxy address, the
-//! dead time refunded to the base unit; closed with `cairn service close`.
+//! dead time refunded to the base unit, its volume restored there from the chain's last save;
+//! closed with `cairn service close`, its volume downloaded with `cairn service volume`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -146,6 +147,21 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
         }
     });
 
+    // Its volume: the stamp written at the first start, saved on chain by its provider.
+    let born = rt.block_on(async {
+        let c = node.client();
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            if lease(&c, &id).await.volume.is_some() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the provider never saved the volume");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        get_page(&format!("{direct}born")).await.unwrap()
+    });
+    assert_eq!(born.trim().len(), 16, "{born}");
+
     // SIGKILL the provider serving it.
     let first = rt.block_on(async { lease(&node.client(), &id).await });
     let endpoint = rt.block_on(async {
@@ -168,6 +184,9 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
                 && let Some(page) = get_page(&via_proxy).await
             {
                 assert!(page.contains("Hello from a Cairn lease"));
+                // The new provider started it on the saved volume: the same stamp.
+                let moved_born = get_page(&via_proxy.replace("index.html", "born")).await.unwrap();
+                assert_eq!(moved_born, born, "the volume moved with the lease");
                 return (l, c.status().await.unwrap().height);
             }
             assert!(tokio::time::Instant::now() < deadline, "the lease did not move: {l:?}");
@@ -232,6 +251,28 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
         eprintln!("lease: {} blocks paid ({}), {} blocks refunded", l.paid_blocks, l.paid, l.refunded_blocks);
     });
     drop(proxy);
+    // The client downloads the last saved volume after the close, checked against the chain.
+    let saved = root.join("volume.tar");
+    let (ok, out, err) = cairn(
+        &["service", "volume", &id.to_string(), "--out", saved.to_str().unwrap(), "--api", &node.api],
+        &[],
+    );
+    assert!(ok && out.contains("written to"), "{out}{err}");
+    let listed = Command::new("tar").arg("-xOf").arg(&saved).arg("born").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), born);
+    let (ok, _, err) = cairn(
+        &[
+            "service",
+            "volume",
+            &LeaseId(cairn_types::ContentId::of(b"none").0).to_string(),
+            "--out",
+            "x.tar",
+            "--api",
+            &node.api,
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("lease"), "{err}");
 
     // A WASM service (the `wasm-service` example): one run of the module per request.
     let wasm_dir = root.join("wasm-site");

@@ -22,6 +22,7 @@ pub mod egress;
 pub mod image;
 mod oci;
 pub mod service;
+pub mod volume;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -278,6 +279,7 @@ impl Executor for ContainerExecutor {
             pids: PIDS_LIMIT,
             cpu_millis: task.cpu_millis,
             tmp_mb: TMP_MB,
+            volume: None,
         });
         let started = Instant::now();
         let mut child = spawn(self.runc(), &bundle, &id, &cfg)?;

@@ -20,10 +20,12 @@ pub(crate) struct Sandbox<'a> {
     /// CPU share in thousandths of a core (0: no cap).
     pub(crate) cpu_millis: u64,
     pub(crate) tmp_mb: u64,
+    /// A writable volume: the host directory and where it is mounted (services only).
+    pub(crate) volume: Option<(&'a Path, &'a str)>,
 }
 
 /// The unprivileged user tasks run as.
-const NOBODY: u32 = 65_534;
+pub(crate) const NOBODY: u32 = 65_534;
 const PERIOD_US: u64 = 100_000;
 
 pub(crate) fn config(s: &Sandbox<'_>) -> Value {
@@ -56,6 +58,9 @@ pub(crate) fn config(s: &Sandbox<'_>) -> Value {
     ]);
     if let (Some(out), Some(list)) = (s.outputs, mounts.as_array_mut()) {
         list.push(json!({ "destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw", "nosuid", "nodev"] }));
+    }
+    if let (Some((host, at)), Some(list)) = (s.volume, mounts.as_array_mut()) {
+        list.push(json!({ "destination": at, "type": "bind", "source": host, "options": ["rbind", "rw", "nosuid", "nodev"] }));
     }
     json!({
         "ociVersion": "1.0.2",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cairn_types::{ContentId, hash_domain};
 
-use super::{ContainerExecutor, PIDS_LIMIT, TMP_MB, ip, oci};
+use super::{ContainerExecutor, PIDS_LIMIT, TMP_MB, ip, oci, volume};
 use crate::{Result, RunError, io, lock};
 
 /// How long a service has to start listening.
@@ -49,6 +49,8 @@ pub struct ServiceRun {
     pub cpu_millis: u64,
     /// Outbound network (user-mode NAT), beside the link to the provider.
     pub network: bool,
+    /// A writable volume kept across restarts of the service on this host.
+    pub volume: Option<super::volume::VolumeRun>,
 }
 
 struct Instance {
@@ -68,6 +70,8 @@ pub struct ServiceHost {
     state_dir: PathBuf,
     tag: String,
     running: Mutex<BTreeMap<String, Instance>>,
+    /// Volumes by service name: they outlive a restart of the service, not its stop.
+    volumes: Mutex<BTreeMap<String, PathBuf>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -105,7 +109,14 @@ impl ServiceHost {
         let state_dir = std::fs::canonicalize(&state_dir).map_err(io)?;
         let h = hash_domain("cairn service host tag v1", &[dir.to_string_lossy().as_bytes()]);
         let tag: String = h.iter().take(3).map(|b| format!("{b:02x}")).collect();
-        let host = ServiceHost { images, dir, state_dir, tag, running: Mutex::new(BTreeMap::new()) };
+        let host = ServiceHost {
+            images,
+            dir,
+            state_dir,
+            tag,
+            running: Mutex::new(BTreeMap::new()),
+            volumes: Mutex::new(BTreeMap::new()),
+        };
         host.clean_up_stale();
         Ok(host)
     }
@@ -132,8 +143,13 @@ impl ServiceHost {
             }
         }
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("svc-")) {
-                let _ = std::fs::remove_dir_all(e.path());
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("vol-") {
+                    volume::unmount(&e.path());
+                } else if name.starts_with("svc-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
             }
         }
     }
@@ -144,7 +160,7 @@ impl ServiceHost {
     /// [`RunError::NotPrepared`] without the image; [`RunError::Runtime`] when the sandbox
     /// cannot be made or the service exits or never listens (its standard error included).
     pub fn start(&self, run: &ServiceRun) -> Result<SocketAddr> {
-        self.stop(&run.name);
+        self.halt(&run.name);
         let rootfs = self.images.rootfs(&run.image).ok_or(RunError::NotPrepared(run.image))?;
         if run.args.is_empty() {
             return Err(RunError::InvalidWorkload(
@@ -164,6 +180,10 @@ impl ServiceHost {
         let (host_ip, svc_ip) = (slot_addr(slot, 1), slot_addr(slot, 2));
         let id = format!("svc-{}-{short}", self.tag);
         let bundle = self.dir.join(&id);
+        let vol = match &run.volume {
+            Some(v) => Some((self.volume(run, v, &format!("vol-{}-{short}", self.tag))?, v.path.as_str())),
+            None => None,
+        };
         let mut inst = Instance {
             child: None,
             egress: None,
@@ -173,6 +193,8 @@ impl ServiceHost {
             addr: SocketAddr::V4(SocketAddrV4::new(svc_ip, run.port)),
         };
         let made = (|| -> Result<()> {
+            // A link of this name left by a namespace still going away (a quick restart).
+            let _ = ip(&["link", "del", &vh]);
             ip(&["netns", "add", &netns])?;
             ip(&["link", "add", &vh, "type", "veth", "peer", "name", &vc])?;
             ip(&["link", "set", &vc, "netns", &netns])?;
@@ -200,6 +222,7 @@ impl ServiceHost {
                 pids: PIDS_LIMIT,
                 cpu_millis: run.cpu_millis,
                 tmp_mb: TMP_MB,
+                volume: vol.as_ref().map(|(d, at)| (d.as_path(), *at)),
             });
             inst.child = Some(super::spawn(self.runc(), &bundle, &id, &cfg)?);
             Ok(())
@@ -246,17 +269,81 @@ impl ServiceHost {
         }
     }
 
-    /// Names of the services started here and not stopped (running or exited).
+    /// Names of the services started here and not stopped (running, exited, or holding a
+    /// volume).
     pub fn names(&self) -> Vec<String> {
-        lock(&self.running).keys().cloned().collect()
+        let mut out: std::collections::BTreeSet<String> = lock(&self.running).keys().cloned().collect();
+        out.extend(lock(&self.volumes).keys().cloned());
+        out.into_iter().collect()
     }
 
-    /// Stop a service and remove its sandbox; a name not running is ignored.
+    /// Stop a service and remove its sandbox and volume; a name not running is ignored.
     pub fn stop(&self, name: &str) {
+        self.halt(name);
+        if let Some(dir) = lock(&self.volumes).remove(name) {
+            volume::unmount(&dir);
+        }
+    }
+
+    /// Stop a service's process and sandbox, keeping its volume.
+    fn halt(&self, name: &str) {
         let inst = lock(&self.running).remove(name);
         if let Some(mut inst) = inst {
             self.tear_down(&mut inst);
         }
+    }
+
+    /// The service's volume on this host: the one it had, or a new one (restored from the
+    /// archive the run names).
+    fn volume(&self, run: &ServiceRun, v: &volume::VolumeRun, dirname: &str) -> Result<PathBuf> {
+        if let Some(dir) = lock(&self.volumes).get(&run.name) {
+            return Ok(dir.clone());
+        }
+        let dir = self.dir.join(dirname);
+        volume::unmount(&dir);
+        volume::mount(&dir, v.max_bytes)?;
+        if let Some(archive) = &v.restore {
+            let restored = std::fs::File::open(archive).map_err(io).and_then(|f| volume::unpack(f, &dir));
+            if let Err(e) = restored {
+                volume::unmount(&dir);
+                return Err(e);
+            }
+        }
+        lock(&self.volumes).insert(run.name.clone(), dir.clone());
+        Ok(dir)
+    }
+
+    /// A summary of the service's volume that changes whenever it is written (`None`: it has
+    /// no volume here).
+    pub fn volume_fingerprint(&self, name: &str) -> Option<Result<[u8; 32]>> {
+        let dir = lock(&self.volumes).get(name).cloned()?;
+        Some(volume::fingerprint(&dir))
+    }
+
+    /// Save the service's volume as a tar archive (see [`volume::pack`]), its processes frozen
+    /// meanwhile so the copy is one instant of it.
+    ///
+    /// # Errors
+    /// [`RunError::Runtime`] when it has no volume here; [`RunError::Io`] when it cannot be
+    /// read.
+    pub fn save_volume(&self, name: &str) -> Result<Vec<u8>> {
+        let dir = lock(&self.volumes)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RunError::Runtime(format!("{name} has no volume on this host")))?;
+        let id = lock(&self.running).get(name).map(|i| i.id.clone());
+        let frozen = id.as_ref().is_some_and(|id| {
+            self.runc().args(["pause", id]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        });
+        if id.is_some() && !frozen {
+            tracing::warn!(service = name, "cannot freeze the service for its volume save; saving it live");
+        }
+        let mut out = Vec::new();
+        let packed = volume::pack(&dir, &mut out);
+        if let (true, Some(id)) = (frozen, &id) {
+            let _ = self.runc().args(["resume", id]).stderr(Stdio::null()).status();
+        }
+        packed.map(|_| out)
     }
 
     /// Stop every service.

@@ -8,6 +8,7 @@ mod render;
 mod sandbox;
 mod services;
 mod train;
+mod volumes;
 mod workloads;
 
 use std::path::PathBuf;

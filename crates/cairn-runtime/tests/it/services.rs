@@ -14,7 +14,7 @@ use cairn_runtime::{ContainerConfig, ContainerExecutor, Executor as _};
 use crate::container::busybox_image;
 use crate::scratch;
 
-fn get(addr: SocketAddr, path: &str) -> String {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: svc\r\n\r\n").unwrap();
@@ -78,6 +78,7 @@ fn a_service_serves_http_over_its_own_link_and_nothing_else_reaches_out() {
         memory_mb: 64,
         cpu_millis: 500,
         network: false,
+        volume: None,
     };
     let started = Instant::now();
     let web = host.start(&run("web", &["/bin/httpd", "-f", "-p", "8080", "-h", "/in"])).unwrap();

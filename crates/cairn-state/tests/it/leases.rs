@@ -311,3 +311,76 @@ fn a_service_asking_for_network_goes_only_to_a_provider_that_offers_egress() {
     assert_eq!(lease(&chain, &lease_of(&r)).provider, provider_key(2).address());
     checks(&chain);
 }
+
+#[test]
+fn only_the_serving_provider_saves_a_volume_within_its_cap_and_the_save_moves_with_the_lease() {
+    let mut chain = chain(&["0.01", "0.02", "0.03"]);
+    let spec = service("0.05", 5000, 10);
+    let mut volume_spec = spec.clone();
+    volume_spec.service.as_mut().unwrap().volume =
+        Some(cairn_types::VolumeSpec { path: "/data".into(), max_mb: 1 });
+    let plain = open(&mut chain, spec.clone(), "5");
+    let id = open(&mut chain, volume_spec.clone(), "5");
+    let l = lease(&chain, &id);
+    let serving = owner(&l.provider);
+    let save = |lease, blob: &[u8], size| {
+        TxBody::SaveVolume(cairn_types::SaveVolume { lease, blob: ContentId::of(blob), size })
+    };
+    let fail = |chain: &mut TestChain, who: &cairn_types::SecretKey, body| status(&chain.run(who, body));
+    // The client and a prober may not save; nor may anyone save a volume the spec
+    // does not have, one over its cap, an empty one, or one of a lease that does not exist.
+    for k in [client(), owner(&l.probers[0])] {
+        assert_eq!(
+            fail(&mut chain, &k, save(id, b"v1", 10_240)),
+            TxStatus::Failed(ErrorCode::NotLeaseProvider)
+        );
+    }
+    let plain_provider = owner(&lease(&chain, &plain).provider);
+    assert_eq!(
+        fail(&mut chain, &plain_provider, save(plain, b"v1", 10_240)),
+        TxStatus::Failed(ErrorCode::NoVolume)
+    );
+    let cap = volume_spec.service.as_ref().unwrap().volume.as_ref().unwrap().max_archive_bytes();
+    assert_eq!(
+        fail(&mut chain, &serving, save(id, b"v1", cap + 1)),
+        TxStatus::Failed(ErrorCode::VolumeTooLarge)
+    );
+    assert_eq!(fail(&mut chain, &serving, save(id, b"v1", 0)), TxStatus::Failed(ErrorCode::VolumeTooLarge));
+    let nowhere = LeaseId(ContentId::of(b"none").0);
+    assert_eq!(
+        fail(&mut chain, &serving, save(nowhere, b"v1", 10)),
+        TxStatus::Failed(ErrorCode::LeaseNotFound)
+    );
+    assert!(lease(&chain, &id).volume.is_none());
+
+    // The serving provider saves twice: the lease keeps the last.
+    chain.ok(&serving, save(id, b"v1", 10_240));
+    let r = chain.ok(&serving, save(id, b"v2", cap));
+    assert!(r.events().iter().any(|e| matches!(e, Event::VolumeSaved { blob, size, .. } if *blob == ContentId::of(b"v2") && *size == cap)));
+    let v = lease(&chain, &id).volume.unwrap();
+    assert_eq!((v.blob, v.size, v.by), (ContentId::of(b"v2"), cap, serving.address()));
+
+    // The provider dies: the lease moves and keeps the save; the old provider may save no more,
+    // the new one may.
+    for _ in 0..2 {
+        probe_all(&mut chain, &id, false);
+        finish_round(&mut chain, &id);
+    }
+    let moved = lease(&chain, &id);
+    assert_ne!(moved.provider, serving.address());
+    assert_eq!(moved.volume.as_ref().unwrap().blob, ContentId::of(b"v2"));
+    assert_eq!(
+        fail(&mut chain, &serving, save(id, b"v3", 10)),
+        TxStatus::Failed(ErrorCode::NotLeaseProvider)
+    );
+    chain.ok(&owner(&moved.provider), save(id, b"v3", 10));
+    // Closed, the lease keeps its last save for the client; no one saves any more.
+    chain.ok(&client(), TxBody::CloseLease(CloseLease { lease: id }));
+    let closed = lease(&chain, &id);
+    assert_eq!(closed.volume.unwrap().blob, ContentId::of(b"v3"));
+    assert_eq!(
+        fail(&mut chain, &owner(&moved.provider), save(id, b"v4", 10)),
+        TxStatus::Failed(ErrorCode::LeaseClosed)
+    );
+    checks(&chain);
+}

@@ -38,7 +38,7 @@ fn spec() -> JobSpec {
 
 fn service_spec() -> JobSpec {
     JobSpec::from_yaml(&format!(
-        "kind: service\nworkload: {}\nargs: [/bin/httpd, -f, -p, '8080']\nservice:\n  port: 8080\n  max_price_per_block: 0.0001 CRN\n  sla: {{ uptime_bps: 9500, latency_ms: 250, probe_path: /health, window_rounds: 6 }}\n",
+        "kind: service\nworkload: {}\nargs: [/bin/httpd, -f, -p, '8080']\nservice:\n  port: 8080\n  max_price_per_block: 0.0001 CRN\n  sla: {{ uptime_bps: 9500, latency_ms: 250, probe_path: /health, window_rounds: 6 }}\n  volume: {{ path: /data, max_mb: 16 }}\n",
         ContentId::of(b"svc")
     ))
     .unwrap()
@@ -184,6 +184,14 @@ fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
         (
             "report_probe_tx.hex",
             TxBody::ReportProbe(ReportProbe { lease: LeaseId([9; 32]), round: 4, ok: true, latency_ms: 31 }),
+        ),
+        (
+            "save_volume_tx.hex",
+            TxBody::SaveVolume(SaveVolume {
+                lease: LeaseId([9; 32]),
+                blob: ContentId::of(b"volume"),
+                size: 10_240,
+            }),
         ),
     ];
     for (i, (name, body)) in bodies.into_iter().enumerate() {
