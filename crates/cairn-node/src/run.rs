@@ -219,6 +219,11 @@ pub fn run(home: &Path) -> Result<(), RunError> {
             std::mem::forget(ctx.register("uploads_refused", "blob uploads refused", m.refused.clone()));
             std::mem::forget(ctx.register("uploads_stored", "blob uploads stored", m.stored.clone()));
             std::mem::forget(ctx.register("uploads_expired", "blob uploads deleted unnamed", m.expired.clone()));
+            std::mem::forget(ctx.register(
+                "uploads_superseded",
+                "saved service volumes deleted after a newer save",
+                m.superseded.clone(),
+            ));
             let sweeper = uploads.clone();
             let every = std::time::Duration::from_secs((cfg.uploads.ttl_secs / 4).clamp(1, 60));
             context.child("uploads").spawn(move |_| async move {

@@ -4,7 +4,9 @@
 //! [`cairn_types::upload`]); until a transaction names the blob (a job's workload or inputs, a
 //! task's output, a storage deal, a lease) it counts against its account's quota of pending
 //! bytes and blobs, and if none names it within `ttl_secs` it is deleted. Pending uploads are
-//! written down (`uploads/<id>`: account, size, time) so a restart forgets none of them.
+//! written down (`uploads/<id>`: account, size, time) so a restart forgets none of them. A
+//! lease's saved volume is kept while it is the lease's last save (`uploads/<id>.volume`) and
+//! deleted once a newer save replaces it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -47,9 +49,21 @@ impl Default for UploadLimits {
 pub trait ChainView: Send + Sync + 'static {
     /// An account's committed balance.
     fn balance(&self, who: &Address) -> Amount;
-    /// Which of `ids` a committed job, task, deal or lease names.
-    fn named(&self, ids: &BTreeSet<ContentId>) -> BTreeSet<ContentId>;
+    /// Which of `ids` committed state names, and how.
+    fn named(&self, ids: &BTreeSet<ContentId>) -> Named;
 }
+
+/// Blobs committed state names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Named {
+    /// Named by a job, task, deal or lease spec: kept for good.
+    pub held: BTreeSet<ContentId>,
+    /// A lease's last saved volume: kept while it is the last.
+    pub volumes: BTreeSet<ContentId>,
+}
+
+/// The suffix of a saved volume's marker in the uploads directory.
+const VOLUME_MARK: &str = ".volume";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Pending {
@@ -61,6 +75,8 @@ struct Pending {
 #[derive(Default)]
 struct Book {
     pending: BTreeMap<ContentId, Pending>,
+    /// Uploads a lease names as its last saved volume: deleted once a newer save replaces them.
+    volumes: BTreeSet<ContentId>,
     /// Uploads admitted and still streaming, per account: bytes and count.
     streaming: BTreeMap<Address, (u64, u32)>,
 }
@@ -85,6 +101,8 @@ pub struct UploadMetrics {
     pub stored: Counter,
     /// Uploads deleted because no transaction named them in time.
     pub expired: Counter,
+    /// Saved volumes deleted because a newer save of their lease replaced them.
+    pub superseded: Counter,
 }
 
 /// The validator's upload gate.
@@ -144,6 +162,19 @@ impl Uploads {
         let mut book = Book::default();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
+            let volume = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(VOLUME_MARK))
+                .and_then(|n| n.parse::<ContentId>().ok());
+            if let Some(id) = volume {
+                if store.has(&id) {
+                    book.volumes.insert(id);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
             let parsed = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -180,23 +211,51 @@ impl Uploads {
         (book.pending.len(), book.pending.values().map(|p| p.size).sum())
     }
 
+    /// Saved volumes kept while they are their lease's last save.
+    pub fn volumes(&self) -> usize {
+        self.book().volumes.len()
+    }
+
     /// Let go of uploads a transaction now names (they stay, and no longer count against
-    /// anyone's quota), and delete those that waited past the time limit unnamed. Returns
-    /// how many were deleted.
+    /// anyone's quota; a lease's saved volume stays until a newer save replaces it), delete
+    /// those that waited past the time limit unnamed, and delete replaced volume saves.
+    /// Returns how many were deleted.
     pub fn sweep(&self) -> usize {
-        let ids: BTreeSet<ContentId> = self.book().pending.keys().copied().collect();
+        let ids: BTreeSet<ContentId> = {
+            let book = self.book();
+            book.pending.keys().chain(book.volumes.iter()).copied().collect()
+        };
         if ids.is_empty() {
             return 0;
         }
         let named = self.chain.named(&ids);
         let now = (self.clock)();
         let mut expired = Vec::new();
+        let mut superseded = Vec::new();
         {
             let mut book = self.book();
-            for id in &named {
+            for id in &named.held {
                 book.pending.remove(id);
+                book.volumes.remove(id);
                 let _ = std::fs::remove_file(self.dir.join(id.to_hex()));
+                let _ = std::fs::remove_file(self.volume_mark(id));
             }
+            for id in named.volumes.difference(&named.held) {
+                if book.pending.remove(id).is_some() {
+                    let _ = std::fs::remove_file(self.dir.join(id.to_hex()));
+                    if let Err(e) = std::fs::write(self.volume_mark(id), b"") {
+                        warn!(blob = %id.short(), error = %e, "cannot write down a saved volume");
+                    }
+                    book.volumes.insert(*id);
+                }
+            }
+            book.volumes.retain(|id| {
+                let kept = named.volumes.contains(id) || named.held.contains(id);
+                if !kept {
+                    superseded.push(*id);
+                }
+                kept
+            });
             book.pending.retain(|id, p| {
                 let late = p.at.saturating_add(self.limits.ttl_secs) <= now;
                 if late {
@@ -215,7 +274,19 @@ impl Uploads {
             let _ = std::fs::remove_file(self.dir.join(id.to_hex()));
             self.metrics.expired.inc();
         }
-        expired.len()
+        for id in &superseded {
+            match self.store.remove(id) {
+                Ok(()) => info!(blob = %id.short(), "deleted a volume save a newer save replaced"),
+                Err(e) => warn!(blob = %id.short(), error = %e, "cannot delete a replaced volume save"),
+            }
+            let _ = std::fs::remove_file(self.volume_mark(id));
+            self.metrics.superseded.inc();
+        }
+        expired.len().saturating_add(superseded.len())
+    }
+
+    fn volume_mark(&self, id: &ContentId) -> PathBuf {
+        self.dir.join(format!("{}{VOLUME_MARK}", id.to_hex()))
     }
 
     fn refuse(&self, status: StatusCode, code: &'static str, message: String) -> Refusal {
@@ -304,10 +375,7 @@ impl ChainView for crate::node::NodeShared {
         self.account_view(who).balance
     }
 
-    fn named(
-        &self,
-        ids: &std::collections::BTreeSet<cairn_types::ContentId>,
-    ) -> std::collections::BTreeSet<cairn_types::ContentId> {
+    fn named(&self, ids: &std::collections::BTreeSet<cairn_types::ContentId>) -> Named {
         use cairn_state::keys;
         use cairn_types::Canonical as _;
         let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
@@ -319,6 +387,7 @@ impl ChainView for crate::node::NodeShared {
                 .map(|(_, v)| v)
         };
         let mut out = std::collections::BTreeSet::new();
+        let mut volumes = std::collections::BTreeSet::new();
         let mut note = |id: &cairn_types::ContentId| {
             if ids.contains(id) {
                 out.insert(*id);
@@ -347,11 +416,11 @@ impl ChainView for crate::node::NodeShared {
         for v in records(keys::LEASE) {
             if let Ok(lease) = borsh::from_slice::<cairn_state::model::Lease>(v) {
                 lease.spec.blobs().for_each(&mut note);
-                if let Some(v) = &lease.volume {
-                    note(&v.blob);
+                if let Some(v) = lease.volume.filter(|v| ids.contains(&v.blob)) {
+                    volumes.insert(v.blob);
                 }
             }
         }
-        out
+        Named { held: out, volumes }
     }
 }

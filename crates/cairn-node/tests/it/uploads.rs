@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_blobs::{BlobStore, Fetcher};
-use cairn_node::uploads::{ChainView, UploadLimits, Uploads};
+use cairn_node::uploads::{ChainView, Named, UploadLimits, Uploads};
 use cairn_types::upload::UploadAuth;
 use cairn_types::{Address, Amount, ContentId, SecretKey};
 
@@ -17,14 +17,18 @@ const CHAIN: &str = "cairn-uploads-test";
 struct Chain {
     funded: Mutex<BTreeSet<Address>>,
     named: Mutex<BTreeSet<ContentId>>,
+    volumes: Mutex<BTreeSet<ContentId>>,
 }
 
 impl ChainView for Chain {
     fn balance(&self, who: &Address) -> Amount {
         if self.funded.lock().unwrap().contains(who) { Amount::from_crn(100).unwrap() } else { Amount::ZERO }
     }
-    fn named(&self, ids: &BTreeSet<ContentId>) -> BTreeSet<ContentId> {
-        self.named.lock().unwrap().intersection(ids).copied().collect()
+    fn named(&self, ids: &BTreeSet<ContentId>) -> Named {
+        Named {
+            held: self.named.lock().unwrap().intersection(ids).copied().collect(),
+            volumes: self.volumes.lock().unwrap().intersection(ids).copied().collect(),
+        }
     }
 }
 
@@ -155,6 +159,42 @@ async fn a_funded_account_uploads_within_its_quota_and_unnamed_uploads_expire() 
     alice.upload(&url, blob(1_000, 9)).await.unwrap();
 }
 
+#[tokio::test]
+async fn a_saved_volume_is_kept_while_it_is_its_lease_s_last_save() {
+    let s = Setup::new("volumes");
+    let (gate, url) = s.open().await;
+    let (provider, p) = signed(9);
+    s.chain.funded.lock().unwrap().insert(p);
+    let first = provider.upload(&url, blob(1_000, 1)).await.unwrap();
+    // Recorded by SaveVolume: it no longer counts against the provider, and stays past the
+    // time limit while it is the lease's last save, across a restart too.
+    s.chain.volumes.lock().unwrap().insert(first);
+    assert_eq!(gate.sweep(), 0);
+    assert_eq!((gate.pending(), gate.volumes()), ((0, 0), 1));
+    drop(gate);
+    let (gate, url) = s.open().await;
+    assert_eq!(gate.volumes(), 1);
+    s.clock.fetch_add(61, Ordering::SeqCst);
+    assert_eq!(gate.sweep(), 0);
+    assert!(s.store.has(&first));
+    // A newer save replaces it: the old one is deleted, the new one kept.
+    let second = provider.upload(&url, blob(1_000, 2)).await.unwrap();
+    {
+        let mut v = s.chain.volumes.lock().unwrap();
+        v.remove(&first);
+        v.insert(second);
+    }
+    assert_eq!(gate.sweep(), 1);
+    assert!(!s.store.has(&first) && s.store.has(&second));
+    assert_eq!((gate.volumes(), gate.metrics.superseded.get()), (1, 1));
+    // A save that a job also names is kept for good.
+    s.chain.named.lock().unwrap().insert(second);
+    s.chain.volumes.lock().unwrap().clear();
+    assert_eq!(gate.sweep(), 0);
+    assert!(s.store.has(&second));
+    assert_eq!(gate.volumes(), 0);
+}
+
 #[test]
 fn the_documented_uploads_section_parses_and_defaults_hold_without_it() {
     let doc =
@@ -197,7 +237,7 @@ fn the_node_sees_the_blobs_a_committed_job_names_and_each_accounts_balance() {
         chain.state.store().scan_prefix(&[]).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
     let asked: BTreeSet<ContentId> = [workload, input, per_task, other].into_iter().collect();
     let named: BTreeSet<ContentId> = [workload, input, per_task].into_iter().collect();
-    assert_eq!(shared.named(&asked), named);
+    assert_eq!(shared.named(&asked).held, named);
     let held = chain.state.account(&client.address()).unwrap().balance;
     assert!(held > Amount::ZERO);
     assert_eq!(shared.balance(&client.address()), held);
