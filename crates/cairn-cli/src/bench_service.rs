@@ -1,7 +1,8 @@
 //! `cairn bench service`: the `hello-service` example on a fresh 3-provider devnet — submit to
 //! first good answer for several leases, then one provider SIGKILLed under its lease: how long
 //! until the chain accounts the downtime, moves the lease and the service answers again, and
-//! whether the refund is exact.
+//! whether the refund is exact and the volume moved with the lease; then the time a provider's
+//! volume save (freeze, tar, thaw) takes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +20,9 @@ pub(crate) struct ServiceArgs {
     /// Where the network lives while measured.
     #[arg(long, default_value = ".cairn/bench-service")]
     home: PathBuf,
+    /// Size of the volume whose save is timed, in MiB.
+    #[arg(long, default_value_t = 64)]
+    volume_mb: u64,
 }
 
 /// Events of blocks `from..=to`, with their heights.
@@ -73,9 +77,14 @@ pub(crate) async fn run(a: ServiceArgs) -> Result<()> {
         }
     }
     let opened = last.context("no lease")?;
-    // Let a round pass, then kill the provider serving the last lease.
+    // Let a round pass and the volume be saved, then kill the provider serving the last lease.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let view = crate::service::lease_view(&client, &opened.lease).await?;
+    let born = match &view.url {
+        Some(url) => reqwest::get(format!("{url}born")).await?.text().await?,
+        None => bail!("the lease has no url"),
+    };
+    let saved = view.lease.volume.clone().context("the provider did not save the volume in 3 s")?;
     let victim =
         net.providers.iter().position(|e| view.url.as_deref().is_some_and(|u| u.starts_with(e.as_str())));
     let victim = victim.context("the lease's provider is not one of the bench's")?;
@@ -83,7 +92,7 @@ pub(crate) async fn run(a: ServiceArgs) -> Result<()> {
     let killed = Instant::now();
     net.kill_provider(victim);
     let mut accounted = None;
-    let (served_ms, moved_at) = loop {
+    let (served_ms, moved_at, same_state) = loop {
         if killed.elapsed() > Duration::from_secs(120) {
             bail!("the lease did not move within two minutes");
         }
@@ -95,7 +104,8 @@ pub(crate) async fn run(a: ServiceArgs) -> Result<()> {
             && let Some(url) = &v.url
             && answers(&format!("{url}health")).await
         {
-            break (killed.elapsed().as_millis() as f64, client.status().await?.height);
+            let moved_born = reqwest::get(format!("{url}born")).await?.text().await?;
+            break (killed.elapsed().as_millis() as f64, client.status().await?.height, moved_born == born);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -150,6 +160,63 @@ pub(crate) async fn run(a: ServiceArgs) -> Result<()> {
         "| lease totals | paid {paid}, refunded {refunded} ({} / {} blocks) | paid + refunded = deposit |",
         l.paid_blocks, l.refunded_blocks
     );
+    println!(
+        "| volume moved with the lease (stamp of the first start served after the move) | {} (save {} bytes, block {}) | same |",
+        if same_state { "same" } else { "DIFFERENT" },
+        saved.size,
+        saved.at
+    );
+    // The killed provider's service still runs (its next start would remove it): remove it.
+    let victim_services = net.root.join(format!("provider-{victim}/runtime/services"));
     drop(net);
+    let (save_ms, size) = volume_save(&dir, a.volume_mb, &victim_services)?;
+    println!(
+        "| volume save, {} MiB (freeze, tar, thaw; p50 of 5) | {save_ms:.0} ms ({:.0} MiB/s) | — |",
+        a.volume_mb,
+        size as f64 / 1048576.0 / (save_ms / 1000.0)
+    );
     Ok(())
+}
+
+/// Time the provider's volume save on a running service whose volume holds `mb` MiB of
+/// random bytes: (median ms of five saves, archive bytes). The services a killed provider
+/// left in `reap` are removed first.
+fn volume_save(dir: &std::path::Path, mb: u64, reap: &std::path::Path) -> Result<(f64, usize)> {
+    use cairn_runtime::Executor as _;
+    use cairn_runtime::container::service::{ServiceHost, ServiceRun};
+    let bytes = std::fs::read(dir.join("busybox.tar"))?;
+    let image = cairn_types::ContentId::of(&bytes);
+    let exec = std::sync::Arc::new(cairn_runtime::ContainerExecutor::new(
+        cairn_runtime::ContainerConfig::in_dir(dir.join("volume-bench")),
+    )?);
+    exec.prepare(&image, &bytes)?;
+    drop(ServiceHost::new(exec.clone(), reap)?);
+    let host = ServiceHost::new(exec, dir.join("volume-bench/services"))?;
+    let script = format!(
+        "busybox dd if=/dev/urandom of=/data/blob bs=1048576 count={mb} 2>/dev/null; exec httpd -f -p 8080 -h /data"
+    );
+    host.start(&ServiceRun {
+        name: "volume-bench".into(),
+        image,
+        args: vec!["/bin/sh".into(), "-c".into(), script],
+        env: Default::default(),
+        inputs: Vec::new(),
+        port: 8080,
+        memory_mb: mb.saturating_mul(2).saturating_add(64),
+        cpu_millis: 0,
+        network: false,
+        volume: Some(cairn_runtime::container::volume::VolumeRun {
+            path: "/data".into(),
+            max_bytes: mb.saturating_add(8) << 20,
+            restore: None,
+        }),
+    })?;
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        size = host.save_volume("volume-bench")?.len();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok((crate::bench::median(&mut times), size))
 }

@@ -166,6 +166,8 @@ pub(crate) fn start(
         bail!("--providers must be at most 16");
     }
     if fresh && root.exists() {
+        // A provider killed outright may have left its services' volumes mounted here.
+        cairn_runtime::container::volume::unmount_all_under(root);
         std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
     }
     let existing = (0..).take_while(|i| validator_home(root, *i).join("config.toml").exists()).count();

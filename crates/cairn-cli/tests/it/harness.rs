@@ -28,6 +28,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        cairn_runtime::container::volume::unmount_all_under(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -311,12 +311,28 @@ fn a_service_is_served_probed_paid_moved_off_a_killed_provider_and_refunded_exac
     let (ok, _, err) = as_client(&["service", "close", &wasm_lease.to_string()]);
     assert!(ok, "{err}");
 
-    // The killed provider, restarted, removes the container and namespace it left behind.
-    let state = root.join(format!("provider-{victim}/runtime/services/runc"));
+    // The killed provider, restarted, removes the container, namespace and volume it left.
+    let services = root.join(format!("provider-{victim}/runtime/services"));
+    let state = services.join("runc");
+    let left = || {
+        let sandboxes = std::fs::read_dir(&services)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        ["svc-", "vol-"].iter().any(|p| e.file_name().to_string_lossy().starts_with(p))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0) + sandboxes
+    };
+    let mounted =
+        || std::fs::read_to_string("/proc/self/mounts").unwrap().contains(services.to_str().unwrap());
     assert!(std::fs::read_dir(&state).unwrap().count() > 0, "SIGKILL left the container running");
+    assert!(mounted(), "SIGKILL left the volume mounted");
     providers[victim].spawn();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0) > 0 {
+    while left() > 0 || mounted() {
         assert!(std::time::Instant::now() < deadline, "the restarted provider did not clean up");
         std::thread::sleep(Duration::from_millis(200));
     }

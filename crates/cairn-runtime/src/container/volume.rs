@@ -59,6 +59,29 @@ pub(crate) fn unmount(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Unmount every mount at or under `root`, deepest first: what a provider killed outright
+/// left mounted (service volumes, task outputs), before its directory is removed.
+pub fn unmount_all_under(root: &Path) {
+    let (Ok(root), Ok(table)) = (std::fs::canonicalize(root), std::fs::read_to_string("/proc/self/mounts"))
+    else {
+        return;
+    };
+    // /proc/self/mounts writes space, tab, newline and backslash in octal.
+    let unescape = |p: &str| {
+        p.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    };
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with(&root))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).stderr(Stdio::null()).status();
+    }
+}
+
 /// Every entry under `dir` (not following symlinks), sorted by path.
 fn walk(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>> {
     let mut out = Vec::new();
