@@ -97,6 +97,13 @@ impl Services {
         }
     }
 
+    /// Note a state of a lease's volume that is not to be tried again (it could not be saved).
+    pub(crate) fn volume_seen(&self, lease: &LeaseId, fingerprint: [u8; 32]) {
+        if let Some(s) = lock(&self.saved).get_mut(lease) {
+            s.fingerprint = Some(fingerprint);
+        }
+    }
+
     fn addr(&self, lease: &LeaseId) -> Option<SocketAddr> {
         self.host.addr(&lease.to_string())
     }
@@ -248,13 +255,18 @@ async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<String> {
     // The volume starts from the chain's last saved copy (a lease that moved here) or empty.
     let volume = match &section.volume {
         Some(v) => {
+            // A restart here keeps the volume it had; only a new one is restored.
+            let here = svc.host.volume_fingerprint(&l.id.to_string()).is_some();
             let restore = match &l.volume {
-                Some(saved) => Some(crate::pipeline::fetch(ctx, spec, &saved.blob, Some(saved.size)).await?),
-                None => None,
+                Some(saved) if !here => {
+                    Some(crate::pipeline::fetch(ctx, spec, &saved.blob, Some(saved.size)).await?)
+                }
+                _ => None,
             };
             lock(&svc.saved).entry(l.id).or_insert_with(|| crate::volumes::Saved {
                 fingerprint: None,
                 blob: l.volume.as_ref().map(|s| s.blob),
+                max_archive: v.max_archive_bytes(),
             });
             Some(cairn_runtime::container::volume::VolumeRun {
                 path: v.path.clone(),

@@ -28,6 +28,8 @@ pub(crate) struct Saved {
     pub(crate) fingerprint: Option<[u8; 32]>,
     /// The archive the chain holds for it.
     pub(crate) blob: Option<ContentId>,
+    /// The largest archive the chain takes for it.
+    pub(crate) max_archive: u64,
 }
 
 /// Save changed volumes, forever.
@@ -63,11 +65,20 @@ async fn save_one(ctx: &Ctx, svc: &Arc<Services>, lease: LeaseId, last: Saved) -
         return Ok(());
     }
     let s = svc.clone();
-    let bytes = tokio::task::spawn_blocking(move || s.host().save_volume(&name)).await.map_err(join)??;
+    let packed = tokio::task::spawn_blocking(move || s.host().save_volume(&name)).await.map_err(join)?;
+    // What the service wrote cannot be saved (a path too long): not again until it changes.
+    let bytes = packed.inspect_err(|_| svc.volume_seen(&lease, fingerprint))?;
     let (blob, size) = (ContentId::of(&bytes), bytes.len() as u64);
     if last.blob == Some(blob) {
         svc.volume_saved(&lease, fingerprint, blob);
         return Ok(());
+    }
+    if size > last.max_archive {
+        svc.volume_seen(&lease, fingerprint);
+        return Err(crate::Error::Config(format!(
+            "the volume's archive is {size} bytes, over the {} its spec allows (too many long names); it is not saved",
+            last.max_archive
+        )));
     }
     ctx.fetcher.upload(&ctx.cfg.node, bytes).await?;
     let body = TxBody::SaveVolume(SaveVolume { lease, blob, size });
@@ -78,6 +89,9 @@ async fn save_one(ctx: &Ctx, svc: &Arc<Services>, lease: LeaseId, last: Saved) -
             Ok(())
         }
         Ok(TxStatus::Failed(code) | TxStatus::Rejected(code)) => {
+            // A refusal (the lease moved or closed) is not retried, so no fee is spent on it
+            // again; a change to the volume tries once more.
+            svc.volume_seen(&lease, fingerprint);
             Err(crate::Error::Config(format!("the chain refused the save: {code}")))
         }
         Err(e) => Err(e.into()),

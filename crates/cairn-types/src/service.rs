@@ -126,7 +126,7 @@ impl VolumeSpec {
     /// room for one header and padding per file and the archive's end.
     pub fn max_archive_bytes(&self) -> u64 {
         self.max_bytes()
-            .saturating_add(service_limits::VOLUME_INODES.saturating_mul(3 << 10))
+            .saturating_add(service_limits::VOLUME_INODES.saturating_mul(4 << 10))
             .saturating_add(1 << 10)
     }
 

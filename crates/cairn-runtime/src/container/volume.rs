@@ -19,7 +19,7 @@ use cairn_types::service_limits::VOLUME_INODES;
 use super::oci::NOBODY;
 use crate::{Result, RunError, io};
 
-/// Longest path (inside the volume) a save keeps.
+/// Longest path (inside the volume), or link target, a save keeps.
 pub const MAX_PATH: usize = 1_024;
 
 /// A service's volume as its host is asked to give it.
@@ -177,6 +177,9 @@ pub fn pack(dir: &Path, out: impl Write) -> Result<usize> {
             b.append_data(&mut h, &rel, std::io::empty()).map_err(io)?;
         } else if ty.is_symlink() {
             let target = std::fs::read_link(dir.join(&rel)).map_err(io)?;
+            if target.as_os_str().len() > MAX_PATH {
+                return Err(RunError::Io(format!("{}: a link's target is too long to save", rel.display())));
+            }
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_mode(0o777);
             h.set_size(0);

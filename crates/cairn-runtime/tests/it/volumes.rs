@@ -180,6 +180,16 @@ fn hostile_volume_archives_land_nothing_outside_the_volume() {
         assert!(err.is_err(), "{what}: refused");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{what}: nothing outside");
     }
+    // A save refuses what it cannot keep within the archive's bound: a link target or a path
+    // over 1,024 bytes.
+    let tree = dir.join("long");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::os::unix::fs::symlink("x".repeat(2_000), tree.join("l")).unwrap();
+    assert!(volume::pack(&tree, Vec::new()).is_err());
+    std::fs::remove_file(tree.join("l")).unwrap();
+    let deep: std::path::PathBuf = (0..12).map(|_| "d".repeat(100)).collect();
+    std::fs::create_dir_all(tree.join(&deep)).unwrap();
+    assert!(volume::pack(&tree, Vec::new()).is_err());
     // Garbage is a typed error too.
     let vol = dir.join("vol-garbage");
     std::fs::create_dir_all(&vol).unwrap();
