@@ -74,6 +74,8 @@ pub struct ContainerExecutor {
     cfg: ContainerConfig,
     prepared: Mutex<BTreeMap<ContentId, PathBuf>>,
     counter: AtomicU64,
+    /// Held while a service root is made.
+    service_roots: Mutex<()>,
 }
 
 /// Whether this host can run containers: runc answers and we are root.
@@ -99,8 +101,12 @@ impl ContainerExecutor {
             std::fs::create_dir_all(&*d).map_err(io)?;
             *d = std::fs::canonicalize(&*d).map_err(io)?;
         }
-        let exec =
-            ContainerExecutor { cfg, prepared: Mutex::new(BTreeMap::new()), counter: AtomicU64::new(0) };
+        let exec = ContainerExecutor {
+            cfg,
+            prepared: Mutex::new(BTreeMap::new()),
+            counter: AtomicU64::new(0),
+            service_roots: Mutex::new(()),
+        };
         exec.clean_up_stale();
         Ok(exec)
     }
@@ -140,6 +146,25 @@ impl ContainerExecutor {
         None
     }
 
+    /// The root for services that mount a volume: a copy of the image's root made of hard
+    /// links (directories its own, files shared), made once. runc makes a volume's mount point
+    /// in the root it is given; here that never reaches the root batch tasks run on, whose
+    /// outputs must not depend on which services ran on this provider before.
+    pub(crate) fn service_rootfs(&self, id: &ContentId) -> Result<PathBuf> {
+        let root = self.rootfs(id).ok_or(RunError::NotPrepared(*id))?;
+        let dir = self.cfg.images_dir.join(id.to_string());
+        let copy = dir.join("service-rootfs");
+        let done = dir.join(".service-complete");
+        let _held = lock(&self.service_roots);
+        if done.is_file() {
+            return Ok(copy);
+        }
+        let _ = std::fs::remove_dir_all(&copy);
+        link_tree(&root, &copy)?;
+        std::fs::write(&done, b"").map_err(io)?;
+        Ok(copy)
+    }
+
     fn unpack(&self, id: &ContentId, archive: impl std::io::Read) -> Result<()> {
         let dir = self.cfg.images_dir.join(id.to_string());
         let _ = std::fs::remove_dir_all(&dir);
@@ -156,6 +181,31 @@ impl ContainerExecutor {
         lock(&self.prepared).insert(*id, root);
         Ok(())
     }
+}
+
+/// Copy the tree at `from` to `to` (new) as hard links: directories (with their modes) and
+/// symlinks made anew, regular files linked.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let (src, dst) = (from.join(&rel), to.join(&rel));
+        let meta = std::fs::symlink_metadata(&src).map_err(io)?;
+        let ty = meta.file_type();
+        if ty.is_dir() {
+            std::fs::create_dir_all(&dst).map_err(io)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.permissions().mode()))
+                .map_err(io)?;
+            for e in std::fs::read_dir(&src).map_err(io)? {
+                stack.push(rel.join(e.map_err(io)?.file_name()));
+            }
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).map_err(io)?, &dst).map_err(io)?;
+        } else if ty.is_file() {
+            std::fs::hard_link(&src, &dst).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 /// Make the mount points the sandbox needs in `root` (it is read-only in the container).

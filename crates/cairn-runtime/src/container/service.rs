@@ -161,7 +161,10 @@ impl ServiceHost {
     /// cannot be made or the service exits or never listens (its standard error included).
     pub fn start(&self, run: &ServiceRun) -> Result<SocketAddr> {
         self.halt(&run.name);
-        let rootfs = self.images.rootfs(&run.image).ok_or(RunError::NotPrepared(run.image))?;
+        let rootfs = match run.volume {
+            Some(_) => self.images.service_rootfs(&run.image)?,
+            None => self.images.rootfs(&run.image).ok_or(RunError::NotPrepared(run.image))?,
+        };
         if run.args.is_empty() {
             return Err(RunError::InvalidWorkload(
                 "a service needs args: the program and its arguments".into(),

@@ -66,6 +66,10 @@ fn a_volume_is_capped_saved_live_and_restored_where_the_service_moves() {
     let fp = first.volume_fingerprint("svc").unwrap().unwrap();
     let addr = first.start(&run("svc", SCRIPT, None)).unwrap();
     assert!(get(addr, "/starts.log").ends_with("start\nstart\n"));
+    // The volume's mount point is made in a root of the service's own: the image's root, which
+    // batch tasks run on, stays as it was.
+    let image_root = dir.join(format!("a/containers/images/{}/rootfs", busybox_image().1));
+    assert!(image_root.join("bin").is_dir() && !image_root.join("data").exists());
     assert_ne!(first.volume_fingerprint("svc").unwrap().unwrap(), fp, "a write changes the fingerprint");
     let fp = first.volume_fingerprint("svc").unwrap().unwrap();
     assert_eq!(first.volume_fingerprint("svc").unwrap().unwrap(), fp, "no write, same fingerprint");
