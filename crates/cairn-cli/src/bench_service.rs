@@ -88,6 +88,8 @@ pub(crate) async fn run(a: ServiceArgs) -> Result<()> {
     let victim =
         net.providers.iter().position(|e| view.url.as_deref().is_some_and(|u| u.starts_with(e.as_str())));
     let victim = victim.context("the lease's provider is not one of the bench's")?;
+    // (A first round probed before the service was up is refunded too: count from here.)
+    let refunded_before = view.lease.refunded_blocks;
     let killed_at = client.status().await?.height;
     let killed = Instant::now();
     net.kill_provider(victim);
@@ -97,7 +99,7 @@ pub(crate) async fn run(a: ServiceArgs) -> Result<()> {
             bail!("the lease did not move within two minutes");
         }
         let v = crate::service::lease_view(&client, &opened.lease).await?;
-        if accounted.is_none() && v.lease.refunded_blocks > 0 {
+        if accounted.is_none() && v.lease.refunded_blocks > refunded_before {
             accounted = Some((killed.elapsed().as_millis() as f64, client.status().await?.height));
         }
         if v.lease.migrations > 0
