@@ -52,11 +52,21 @@ fn linked(addr: SocketAddr) -> bool {
     }
 }
 
-fn netns_list() -> String {
+/// The network namespaces of the host whose directory is `dir` (by their names: other tests
+/// running meanwhile add and remove their own, which also renumbers the ids `ip` shows).
+fn netns_list(dir: &std::path::Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let h = cairn_types::hash_domain("cairn service host tag v1", &[dir.to_string_lossy().as_bytes()]);
+    let prefix: String =
+        std::iter::once("cs".to_string()).chain(h.iter().take(3).map(|b| format!("{b:02x}"))).collect();
     String::from_utf8_lossy(
         &std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
     )
-    .to_string()
+    .lines()
+    .filter_map(|l| l.split_whitespace().next())
+    .filter(|n| n.starts_with(&prefix))
+    .map(str::to_string)
+    .collect()
 }
 
 #[test]
@@ -104,19 +114,20 @@ fn a_service_serves_http_over_its_own_link_and_nothing_else_reaches_out() {
     assert!(!net.contains("reached"), "{net}");
 
     // A service that never listens fails to start with its own words, and leaves nothing.
-    let before = netns_list();
+    let before = netns_list(&dir.join("services"));
     let err = host.start(&run("mute", &["/bin/sh", "-c", "echo no port for you >&2; exit 3"])).unwrap_err();
     assert!(err.to_string().contains("no port for you"), "{err}");
-    assert_eq!(netns_list(), before);
+    assert_eq!(netns_list(&dir.join("services")), before);
     assert!(host.addr("mute").is_none());
 
     // Stopping removes the container, the namespace and the link.
-    let names_before = netns_list().lines().count();
+    let names_before = netns_list(&dir.join("services")).len();
+    assert_eq!(names_before, 2, "web and snoop");
     assert!(linked(web) && linked(snoop));
     host.stop("web");
     assert!(!serves(web, "/index.html", "hello from a lease"));
     assert!(!linked(web), "the stopped service's link is gone");
-    assert_eq!(netns_list().lines().count(), names_before - 1);
+    assert_eq!(netns_list(&dir.join("services")).len(), names_before - 1);
     assert!(serves(snoop, "/net.txt", "blocked"), "the other service still serves");
     drop(host);
     assert!(!serves(snoop, "/net.txt", "blocked"));
