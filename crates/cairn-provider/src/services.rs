@@ -89,18 +89,12 @@ impl Services {
         lock(&self.saved).clone()
     }
 
-    /// Note a save of a lease's volume (or that it was found unchanged).
-    pub(crate) fn volume_saved(&self, lease: &LeaseId, fingerprint: [u8; 32], blob: ContentId) {
+    /// Note a state of a lease's volume not to save again: saved as (or found unchanged
+    /// from) `blob`, or `None` when it could not be saved.
+    pub(crate) fn volume_seen(&self, lease: &LeaseId, fingerprint: [u8; 32], blob: Option<ContentId>) {
         if let Some(s) = lock(&self.saved).get_mut(lease) {
             s.fingerprint = Some(fingerprint);
-            s.blob = Some(blob);
-        }
-    }
-
-    /// Note a state of a lease's volume that is not to be tried again (it could not be saved).
-    pub(crate) fn volume_seen(&self, lease: &LeaseId, fingerprint: [u8; 32]) {
-        if let Some(s) = lock(&self.saved).get_mut(lease) {
-            s.fingerprint = Some(fingerprint);
+            s.blob = blob.or(s.blob);
         }
     }
 
@@ -256,7 +250,7 @@ async fn start(ctx: &Ctx, svc: &Arc<Services>, l: Lease) -> Result<String> {
     let volume = match &section.volume {
         Some(v) => {
             // A restart here keeps the volume it had; only a new one is restored.
-            let here = svc.host.volume_fingerprint(&l.id.to_string()).is_some();
+            let here = svc.host.has_volume(&l.id.to_string());
             let restore = match &l.volume {
                 Some(saved) if !here => {
                     Some(crate::pipeline::fetch(ctx, spec, &saved.blob, Some(saved.size)).await?)

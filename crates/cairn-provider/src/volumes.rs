@@ -22,7 +22,7 @@ use crate::services::Services;
 pub(crate) const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 /// What was last saved of one lease's volume.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Saved {
     /// The volume's fingerprint when it was last saved (or found unchanged).
     pub(crate) fingerprint: Option<[u8; 32]>,
@@ -67,14 +67,14 @@ async fn save_one(ctx: &Ctx, svc: &Arc<Services>, lease: LeaseId, last: Saved) -
     let s = svc.clone();
     let packed = tokio::task::spawn_blocking(move || s.host().save_volume(&name)).await.map_err(join)?;
     // What the service wrote cannot be saved (a path too long): not again until it changes.
-    let bytes = packed.inspect_err(|_| svc.volume_seen(&lease, fingerprint))?;
+    let bytes = packed.inspect_err(|_| svc.volume_seen(&lease, fingerprint, None))?;
     let (blob, size) = (ContentId::of(&bytes), bytes.len() as u64);
     if last.blob == Some(blob) {
-        svc.volume_saved(&lease, fingerprint, blob);
+        svc.volume_seen(&lease, fingerprint, Some(blob));
         return Ok(());
     }
     if size > last.max_archive {
-        svc.volume_seen(&lease, fingerprint);
+        svc.volume_seen(&lease, fingerprint, None);
         return Err(crate::Error::Config(format!(
             "the volume's archive is {size} bytes, over the {} its spec allows (too many long names); it is not saved",
             last.max_archive
@@ -84,14 +84,14 @@ async fn save_one(ctx: &Ctx, svc: &Arc<Services>, lease: LeaseId, last: Saved) -
     let body = TxBody::SaveVolume(SaveVolume { lease, blob, size });
     match ctx.sender.submit_and_wait(body, Duration::from_secs(30)).await {
         Ok(TxStatus::Ok) => {
-            svc.volume_saved(&lease, fingerprint, blob);
+            svc.volume_seen(&lease, fingerprint, Some(blob));
             info!(lease = %lease.short(), blob = %blob.short(), bytes = size, "volume saved");
             Ok(())
         }
         Ok(TxStatus::Failed(code) | TxStatus::Rejected(code)) => {
             // A refusal (the lease moved or closed) is not retried, so no fee is spent on it
             // again; a change to the volume tries once more.
-            svc.volume_seen(&lease, fingerprint);
+            svc.volume_seen(&lease, fingerprint, None);
             Err(crate::Error::Config(format!("the chain refused the save: {code}")))
         }
         Err(e) => Err(e.into()),

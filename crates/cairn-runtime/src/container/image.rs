@@ -18,25 +18,11 @@ use crate::{Result, RunError, io};
 /// # Errors
 /// [`RunError::Io`] when the tree cannot be read, or holds other file types.
 pub fn build(dir: &Path) -> Result<Vec<u8>> {
-    let mut paths = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(io)? {
-            let e = e.map_err(io)?;
-            let ty = e.file_type().map_err(io)?;
-            if ty.is_dir() {
-                stack.push(e.path());
-            }
-            paths.push(e.path());
-        }
-    }
-    paths.sort();
     let mut b = tar::Builder::new(Vec::new());
     b.mode(tar::HeaderMode::Deterministic);
     b.follow_symlinks(false);
-    for p in paths {
-        let rel = p.strip_prefix(dir).map_err(io)?;
-        let meta = std::fs::symlink_metadata(&p).map_err(io)?;
+    for (rel, meta) in super::tree(dir)? {
+        let p = dir.join(&rel);
         let mut h = tar::Header::new_ustar();
         h.set_mtime(0);
         h.set_uid(0);
@@ -46,20 +32,20 @@ pub fn build(dir: &Path) -> Result<Vec<u8>> {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_mode(0o755);
             h.set_size(0);
-            b.append_data(&mut h, rel, std::io::empty()).map_err(io)?;
+            b.append_data(&mut h, &rel, std::io::empty()).map_err(io)?;
         } else if ty.is_symlink() {
             let target = std::fs::read_link(&p).map_err(io)?;
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_mode(0o777);
             h.set_size(0);
-            b.append_link(&mut h, rel, target).map_err(io)?;
+            b.append_link(&mut h, &rel, target).map_err(io)?;
         } else if ty.is_file() {
             use std::os::unix::fs::PermissionsExt as _;
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(meta.permissions().mode() & 0o777);
             h.set_size(meta.len());
             let f = std::fs::File::open(&p).map_err(io)?;
-            b.append_data(&mut h, rel, f).map_err(io)?;
+            b.append_data(&mut h, &rel, f).map_err(io)?;
         } else {
             return Err(RunError::Io(format!("{}: not a file, directory or symlink", rel.display())));
         }

@@ -183,27 +183,56 @@ impl ContainerExecutor {
     }
 }
 
+/// Every entry under `dir` (symlinks not followed), as paths relative to it with their
+/// metadata, sorted (a directory before what it holds).
+pub(crate) fn tree(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(io)? {
+            let path = e.map_err(io)?.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push((path.strip_prefix(dir).map_err(io)?.to_path_buf(), meta));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// Copy the tree at `from` to `to` (new) as hard links: directories (with their modes) and
 /// symlinks made anew, regular files linked.
 fn link_tree(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
+    std::fs::create_dir_all(to).map_err(io)?;
+    for (rel, meta) in tree(from)? {
         let (src, dst) = (from.join(&rel), to.join(&rel));
-        let meta = std::fs::symlink_metadata(&src).map_err(io)?;
         let ty = meta.file_type();
         if ty.is_dir() {
-            std::fs::create_dir_all(&dst).map_err(io)?;
+            std::fs::create_dir(&dst).map_err(io)?;
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.permissions().mode()))
                 .map_err(io)?;
-            for e in std::fs::read_dir(&src).map_err(io)? {
-                stack.push(rel.join(e.map_err(io)?.file_name()));
-            }
         } else if ty.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&src).map_err(io)?, &dst).map_err(io)?;
         } else if ty.is_file() {
             std::fs::hard_link(&src, &dst).map_err(io)?;
         }
+    }
+    Ok(())
+}
+
+/// Mount a tmpfs at `dir` (which exists) with `options` (`size=…` and the rest).
+pub(crate) fn mount_tmpfs(dir: &Path, options: &str) -> Result<()> {
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| RunError::Io(format!("mount: {e}")))?;
+    if !status.success() {
+        return Err(RunError::Io(format!("cannot mount a tmpfs at {}", dir.display())));
     }
     Ok(())
 }
@@ -292,16 +321,7 @@ impl Executor for ContainerExecutor {
         link_inputs(&bundle.join("in"), &task.inputs)?;
         // The output directory: a tmpfs of the output limit, so a task cannot fill the disk.
         let out_bytes = task.limits.output_bytes.max(4096);
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={out_bytes},mode=0777,nosuid,nodev,noexec"))
-            .arg("tmpfs")
-            .arg(bundle.join("out"))
-            .status()
-            .map_err(|e| RunError::Io(format!("mount: {e}")))?;
-        if !status.success() {
-            return Err(RunError::Io("cannot mount the output tmpfs".into()));
-        }
+        mount_tmpfs(&bundle.join("out"), &format!("size={out_bytes},mode=0777,nosuid,nodev,noexec"))?;
         run.mounted = true;
         // Outbound network only where the job asks for it.
         let egress = if task.network {

@@ -316,6 +316,11 @@ impl ServiceHost {
         Ok(dir)
     }
 
+    /// Whether the service has a volume on this host (kept from an earlier start).
+    pub fn has_volume(&self, name: &str) -> bool {
+        lock(&self.volumes).contains_key(name)
+    }
+
     /// A summary of the service's volume that changes whenever it is written (`None`: it has
     /// no volume here).
     pub fn volume_fingerprint(&self, name: &str) -> Option<Result<[u8; 32]>> {

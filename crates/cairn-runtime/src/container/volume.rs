@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use cairn_types::service_limits::VOLUME_INODES;
 
 use super::oci::NOBODY;
+use super::tree;
 use crate::{Result, RunError, io};
 
 /// Longest path (inside the volume), or link target, a save keeps.
@@ -36,21 +37,13 @@ pub struct VolumeRun {
 /// Mount a fresh volume at `dir` (created), owned by the service's user.
 pub(crate) fn mount(dir: &Path, max_bytes: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io)?;
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o"])
-        .arg(format!(
+    super::mount_tmpfs(
+        dir,
+        &format!(
             "size={},nr_inodes={VOLUME_INODES},mode=0755,uid={NOBODY},gid={NOBODY},nosuid,nodev",
             max_bytes.max(4096)
-        ))
-        .arg("tmpfs")
-        .arg(dir)
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| RunError::Io(format!("mount: {e}")))?;
-    if !status.success() {
-        return Err(RunError::Io(format!("cannot mount a volume at {}", dir.display())));
-    }
-    Ok(())
+        ),
+    )
 }
 
 /// Unmount and remove a volume (a directory not mounted is just removed).
@@ -82,25 +75,6 @@ pub fn unmount_all_under(root: &Path) {
     }
 }
 
-/// Every entry under `dir` (not following symlinks), sorted by path.
-fn walk(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(io)? {
-            let e = e.map_err(io)?;
-            let meta = std::fs::symlink_metadata(e.path()).map_err(io)?;
-            if meta.is_dir() {
-                stack.push(e.path());
-            }
-            let rel = e.path().strip_prefix(dir).map_err(io)?.to_path_buf();
-            out.push((rel, meta));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
 /// A cheap summary of the volume's tree (paths, types, sizes, modes, change times): it differs
 /// whenever anything in the volume was written since.
 ///
@@ -108,7 +82,7 @@ fn walk(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>> {
 /// [`RunError::Io`] when the tree cannot be read.
 pub fn fingerprint(dir: &Path) -> Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
-    for (rel, m) in walk(dir)? {
+    for (rel, m) in tree(dir)? {
         let p = rel.as_os_str().as_encoded_bytes();
         h.update(&(p.len() as u64).to_le_bytes());
         h.update(p);
@@ -158,7 +132,7 @@ pub fn pack(dir: &Path, out: impl Write) -> Result<usize> {
     b.mode(tar::HeaderMode::Deterministic);
     b.follow_symlinks(false);
     let mut kept = 0;
-    for (rel, meta) in walk(dir)? {
+    for (rel, meta) in tree(dir)? {
         if rel.as_os_str().len() > MAX_PATH {
             return Err(RunError::Io(format!(
                 "{}…: a path in the volume is too long to save",
@@ -251,11 +225,11 @@ pub fn unpack(archive: impl Read, dir: &Path) -> Result<()> {
                 if let Some(parent) = at.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| bad(format!("{}: {e}", rel.display())))?;
                 }
+                // A new file only (O_EXCL): never one a link points to.
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(mode)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
                     .open(&at)
                     .map_err(|e| bad(format!("{}: {e}", rel.display())))?;
                 std::io::copy(&mut entry, &mut f).map_err(|e| bad(format!("{}: {e}", rel.display())))?;
@@ -288,7 +262,7 @@ pub fn unpack(archive: impl Read, dir: &Path) -> Result<()> {
         std::os::unix::fs::symlink(&to, &at).map_err(|e| bad(format!("{}: {e}", rel.display())))?;
     }
     // Everything (directories made on the way included) belongs to the service's user.
-    for (rel, _) in walk(dir)? {
+    for (rel, _) in tree(dir)? {
         std::os::unix::fs::lchown(dir.join(rel), Some(NOBODY), Some(NOBODY)).map_err(io)?;
     }
     Ok(())
