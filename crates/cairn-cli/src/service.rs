@@ -202,6 +202,9 @@ fn print_status(v: &LeaseView) {
 
 /// Download the lease's last saved volume to `out`.
 async fn download_volume(api: &str, lease: &LeaseId, out: &Path) -> Result<cairn_state::model::SavedVolume> {
+    if out.is_dir() {
+        bail!("--out {} is a directory: name the archive file to write", out.display());
+    }
     let v = lease_view(&Client::new(api), lease).await?;
     let Some(saved) = v.lease.volume else {
         if v.lease.spec.service.as_deref().is_some_and(|s| s.volume.is_some()) {
